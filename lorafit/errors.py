@@ -58,3 +58,9 @@ class DivergedError(LorafitError):
     """Training produced a non-finite loss; the last good checkpoint is kept."""
 
     exit_code = EXIT_DIVERGED
+
+
+class MergeError(LorafitError):
+    """A merge would add an update twice or produce non-finite weights."""
+
+    exit_code = EXIT_BAD_INPUT

@@ -1,0 +1,234 @@
+"""Adapters on disk in PEFT's format, so PEFT reads ours and we read PEFT's.
+
+    <dir>/adapter_config.json         PEFT LoraConfig fields (peft_type LORA, r, lora_alpha, ...)
+    <dir>/adapter_model.safetensors   base_model.model.<module path>.lora_A.weight   (rank, d_in)
+                                      base_model.model.<module path>.lora_B.weight   (d_out, rank)
+                                      base_model.model.<head path>.<param>           (modules_to_save)
+                                      base_model.model.<path>.base_layer.bias        (adapted layer's bias)
+
+lorafit's own metadata (base model identity, recipe hash, version) goes into the safetensors header
+under `lorafit_*` keys; PEFT ignores them. Saving is atomic: the directory appears complete or not
+at all, and a failed save leaves the previous adapter intact.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..atomic import atomic_directory
+from ..errors import AdapterError
+from .inject import ALL_LINEAR, LoraSpec, find_saved_modules, output_head_names
+from .layer import LoRALinear
+from .merge import lora_layers
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+# PEFT LoraConfig features that change the math; an adapter using them is refused, not misread.
+_UNSUPPORTED = {
+    "use_dora": (False, None),
+    "layers_to_transform": (None,),
+    "rank_pattern": ({}, None),
+    "alpha_pattern": ({}, None),
+    "layer_replication": (None,),
+    "lora_bias": (False, None),
+    "exclude_modules": (None, [], ()),
+    "target_parameters": (None, [], ()),
+    "trainable_token_indices": (None,),
+    "use_qalora": (False, None),
+}
+
+
+def adapter_tensors(model: nn.Module, spec: LoraSpec) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under PEFT's key names (what `save_adapter` writes)."""
+    lora_names = {name for name, _ in lora_layers(model)}
+    saved = find_saved_modules(model, spec.modules_to_save)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        module_name, _, leaf = name.rpartition(".")
+        in_saved = any(name.startswith(s + ".") for s in saved)
+        is_lora = ".lora_A." in name or ".lora_B." in name
+        is_bias = leaf == "bias" and (
+            spec.bias == "all" or (spec.bias == "lora_only" and module_name in lora_names)
+        )
+        if not (is_lora or in_saved or is_bias):
+            continue
+        key = name
+        if is_bias and module_name in lora_names and not in_saved:
+            key = f"{module_name}.base_layer.bias"  # PEFT keeps the wrapped layer under `base_layer`
+        tensors[PREFIX + key] = param.detach().to("cpu").contiguous()
+    return tensors
+
+
+def peft_target_modules(model: nn.Module, spec: LoraSpec) -> list[str] | str:
+    """`target_modules` for adapter_config.json, selecting in PEFT exactly the layers we adapted.
+
+    A name list is written as given; a regex as the string PEFT full-matches; `all-linear` is resolved
+    to the adapted layers' leaf names when those select exactly the same set, else to a regex listing
+    the qualified names.
+    """
+    if spec.targets_regex is not None:
+        return spec.targets_regex
+    if tuple(spec.targets) != (ALL_LINEAR,):
+        return list(spec.targets)
+    adapted = [name for name, _ in lora_layers(model)]
+    leaves = sorted({n.split(".")[-1] for n in adapted})
+    heads = output_head_names(model)
+    would_match = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, LoRALinear | nn.Linear) and name not in heads and name.split(".")[-1] in leaves
+    ]
+    if sorted(would_match) == sorted(adapted):
+        return leaves
+    return "(?:" + "|".join(re.escape(n) for n in adapted) + ")"
+
+
+def save_adapter(
+    model: nn.Module,
+    directory: str | Path,
+    spec: LoraSpec,
+    *,
+    base_model_name_or_path: str,
+    task_type: str | None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write adapter_config.json + adapter_model.safetensors atomically into `directory`.
+
+    `task_type` is PEFT's ("CAUSAL_LM", "SEQ_CLS"); `metadata` string pairs go into the safetensors
+    header (lorafit puts the base identity and recipe hash there).
+    """
+    directory = Path(directory)
+    tensors = adapter_tensors(model, spec)
+    config = {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": spec.dropout,
+        "target_modules": peft_target_modules(model, spec),
+        "bias": spec.bias,
+        "use_rslora": spec.rslora,
+        "init_lora_weights": True if spec.init == "kaiming" else "gaussian",
+        "modules_to_save": list(spec.modules_to_save) or None,
+        "fan_in_fan_out": any(layer.transposed for _, layer in lora_layers(model)),
+        "inference_mode": True,
+        "revision": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_dora": False,
+    }
+    header = {"format": "pt", **(metadata or {})}
+    with atomic_directory(directory) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=header)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> dict:
+    """adapter_config.json as a dict; AdapterError naming the file when missing or unreadable."""
+    path = Path(directory) / CONFIG_NAME
+    if not Path(directory).is_dir():
+        raise AdapterError(f"{directory}: not an adapter directory (no such directory)")
+    if not path.is_file():
+        raise AdapterError(f"{path}: missing; an adapter directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise AdapterError(f"{path}: peft_type must be 'LORA', got {config.get('peft_type')!r}")
+    return config
+
+
+def spec_from_config(config: dict, source: str = CONFIG_NAME) -> LoraSpec:
+    """Translate PEFT's LoraConfig fields into a LoraSpec; refuse PEFT features we do not implement."""
+    for key, defaults in _UNSUPPORTED.items():
+        if key in config and config[key] not in defaults:
+            raise AdapterError(f"{source}: {key}={config[key]!r} is a PEFT feature lorafit does not support")
+    try:
+        rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise AdapterError(f"{source}: needs numeric 'r' and 'lora_alpha' ({e})") from None
+    targets = config.get("target_modules")
+    regex = None
+    if isinstance(targets, str):
+        targets, regex = ((ALL_LINEAR,), None) if targets == ALL_LINEAR else ((), targets)
+    elif isinstance(targets, list | tuple) and targets:
+        targets = tuple(str(t) for t in targets)
+    else:
+        raise AdapterError(f"{source}: target_modules must be a non-empty list or a regex string")
+    init = config.get("init_lora_weights", True)
+    return LoraSpec(
+        rank=rank,
+        alpha=alpha,
+        dropout=float(config.get("lora_dropout") or 0.0),
+        targets=targets or ("",),
+        targets_regex=regex,
+        rslora=bool(config.get("use_rslora", False)),
+        init="gaussian" if init == "gaussian" else "kaiming",
+        bias=config.get("bias") or "none",
+        modules_to_save=tuple(config.get("modules_to_save") or ()),
+    )
+
+
+def read_adapter_tensors(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The adapter's tensors and header metadata; AdapterError for a missing or corrupted file."""
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise AdapterError(f"{path}: missing; an adapter directory needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise AdapterError(f"{path}: corrupted or truncated safetensors file ({e})") from None
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AdapterError(f"{path}: tensor {key} holds non-finite values")
+    return tensors, metadata
+
+
+def load_adapter_tensors(model: nn.Module, spec: LoraSpec, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy adapter tensors into a model that `add_lora(model, spec)` prepared.
+
+    Every expected key must be present with the right shape and no unknown key may be left over;
+    otherwise AdapterError (the adapter belongs to another base model or another spec), and the model
+    is left unchanged.
+    """
+    expected = adapter_tensors(model, spec)
+    given = tensors
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise AdapterError(
+            f"{source}: adapter does not fit this base model ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors; {detail})"
+        )
+    for key, target in expected.items():
+        if given[key].shape != target.shape:
+            raise AdapterError(
+                f"{source}: {key} has shape {tuple(given[key].shape)}, this base model needs "
+                f"{tuple(target.shape)}; the adapter was trained on another base model"
+            )
+    params = dict(model.named_parameters(remove_duplicate=False))
+    lora_names = {name for name, _ in lora_layers(model)}
+    with torch.no_grad():
+        for key, value in given.items():
+            name = key[len(PREFIX) :]
+            module_name, _, leaf = name.rpartition(".")
+            if leaf == "bias" and module_name.endswith(".base_layer") and module_name[: -len(".base_layer")] in lora_names:
+                name = module_name[: -len(".base_layer")] + ".bias"
+            params[name].copy_(value.to(params[name].dtype))

@@ -1,0 +1,23 @@
+"""Shared fixtures: the real data directory (../shared/data) and an offline hub."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: transformers and datasets must resolve everything locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real datasets, read in place from ../shared/data (never copied into the repo)."""
+    path = Path(os.environ.get("LORAFIT_DATA", SHARED_DATA))
+    if not path.is_dir():
+        pytest.skip(f"data directory {path} not found (set LORAFIT_DATA)")
+    return path
