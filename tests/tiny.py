@@ -63,3 +63,35 @@ def randomize_lora(model: torch.nn.Module, seed: int = 2) -> None:
         for name, param in model.named_parameters():
             if "lora_B" in name or "lora_A" in name:
                 param.copy_(torch.randn(param.shape, generator=g) * 0.1)
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer (102 ids < VOCAB): <pad>=0, <s>=1, </s>=2, <unk>=3.
+
+    Single texts get a leading <s>; pairs are joined as "<s> A </s> B".
+    """
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"] + ["£", "é"]
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A </s> $B", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def save_tiny_model(path, kind: str = "llama", num_labels: int = 2):
+    """Write a tiny model + tokenizer directory that `model: <path>` in a recipe can load."""
+    builders = {"llama": tiny_llama, "gpt2": tiny_gpt2}
+    model = tiny_bert(num_labels=num_labels) if kind == "bert" else builders[kind]()
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

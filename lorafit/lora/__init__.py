@@ -12,7 +12,7 @@ from .adapter import (
 )
 from .inject import ALL_LINEAR, InjectionReport, LoraSpec, add_lora, count_parameters, mark_all_trainable
 from .layer import LoRALinear, lora_delta_output, lora_delta_weight, lora_scale
-from .merge import lora_layers, merge_lora, unload_lora, unmerge_lora
+from .merge import lora_disabled, lora_layers, merge_lora, unload_lora, unmerge_lora
 
 __all__ = [
     "ALL_LINEAR",
@@ -27,6 +27,7 @@ __all__ = [
     "load_adapter_tensors",
     "lora_delta_output",
     "lora_delta_weight",
+    "lora_disabled",
     "lora_layers",
     "lora_scale",
     "mark_all_trainable",

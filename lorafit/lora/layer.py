@@ -92,6 +92,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Linear(rank, d_out, bias=False, **factory)  # B: (d_out, rank)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False  # True: behave as the base layer (to compare base vs adapted outputs)
         self._weight_before_merge: torch.Tensor | None = None
         self._original: nn.Module | None = None
         self.reset_lora_parameters(init)
@@ -129,7 +130,7 @@ class LoRALinear(nn.Module):
         # Base path: W stored (d_out, d_in), or (d_in, d_out) for Conv1D.
         weight = self.weight.T if self.transposed else self.weight
         out = F.linear(x, weight, self.bias)
-        if self.merged:
+        if self.merged or self.disabled:
             return out
         return out + lora_delta_output(self.lora_dropout(x), self.lora_A.weight, self.lora_B.weight, self.scale)
 

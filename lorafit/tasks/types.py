@@ -88,3 +88,4 @@ class Task:
     score: Callable[[Sequence, Sequence], dict]
     main_metric: str
     eval_only: bool = False  # e.g. glue/qnli: no train split in our data
+    needs_data_dir: bool = True  # False for tasks that bring their own data (quickstart)

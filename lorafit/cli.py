@@ -1,0 +1,239 @@
+"""The `lorafit` command line. Each command body is a few lines that call the library in data-flow order.
+
+Exit codes (for CI): 0 ok, 1 unexpected error, 2 bad input (recipe, data, adapter, paths),
+3 training diverged (non-finite loss), 130 interrupted (a checkpoint was written first).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .console import Reporter
+from .errors import EXIT_INTERRUPTED, EXIT_OTHER, LorafitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Fine-tune language models with LoRA from YAML recipes.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def cli_command(fn):
+    """Run a command body: user errors become one line on stderr and their exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LorafitError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except typer.Exit:
+            raise
+        except Exception as e:  # noqa: BLE001 - last resort: one line, traceback only on request
+            if os.environ.get("LORAFIT_DEBUG"):
+                traceback.print_exc()
+            message = str(e).splitlines()[0] if str(e) else ""
+            typer.echo(f"error: unexpected {type(e).__name__}: {message} (LORAFIT_DEBUG=1 shows the traceback)", err=True)
+            raise typer.Exit(EXIT_OTHER) from None
+
+    return wrapper
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"lorafit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Fine-tune language models with LoRA from YAML recipes."""
+
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout at the end (for scripts).")]
+
+
+@app.command()
+@cli_command
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a recipe key: --set train.lr=1e-4")] = [],  # noqa: B006
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default: recipe output_dir or runs/NAME).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in the output directory.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the output directory from its newest checkpoint.")] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a LoRA adapter as RECIPE says; writes a run directory (recipe, adapter, metrics, plot).
+
+    Examples:
+      lorafit train recipes/quickstart.yaml
+      lorafit train recipes/sst2-minilm.yaml --set train.lr=5e-4 --set lora.rank=4 -o runs/sst2-r4
+      lorafit train recipes/e2e-smollm2.yaml --resume
+    """
+    from .train_command import run_training
+
+    summary = run_training(recipe, set_, output, overwrite=overwrite, resume=resume, reporter=Reporter(quiet, json_out))
+    Reporter(quiet, json_out).summary(summary)
+
+
+@app.command()
+@cli_command
+def inspect(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a recipe key.")] = [],  # noqa: B006
+    json_out: JsonOpt = False,
+) -> None:
+    """Dry run: load the base, show which modules each target matches and the parameter counts.
+
+    Fails (exit 2) when a target matches nothing. Example: lorafit inspect recipes/e2e-smollm2.yaml
+    """
+    from .pipeline import load_task, parameter_summary, prepare_model
+    from .recipe import load_recipe
+
+    reporter = Reporter(False, json_out)
+    loaded = load_recipe(recipe, set_)
+    task = load_task(loaded)
+    prepared = prepare_model(loaded, task)
+    counts = parameter_summary(prepared.report)
+    reporter.info(f"recipe {recipe}: model {loaded.model} ({prepared.ref.path_or_id}), task {task.name} ({task.kind})")
+    for target, names in prepared.report.matched_by_target.items():
+        reporter.info(f"target {target!r} matches {len(names)} module(s):")
+        for name in names:
+            reporter.info(f"  {name}")
+    for name in prepared.report.saved_modules:
+        reporter.info(f"trained in full: {name}")
+    reporter.info(
+        f"trainable parameters: {counts['trainable_params']:,} of {counts['total_params']:,} "
+        f"({counts['trainable_percent']:.4f}%)"
+    )
+    reporter.summary({"recipe": str(recipe), **counts, "matched": prepared.report.matched_by_target,
+                      "saved_modules": prepared.report.saved_modules})
+
+
+@app.command()
+@cli_command
+def merge(
+    adapter: Annotated[str, typer.Argument(help="Adapter directory or run directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the merged model.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Merge an adapter into its base: writes a plain Hugging Face model directory (safetensors).
+
+    The result loads with AutoModelForCausalLM / AutoModelForSequenceClassification.from_pretrained,
+    no lorafit needed. Example: lorafit merge runs/quickstart -o merged/quickstart
+    """
+    from .merge_command import merge_adapter
+
+    reporter = Reporter(quiet, json_out)
+    result = merge_adapter(adapter, output, overwrite=overwrite)
+    reporter.info(f"merged {result['layers']} LoRA layers of {adapter} into {output}")
+    reporter.summary(result)
+
+
+@app.command("eval")
+@cli_command
+def eval_(
+    target: Annotated[str | None, typer.Argument(help="Run dir, adapter dir, merged model dir, or base model (zero-shot).")] = None,
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Task name (default: the run's task).")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the recipe's eval.split, dev).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N inputs.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write metrics, settings and predictions here (JSON).")] = None,
+    predictions: Annotated[Path | None, typer.Option("--predictions", help="Score this outputs file (one line per input) instead of a model.")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Data directory (default: recipe data_dir or $LORAFIT_DATA).")] = None,
+    beam_size: Annotated[int | None, typer.Option("--beam-size", min=1)] = None,
+    length_penalty: Annotated[float | None, typer.Option("--length-penalty")] = None,
+    no_repeat_ngram_size: Annotated[int | None, typer.Option("--no-repeat-ngram-size", min=0)] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Evaluate a model or an outputs file on a task split; prints a table and writes JSON.
+
+    Examples:
+      lorafit eval runs/e2e-smollm2 --limit 50
+      lorafit eval smollm2-135m --task e2e --limit 30 -o zero-shot.json
+      lorafit eval --task e2e --predictions my-system-outputs.txt
+    """
+    from .eval_command import EvalRequest, run_eval
+
+    request = EvalRequest(
+        target=target, task=task, split=split, limit=limit, output=output, predictions=predictions,
+        data_dir=data_dir, beam_size=beam_size, length_penalty=length_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens, batch_size=batch_size,
+    )
+    reporter = Reporter(quiet, json_out)
+    result = run_eval(request, reporter)
+    reporter.summary({k: v for k, v in result.items() if k != "predictions"})
+
+
+@app.command()
+@cli_command
+def models(json_out: JsonOpt = False) -> None:
+    """List the built-in model aliases, whether each is installed, and where its checkpoint is."""
+    from .models import list_aliases
+
+    reporter = Reporter(False, json_out)
+    rows = list_aliases()
+    reporter.table(
+        "built-in models",
+        ["alias", "installed", "package", "checkpoint", "description"],
+        [[r["alias"], "yes" if r["installed"] else "no", r.get("package", ""), r.get("checkpoint", ""), r.get("description", "")]
+         for r in rows],
+    )
+    reporter.summary({"models": rows})
+
+
+recipes_app = typer.Typer(help="Shipped recipes: list them, or print one to copy and edit.", no_args_is_help=False)
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.callback(invoke_without_command=True)
+@cli_command
+def recipes_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """List the shipped recipes with one line each. Example: lorafit recipes show quickstart"""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .shipped import shipped_recipes
+
+    reporter = Reporter(False, json_out)
+    rows = shipped_recipes()
+    reporter.table("shipped recipes", ["name", "description"], [[r["name"], r["description"]] for r in rows])
+    reporter.summary({"recipes": rows})
+
+
+@recipes_app.command("show")
+@cli_command
+def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name, as `lorafit recipes` lists it.")]) -> None:
+    """Print a shipped recipe (redirect it into a file to start your own)."""
+    from .shipped import recipe_text
+
+    sys.stdout.write(recipe_text(name))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+

@@ -1,0 +1,197 @@
+"""Tokenization, loss masks and batches: task examples in, padded tensors out.
+
+Generation examples become `prompt_ids + completion_ids + [eos]` with labels -100 on the prompt, so
+the loss covers the completion only. Prompt and completion are tokenized separately: generation later
+feeds exactly `prompt_ids`, so training and inference see the same token boundary.
+
+Batch order is a pure function of (seed, epoch): a run that resumes at batch k of epoch e rebuilds the
+same order and skips k batches. "bucket" batching groups examples of similar length (less padding),
+"pad" keeps a plain shuffled order and pads to the longest row of each batch, as the usual collators do.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import DataError
+from .tasks.types import ClassificationExample, GenerationExample
+
+IGNORE_INDEX = -100  # label value that cross_entropy skips
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized example. `labels` is None for classification (the label is `target`)."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...] | None = None
+    token_type_ids: tuple[int, ...] | None = None
+    target: float | int | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class EncodeStats:
+    """What tokenization had to change, reported in the run log."""
+
+    examples: int = 0
+    truncated: int = 0
+    skipped: int = 0
+    completion_tokens: int = 0
+
+
+def encode_generation(
+    examples: Sequence[GenerationExample], tokenizer, max_length: int
+) -> tuple[list[Encoded], EncodeStats]:
+    """Tokenize prompt -> completion pairs with the prompt masked out of the loss.
+
+    Too long: the prompt is cut from the left (its end, next to the completion, is kept); an example
+    whose completion alone leaves fewer than 8 prompt tokens is skipped. Both are counted.
+    """
+    stats = EncodeStats()
+    eos = tokenizer.eos_token_id
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    encoded = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        completion = list(completion) + [eos]
+        room = max_length - len(completion)
+        if room < min(8, len(prompt)):
+            stats.skipped += 1
+            continue
+        if len(prompt) > room:
+            prompt = prompt[len(prompt) - room :]
+            stats.truncated += 1
+        ids = tuple(prompt) + tuple(completion)
+        labels = (IGNORE_INDEX,) * len(prompt) + tuple(completion)
+        encoded.append(Encoded(input_ids=ids, labels=labels))
+        stats.completion_tokens += len(completion)
+    stats.examples = len(encoded)
+    return encoded, stats
+
+
+def encode_classification(
+    examples: Sequence[ClassificationExample], tokenizer, max_length: int
+) -> tuple[list[Encoded], EncodeStats]:
+    """Tokenize sentences (or pairs) for a sequence-classification model, truncating to max_length."""
+    stats = EncodeStats()
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
+    batch = tokenizer(texts, pairs, truncation=False, verbose=False)
+    # Re-tokenize only the rows that are too long, with the tokenizer's own truncation strategy.
+    long_rows = [i for i, ids in enumerate(batch["input_ids"]) if len(ids) > max_length]
+    if long_rows:
+        cut = tokenizer(
+            [texts[i] for i in long_rows], [pairs[i] for i in long_rows] if pairs else None,
+            truncation=True, max_length=max_length,
+        )
+        for j, i in enumerate(long_rows):
+            for key in batch:
+                batch[key][i] = cut[key][j]
+    stats.truncated = len(long_rows)
+    type_ids = batch.get("token_type_ids")
+    encoded = [
+        Encoded(
+            input_ids=tuple(batch["input_ids"][i]),
+            token_type_ids=tuple(type_ids[i]) if type_ids is not None else None,
+            target=example.label,
+        )
+        for i, example in enumerate(examples)
+    ]
+    stats.examples = len(encoded)
+    return encoded, stats
+
+
+def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, mode: str) -> list[list[int]]:
+    """Indices of each batch for one epoch; deterministic in (seed, epoch).
+
+    bucket: shuffle, cut into windows of 64 batches, sort each window by length, cut into batches,
+    then shuffle the batches, so every batch holds similar lengths but the order stays random.
+    pad: shuffle and cut.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if mode == "bucket":
+        window = batch_size * 64
+        sorted_order = []
+        for start in range(0, len(order), window):
+            sorted_order += sorted(order[start : start + window], key=lambda i: lengths[i])
+        order = sorted_order
+    elif mode != "pad":
+        raise DataError(f"train.batching: {mode!r} is not available; choose 'bucket' or 'pad'")
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if mode == "bucket":
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a list of examples to the longest one: input_ids/attention_mask (B, T) and labels.
+
+    Generation: labels (B, T) with IGNORE_INDEX on prompt and padding. Classification: labels (B,)
+    as int64, or float32 for regression targets.
+    """
+    width = max(len(item) for item in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, item in enumerate(items):
+        ids[row, : len(item)] = torch.tensor(item.input_ids)
+        mask[row, : len(item)] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if items[0].labels is not None:
+        labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+        for row, item in enumerate(items):
+            labels[row, : len(item)] = torch.tensor(item.labels)
+        batch["labels"] = labels
+    else:
+        if items[0].token_type_ids is not None:
+            types = torch.zeros((len(items), width), dtype=torch.long)
+            for row, item in enumerate(items):
+                types[row, : len(item)] = torch.tensor(item.token_type_ids)
+            batch["token_type_ids"] = types
+        is_float = isinstance(items[0].target, float)
+        batch["labels"] = torch.tensor([item.target for item in items], dtype=torch.float32 if is_float else torch.long)
+    return batch
+
+
+def iterate_batches(
+    encoded: Sequence[Encoded], batch_size: int, pad_id: int, *, seed: int, epoch: int, mode: str, skip: int = 0
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Collated batches of one epoch, starting after `skip` batches (for resuming)."""
+    lengths = [len(e) for e in encoded]
+    for indices in batch_order(lengths, batch_size, seed, epoch, mode)[skip:]:
+        yield collate([encoded[i] for i in indices], pad_id)
+
+
+def length_sorted_batches(
+    encoded: Sequence[Encoded], batch_size: int, pad_id: int
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """(indices, batch) pairs over all examples sorted by length, for evaluation: little padding,
+    and the indices put results back in the original order."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield rows, collate([encoded[i] for i in rows], pad_id)
+
+
+def count_target_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens the loss is computed on: completion tokens (shifted), or one per row for classification."""
+    labels = batch["labels"]
+    if labels.dim() == 2:
+        return int((labels[:, 1:] != IGNORE_INDEX).sum())
+    return labels.shape[0]
+
+
+def subsample(items: list, limit: int | None, seed: int) -> list:
+    """At most `limit` items, chosen with a fixed seed (order preserved)."""
+    if limit is None or limit >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]

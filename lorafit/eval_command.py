@@ -1,0 +1,130 @@
+"""`lorafit eval`: load a target (or read an outputs file), predict, score, print a table, write JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import __version__
+from .atomic import write_text_atomic
+from .console import Reporter
+from .errors import DataError
+from .evaluate import predict, read_predictions, score
+from .generate import GenerationSettings
+from .pipeline import data_options
+from .recipe import Recipe, load_recipe
+from .runs import RECIPE_FILE, is_run_dir
+from .tasks import get_task, resolve_data_dir
+from .tasks.types import DataOptions, Task
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Everything `lorafit eval` was asked; None means "from the run's recipe, else the default"."""
+
+    target: str | None = None
+    task: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    output: Path | None = None
+    predictions: Path | None = None
+    data_dir: str | None = None
+    beam_size: int | None = None
+    length_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    max_new_tokens: int | None = None
+    batch_size: int | None = None
+
+
+def generation_settings(recipe: Recipe | None, request: EvalRequest) -> GenerationSettings:
+    """Flags override the recipe's eval section, which overrides the defaults."""
+    base = GenerationSettings()
+    if recipe is not None:
+        e = recipe.eval
+        base = GenerationSettings(e.batch_size, e.beam_size, e.length_penalty, e.no_repeat_ngram_size, e.max_new_tokens)
+    overrides = {
+        "batch_size": request.batch_size,
+        "beam_size": request.beam_size,
+        "length_penalty": request.length_penalty,
+        "no_repeat_ngram_size": request.no_repeat_ngram_size,
+        "max_new_tokens": request.max_new_tokens,
+    }
+    return GenerationSettings(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def recipe_of_target(target: str | None) -> Recipe | None:
+    """The resolved recipe of a run directory target, else None."""
+    if target and is_run_dir(Path(target)):
+        return load_recipe(Path(target) / RECIPE_FILE)
+    return None
+
+
+def data_options_of(recipe: Recipe | None) -> DataOptions:
+    return data_options(recipe) if recipe is not None else DataOptions()
+
+
+def eval_items(task: Task, data_dir: Path, split: str, options: DataOptions, limit: int | None) -> list:
+    if split not in task.splits:
+        raise DataError(f"task {task.name} has no split {split!r}; valid splits: {', '.join(task.splits)}")
+    items = task.load_eval(data_dir, split, options)
+    return items[:limit] if limit else items
+
+
+def evaluate_model(model, tokenizer, task: Task, items: list, settings: GenerationSettings, max_length: int,
+                   reporter: Reporter) -> tuple[list, dict, float]:
+    """Predictions and metrics of a loaded model on `items`, with a progress bar; returns seconds too."""
+    started = time.perf_counter()
+    label = "generate" if task.kind == "generation" else "classify"
+    with reporter.progress(label, len(items)) as progress:
+        predictions = predict(model, tokenizer, task, items, settings, max_length, on_batch=progress.advance)
+    seconds = time.perf_counter() - started
+    return predictions, score(task, predictions, items)["metrics"], seconds
+
+
+def print_metrics(reporter: Reporter, title: str, metrics: dict) -> None:
+    rows = [[k, f"{v:.4f}" if isinstance(v, float) else ("n/a" if v is None else str(v))]
+            for k, v in metrics.items() if not k.endswith("_unavailable")]
+    reporter.table(title, ["metric", "value"], rows)
+    for key, reason in metrics.items():
+        if key.endswith("_unavailable"):
+            reporter.info(f"{key[: -len('_unavailable')]} unavailable: {reason}")
+
+
+def run_eval(request: EvalRequest, reporter: Reporter) -> dict:
+    """Evaluate request.target (or score request.predictions); prints a table, writes JSON if asked."""
+    if request.target is None and request.predictions is None:
+        raise DataError("give a TARGET to evaluate or --predictions FILE to score")
+    recipe = recipe_of_target(request.target)
+    task_name = request.task or (recipe.task if recipe else None)
+    if task_name is None:
+        raise DataError("--task is required unless TARGET is a run directory")
+    options = data_options_of(recipe)
+    task = get_task(task_name, options)
+    split = request.split or (recipe.eval.split if recipe else "dev")
+    data_dir = resolve_data_dir(request.data_dir or (recipe.data_dir if recipe else None))
+    items = eval_items(task, data_dir, split, options, request.limit)
+    settings = generation_settings(recipe, request)
+
+    result: dict = {"task": task.name, "split": split, "num_examples": len(items), "lorafit_version": __version__}
+    if request.predictions is not None:
+        predictions = read_predictions(request.predictions, task, len(items))
+        result.update(source=str(request.predictions), kind="predictions", **score(task, predictions, items))
+    else:
+        from .loading import load_target
+
+        loaded = load_target(request.target, task)
+        max_length = recipe.data.max_length if recipe else 512
+        predictions, metrics, seconds = evaluate_model(loaded.model, loaded.tokenizer, task, items, settings,
+                                                       max_length, reporter)
+        result.update(source=request.target, kind=loaded.kind, base=loaded.base.path_or_id, metrics=metrics,
+                      settings=asdict(settings) if task.kind == "generation" else {"batch_size": settings.batch_size},
+                      seconds=round(seconds, 2))
+    result["predictions"] = predictions
+    print_metrics(reporter, f"{task.name} {split} ({len(items)} inputs)", result["metrics"])
+    if request.output is not None:
+        request.output.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(request.output, json.dumps(result, indent=2, default=str) + "\n")
+        reporter.info(f"wrote {request.output}")
+    return result

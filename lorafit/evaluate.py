@@ -1,0 +1,74 @@
+"""Task evaluation: predictions from a model (or a file), then the task's metrics.
+
+Generation tasks generate one output per EvalItem (for E2E one per distinct MR) and score it against
+all references; classification tasks take the argmax of the logits (regression: the single logit).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import encode_classification, length_sorted_batches
+from .errors import DataError
+from .generate import GenerationSettings, generate
+from .tasks.types import Task
+
+
+@torch.no_grad()
+def classify(
+    model: nn.Module, tokenizer, items: Sequence, max_length: int, batch_size: int,
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> list:
+    """Predicted labels (int) or scores (float, regression) for ClassificationExamples, in order."""
+    model.eval()
+    device = next(model.parameters()).device
+    encoded, _ = encode_classification(items, tokenizer, max_length)
+    predictions: list = [None] * len(encoded)
+    for rows, batch in length_sorted_batches(encoded, batch_size, tokenizer.pad_token_id or 0):
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits.float()  # (B, C)
+        values = logits.squeeze(-1).tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
+        for row, value in zip(rows, values, strict=True):
+            predictions[row] = value
+        on_batch(len(rows))
+    return predictions
+
+
+def predict(
+    model: nn.Module, tokenizer, task: Task, items: Sequence, settings: GenerationSettings, max_length: int,
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> list:
+    """Predictions of `model` for the task's eval items."""
+    if task.kind == "generation":
+        return generate(model, tokenizer, [item.prompt for item in items], settings, on_batch=on_batch)
+    return classify(model, tokenizer, items, max_length, settings.batch_size, on_batch=on_batch)
+
+
+def read_predictions(path: Path, task: Task, expected: int) -> list:
+    """One prediction per line, in the split's order (E2E: one per distinct MR, first-appearance order)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: predictions file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 (byte {e.start})") from None
+    if len(lines) != expected:
+        raise DataError(f"{path}: has {len(lines)} lines, the split has {expected} inputs (one line each)")
+    if task.kind == "generation":
+        return [line.strip() for line in lines]
+    try:
+        return [float(x) if task.kind == "regression" else int(x) for x in lines]
+    except ValueError as e:
+        raise DataError(f"{path}: labels must be numbers, one per line ({e})") from None
+
+
+def score(task: Task, predictions: Sequence, items: Sequence) -> dict:
+    """The task's metrics for `predictions`, timed."""
+    started = time.perf_counter()
+    metrics = task.score(predictions, items)
+    return {"metrics": metrics, "scoring_s": round(time.perf_counter() - started, 2)}

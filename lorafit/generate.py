@@ -1,0 +1,88 @@
+"""Batched generation for causal LMs: greedy or beam search, prompts left-padded.
+
+Prompts are tokenized exactly as in training (`tokenizer(prompt)` with its special tokens), so the
+model continues from the same token boundary it learned. Decoder-only models need LEFT padding in a
+batch: every row's last prompt token then sits at the same position, where generation starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings (the recipe's `eval:` section or `lorafit eval` flags)."""
+
+    batch_size: int = 16
+    beam_size: int = 1
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    max_new_tokens: int = 64
+
+
+def left_padded(prompt_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask (B, T), each row right-aligned."""
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for row, p in enumerate(prompt_ids):
+        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p) :] = 1
+    return ids, mask
+
+
+def first_line(text: str) -> str:
+    """Keep the first non-empty line: our generation tasks answer in one line, and a base model that
+    keeps talking after it should not be scored on the chatter."""
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    settings: GenerationSettings,
+    *,
+    on_batch: Callable[[int], None] = lambda n: None,
+    postprocess: Callable[[str], str] = first_line,
+) -> list[str]:
+    """Generate one completion per prompt, in the prompts' order.
+
+    Prompts are processed longest-first in batches of `settings.batch_size` (less padding), and
+    `on_batch(n)` is called after each batch with the number of prompts done in it.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    outputs: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), settings.batch_size):
+        rows = order[start : start + settings.batch_size]
+        ids, mask = left_padded([encoded[i] for i in rows], pad_id)
+        generated = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=settings.max_new_tokens,
+            num_beams=settings.beam_size,
+            length_penalty=settings.length_penalty,
+            no_repeat_ngram_size=settings.no_repeat_ngram_size,
+            do_sample=False,
+            early_stopping=settings.beam_size > 1,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new_tokens = generated[:, ids.shape[1] :]
+        for row, tokens in zip(rows, new_tokens, strict=True):
+            outputs[row] = postprocess(tokenizer.decode(tokens, skip_special_tokens=True))
+        on_batch(len(rows))
+    return outputs

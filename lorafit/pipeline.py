@@ -1,0 +1,205 @@
+"""The steps `lorafit train` runs, each a small function, so the CLI body reads as the data flow:
+
+    recipe -> task -> base model + tokenizer -> add LoRA -> encoded data -> fit -> adapter -> eval
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import nn
+
+from . import __version__
+from .data import Encoded, EncodeStats, encode_classification, encode_generation, subsample
+from .lora import InjectionReport, LoraSpec, add_lora, count_parameters, mark_all_trainable, save_adapter
+from .loss import causal_lm_loss, classification_loss
+from .models import ModelRef, load_causal_lm, load_classifier, load_tokenizer, model_identity, resolve_model
+from .recipe import Recipe, recipe_hash
+from .tasks import get_task, resolve_data_dir
+from .tasks.types import DataOptions, Task
+from .train import LoopSettings, seed_everything
+
+HEAD_NAMES = ("classifier", "score")  # BERT/RoBERTa, Llama/GPT-2 sequence-classification heads
+
+
+@dataclass
+class Prepared:
+    """A base model ready to train: LoRA injected (or fully trainable), with what it was built from."""
+
+    model: nn.Module
+    tokenizer: object
+    ref: ModelRef
+    spec: LoraSpec | None  # None for full fine-tuning
+    report: InjectionReport
+
+
+def data_options(recipe: Recipe) -> DataOptions:
+    """The recipe's `data:` file and field settings, as the task loaders take them."""
+    d = recipe.data
+    return DataOptions(
+        train_file=d.train_file,
+        valid_file=d.valid_file,
+        test_file=d.test_file,
+        prompt_template=d.prompt_template,
+        completion_field=d.completion_field,
+        text_field=d.text_field,
+        text_pair_field=d.text_pair_field,
+        label_field=d.label_field,
+        num_labels=d.num_labels,
+    )
+
+
+def load_task(recipe: Recipe) -> Task:
+    return get_task(recipe.task, data_options(recipe))
+
+
+def head_name(model: nn.Module) -> str | None:
+    """The sequence-classification head's attribute name, if the model has one."""
+    children = dict(model.named_children())
+    return next((name for name in HEAD_NAMES if name in children), None)
+
+
+def lora_spec(recipe: Recipe, model: nn.Module) -> LoraSpec:
+    """The recipe's lora section as a LoraSpec; a classifier's new head is always trained in full."""
+    lora = recipe.lora
+    saved = tuple(lora.modules_to_save)
+    head = head_name(model)
+    if head is not None and head not in saved:
+        saved = (*saved, head)
+    return LoraSpec(
+        rank=lora.rank,
+        alpha=float(lora.alpha),
+        dropout=lora.dropout,
+        targets=tuple(lora.targets),
+        targets_regex=lora.targets_regex,
+        rslora=lora.rslora,
+        init=lora.init,
+        bias=lora.bias,
+        modules_to_save=saved,
+    )
+
+
+def load_base(ref: ModelRef, task: Task):
+    """Tokenizer and base model of the kind the task needs (causal LM or sequence classifier)."""
+    tokenizer = load_tokenizer(ref)
+    if task.kind == "generation":
+        model = load_causal_lm(ref)
+    else:
+        model = load_classifier(ref, num_labels=task.num_labels)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def prepare_model(recipe: Recipe, task: Task) -> Prepared:
+    """Seed, load the base, then inject LoRA (or unfreeze everything for `train.full_finetune`)."""
+    seed_everything(recipe.seed)  # LoRA's A and a new head are random: seeded for reproducible runs
+    ref = resolve_model(recipe.model)
+    model, tokenizer = load_base(ref, task)
+    if recipe.train.full_finetune:
+        trainable = mark_all_trainable(model)
+        total = count_parameters(model)
+        return Prepared(model, tokenizer, ref, None, InjectionReport([], [], trainable, total))
+    spec = lora_spec(recipe, model)
+    report = add_lora(model, spec)
+    return Prepared(model, tokenizer, ref, spec, report)
+
+
+def encode(task: Task, examples: list, tokenizer, max_length: int) -> tuple[list[Encoded], EncodeStats]:
+    if task.kind == "generation":
+        return encode_generation(examples, tokenizer, max_length)
+    return encode_classification(examples, tokenizer, max_length)
+
+
+def prepare_data(recipe: Recipe, task: Task, tokenizer) -> tuple[list[Encoded], list[Encoded], dict]:
+    """Encoded training and validation examples, and counts for the log."""
+    data_dir = resolve_data_dir(recipe.data_dir)
+    options = data_options(recipe)
+    train_split, valid_split = "train", recipe.eval.split
+    train_examples = subsample(task.load_train(data_dir, train_split, options), recipe.data.max_train_examples, recipe.seed)
+    valid_examples = task.load_train(data_dir, valid_split, options) if valid_split in task.splits else []
+    valid_examples = subsample(valid_examples, recipe.data.max_valid_examples, recipe.seed)
+    train, train_stats = encode(task, train_examples, tokenizer, recipe.data.max_length)
+    valid, valid_stats = encode(task, valid_examples, tokenizer, recipe.data.max_length)
+    counts = {
+        "train_examples": train_stats.examples,
+        "train_truncated": train_stats.truncated,
+        "train_skipped": train_stats.skipped,
+        "valid_examples": valid_stats.examples,
+        "valid_truncated": valid_stats.truncated,
+        "valid_skipped": valid_stats.skipped,
+    }
+    return train, valid, counts
+
+
+def loss_function(task: Task):
+    return causal_lm_loss if task.kind == "generation" else classification_loss
+
+
+def loop_settings(recipe: Recipe) -> LoopSettings:
+    t = recipe.train
+    return LoopSettings(
+        batch_size=t.batch_size,
+        grad_accum=t.grad_accum,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        schedule=t.schedule,
+        max_grad_norm=t.max_grad_norm,
+        batching=t.batching,
+        epochs=t.epochs,
+        max_steps=t.max_steps,
+        log_every=t.log_every,
+        eval_every=t.eval_every,
+        save_every=t.save_every,
+        seed=recipe.seed,
+        precision=recipe.precision,
+    )
+
+
+def adapter_metadata(prepared: Prepared, recipe: Recipe, task: Task) -> dict[str, str]:
+    """lorafit's own facts about an adapter, stored in the safetensors header (strings only)."""
+    return {
+        "lorafit_version": __version__,
+        "lorafit_base_name": prepared.ref.name,
+        "lorafit_base_alias": prepared.ref.alias or "",
+        "lorafit_base_identity": json.dumps(model_identity(prepared.model), sort_keys=True),
+        "lorafit_recipe_hash": recipe_hash(recipe),
+        "lorafit_task": task.name,
+        "lorafit_num_labels": str(task.num_labels),
+    }
+
+
+def save_trained(prepared: Prepared, recipe: Recipe, task: Task, directory: Path) -> Path:
+    """Save the adapter (PEFT format), or, for full fine-tuning, the whole model, atomically."""
+    if prepared.spec is None:
+        from .atomic import atomic_directory
+
+        with atomic_directory(directory) as tmp:
+            prepared.model.save_pretrained(tmp)
+            prepared.tokenizer.save_pretrained(tmp)
+        return directory
+    return save_adapter(
+        prepared.model,
+        directory,
+        prepared.spec,
+        base_model_name_or_path=prepared.ref.path_or_id,
+        task_type="CAUSAL_LM" if task.kind == "generation" else "SEQ_CLS",
+        metadata=adapter_metadata(prepared, recipe, task),
+    )
+
+
+def parameter_summary(report: InjectionReport) -> dict:
+    """Counts for logs and summaries."""
+    return {
+        "trainable_params": report.trainable_params,
+        "total_params": report.total_params,
+        "trainable_percent": round(report.trainable_percent, 4),
+        "adapted_layers": len(report.adapted),
+    }
+
+
+def spec_dict(spec: LoraSpec | None) -> dict | None:
+    return asdict(spec) if spec is not None else None

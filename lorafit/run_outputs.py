@@ -1,0 +1,115 @@
+"""What a finished training run leaves besides the adapter: eval.json, loss.png, summary.json, and a
+few held-out inputs with the base model's output beside the adapted model's."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+
+import psutil
+import torch
+
+from . import __version__
+from .console import Reporter
+from .eval_command import evaluate_model, print_metrics
+from .generate import GenerationSettings, generate
+from .lora import lora_disabled
+from .pipeline import Prepared, data_options
+from .plots import plot_runs
+from .recipe import Recipe
+from .runs import EVAL_FILE, SUMMARY_FILE, RunDir
+from .tasks import resolve_data_dir
+from .tasks.types import Task
+from .train import FitResult
+
+
+def generation_settings(recipe: Recipe) -> GenerationSettings:
+    e = recipe.eval
+    return GenerationSettings(e.batch_size, e.beam_size, e.length_penalty, e.no_repeat_ngram_size, e.max_new_tokens)
+
+
+def end_of_run_eval(run: RunDir, recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> dict:
+    """The task's metrics on recipe.eval.split (first eval.limit inputs), written to eval.json."""
+    items = task.load_eval(resolve_data_dir(recipe.data_dir), recipe.eval.split, data_options(recipe))
+    items = items[: recipe.eval.limit] if recipe.eval.limit else items
+    settings = generation_settings(recipe)
+    predictions, metrics, seconds = evaluate_model(
+        prepared.model, prepared.tokenizer, task, items, settings, recipe.data.max_length, reporter
+    )
+    print_metrics(reporter, f"{task.name} {recipe.eval.split} ({len(items)} inputs)", metrics)
+    result = {"task": task.name, "split": recipe.eval.split, "num_examples": len(items), "metrics": metrics,
+              "seconds": round(seconds, 2), "predictions": predictions}
+    run.write_json(EVAL_FILE, result)
+    return result
+
+
+def show_examples(recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> list[dict]:
+    """Generate for a few held-out inputs with the adapter off (base) and on, and print both."""
+    count = recipe.eval.show_examples
+    if count <= 0 or task.kind != "generation" or prepared.spec is None:
+        return []
+    items = task.load_eval(resolve_data_dir(recipe.data_dir), recipe.eval.split, data_options(recipe))[:count]
+    prompts = [item.prompt for item in items]
+    settings = generation_settings(recipe)
+    with lora_disabled(prepared.model):
+        base = generate(prepared.model, prepared.tokenizer, prompts, settings)
+    adapted = generate(prepared.model, prepared.tokenizer, prompts, settings)
+    examples = []
+    reporter.info("\nheld-out inputs, base model vs. with the trained adapter:")
+    for item, b, a in zip(items, base, adapted, strict=True):
+        reporter.info("\ninput:     " + " | ".join(line.strip() for line in item.prompt.strip().splitlines()))
+        reporter.info(f"base:      {b}")
+        reporter.info(f"lorafit:   {a}")
+        reporter.info(f"reference: {item.references[0]}")
+        examples.append({"prompt": item.prompt, "base": b, "adapted": a, "reference": item.references[0]})
+    return examples
+
+
+def machine_info() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": psutil.cpu_count(logical=True),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def finish_run(
+    run: RunDir, recipe: Recipe, task: Task, prepared: Prepared, result: FitResult, counts: dict,
+    data_counts: dict, reporter: Reporter, started: float,
+) -> dict:
+    """Evaluate (if asked), plot, show examples, and write summary.json; returns the summary."""
+    evaluation = end_of_run_eval(run, recipe, task, prepared, reporter) if recipe.eval.at_end else None
+    if recipe.log.plot:
+        plot_runs({recipe.name: result.history}, run.plot, title=f"{recipe.name}: loss")
+    examples = show_examples(recipe, task, prepared, reporter)
+    first_valid = next((r["valid_loss"] for r in result.history if r.get("valid_loss") is not None), None)
+    summary = {
+        "name": recipe.name,
+        "run_dir": str(run.path),
+        "adapter": str(run.adapter),
+        "model": recipe.model,
+        "task": task.name,
+        "steps": result.state.step,
+        "examples_seen": result.state.examples_seen,
+        "tokens_seen": result.state.tokens_seen,
+        "final_train_loss": result.train_loss,
+        "initial_valid_loss": first_valid,
+        "final_valid_loss": result.valid_loss,
+        **counts,
+        **data_counts,
+        "metrics": evaluation["metrics"] if evaluation else None,
+        "examples": examples,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+        "seconds": round(time.perf_counter() - started, 1),
+        "lorafit_version": __version__,
+        "machine": machine_info(),
+    }
+    run.write_json(SUMMARY_FILE, summary)
+    valid = "n/a" if result.valid_loss is None else f"{result.valid_loss:.4f}"
+    start = "" if first_valid is None else f" (from {first_valid:.4f})"
+    reporter.info(f"\ndone in {summary['seconds']:.0f}s: {result.state.step} steps, validation loss {valid}{start}; "
+                  f"adapter in {run.adapter}")
+    return summary

@@ -1,0 +1,135 @@
+"""`lorafit train`, top to bottom:
+
+    recipe.yaml -> load_recipe -> task -> prepare_model (base + LoRA) -> prepare_data -> fit
+                -> save adapter -> (evaluate) -> plot, summary, base-vs-adapted examples
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import warnings
+from pathlib import Path
+
+from .console import Reporter, format_train_record
+from .errors import RunDirError
+from .pipeline import (
+    load_task,
+    loop_settings,
+    loss_function,
+    parameter_summary,
+    prepare_data,
+    prepare_model,
+    save_trained,
+)
+from .recipe import Recipe, dump_recipe, load_recipe, recipe_hash
+from .run_outputs import finish_run
+from .runs import RunDir, is_run_dir
+from .train import fit, total_optimizer_steps
+
+
+def run_directory(recipe: Recipe, output: Path | None) -> RunDir:
+    """--output, else the recipe's output_dir, else runs/<name>."""
+    return RunDir(output or (Path(recipe.output_dir) if recipe.output_dir else Path("runs") / recipe.name))
+
+
+def check_run_directory(run: RunDir, *, overwrite: bool, resume: bool) -> None:
+    """Fail fast, before any model is loaded, if the output directory cannot be used."""
+    if resume and not is_run_dir(run.path):
+        raise RunDirError(f"{run.path}: nothing to resume (no recipe.yaml in it)")
+    if not resume and not overwrite and run.path.is_dir() and any(run.path.iterdir()):
+        raise RunDirError(f"{run.path}: already holds a run; pass --overwrite to replace it or --resume to continue it")
+    if run.path.exists() and not run.path.is_dir():
+        raise RunDirError(f"{run.path}: output path exists and is not a directory")
+
+
+def sigterm_as_interrupt() -> None:
+    """Treat SIGTERM (a job scheduler stopping us) like Ctrl-C: checkpoint, then exit 130."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_training(
+    recipe_path: Path, overrides: list[str], output: Path | None, *, overwrite: bool, resume: bool, reporter: Reporter
+) -> dict:
+    """Train as the recipe says and write the run directory; returns the summary dict."""
+    started = time.perf_counter()
+    recipe = load_recipe(recipe_path, overrides)
+    run = run_directory(recipe, output)
+    check_run_directory(run, overwrite=overwrite, resume=resume)
+    if resume:
+        saved = load_recipe(run.recipe)
+        if recipe_hash(saved) != recipe_hash(recipe):
+            reporter.info(f"note: resuming with the recipe saved in {run.recipe}, not {recipe_path}")
+        recipe = saved
+    task = load_task(recipe)
+
+    prepared = prepare_model(recipe, task)
+    counts = parameter_summary(prepared.report)
+    reporter.info(
+        f"{recipe.name}: {recipe.model} on {task.name}; trainable {counts['trainable_params']:,} of "
+        f"{counts['total_params']:,} parameters ({counts['trainable_percent']:.3f}%), "
+        f"{counts['adapted_layers']} LoRA layers"
+    )
+    train_data, valid_data, data_counts = prepare_data(recipe, task, prepared.tokenizer)
+    reporter.info(
+        f"data: {data_counts['train_examples']} train / {data_counts['valid_examples']} validation examples "
+        f"({data_counts['train_truncated']} truncated, {data_counts['train_skipped']} skipped as too long)"
+    )
+
+    if not resume:
+        run.prepare(overwrite=overwrite, resume=False)
+    recipe_text = dump_recipe(recipe)
+    run.write_recipe(recipe_text)
+    snapshot = None
+    if resume:
+        found = run.latest_checkpoint()
+        if found is None:
+            reporter.info(f"note: {run.path} has no readable checkpoint; starting from step 0")
+        else:
+            path, snapshot = found
+            reporter.info(f"resuming from {path} (step {snapshot['state']['step']})")
+        run.truncate_metrics(after_step=snapshot["state"]["step"] if snapshot else 0)
+        if snapshot is None and run.metrics.exists():
+            run.metrics.unlink()
+
+    settings = loop_settings(recipe)
+    total = total_optimizer_steps(len(train_data), settings)
+
+    def save_checkpoint(snapshot_fn) -> None:
+        run.save_checkpoint(snapshot_fn(), recipe_text, recipe.train.keep_checkpoints)
+
+    def on_step(state, snapshot_fn) -> None:
+        progress.advance(1, status=status_line(state))
+        if recipe.train.save_every and state.step % recipe.train.save_every == 0:
+            save_checkpoint(snapshot_fn)
+
+    def on_log(record: dict) -> None:
+        run.append_metrics(record)
+        progress.log(format_train_record(record, total))
+        last.update(record)
+
+    def on_interrupt(snapshot_fn) -> None:
+        save_checkpoint(snapshot_fn)
+        reporter.info(f"interrupted: checkpoint written; continue with: lorafit train {recipe_path} --resume")
+
+    last: dict = {}
+
+    def status_line(state) -> str:
+        return f"loss {last['loss']:.4f}" if "loss" in last else ""
+
+    sigterm_as_interrupt()
+    done_before = snapshot["state"]["step"] if snapshot else 0
+    with warnings.catch_warnings(), reporter.progress("train", total, plain_ticks=False) as progress:
+        warnings.simplefilter("ignore", UserWarning)
+        progress.advance(done_before)
+        result = fit(
+            prepared.model, train_data, valid_data, settings,
+            loss_fn=loss_function(task), pad_id=prepared.tokenizer.pad_token_id,
+            on_log=on_log, on_step=on_step, on_interrupt=on_interrupt, resume=snapshot,
+        )
+    save_trained(prepared, recipe, task, run.adapter)
+    return finish_run(run, recipe, task, prepared, result, counts, data_counts, reporter, started)

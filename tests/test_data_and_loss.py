@@ -1,0 +1,139 @@
+"""Tokenization masks, batching, and the exactness of the fast loss paths."""
+
+import torch
+from tiny import tiny_bert, tiny_gpt2, tiny_llama, tiny_tokenizer
+
+from lorafit.data import (
+    IGNORE_INDEX,
+    batch_order,
+    collate,
+    count_target_tokens,
+    encode_classification,
+    encode_generation,
+    iterate_batches,
+)
+from lorafit.loss import causal_lm_loss, causal_lm_loss_full_logits, classification_loss
+from lorafit.lora import LoraSpec, add_lora
+from lorafit.tasks.types import ClassificationExample, GenerationExample
+
+EXAMPLES = [
+    GenerationExample("name[A], food[Thai]\nDescription:", " A serves Thai food."),
+    GenerationExample("name[Bo]\nDescription:", " Bo."),
+    GenerationExample("name[Cafe Zed], area[riverside], rating[high], price[cheap]\nDescription:", " Cafe Zed is a cheap, highly rated place by the river."),
+    GenerationExample("x\nDescription:", " Some words here"),
+]
+
+
+def test_prompt_is_masked_and_completion_ends_with_eos():
+    tok = tiny_tokenizer()
+    encoded, stats = encode_generation(EXAMPLES, tok, max_length=512)
+    assert stats.examples == 4 and stats.truncated == 0 and stats.skipped == 0
+    first = encoded[0]
+    prompt_len = len(tok(EXAMPLES[0].prompt)["input_ids"])
+    assert first.labels[:prompt_len] == (IGNORE_INDEX,) * prompt_len
+    assert first.labels[prompt_len:] == first.input_ids[prompt_len:]
+    assert first.input_ids[-1] == tok.eos_token_id
+    assert tok.decode(first.input_ids[prompt_len:-1]) == EXAMPLES[0].completion
+
+
+def test_long_prompts_are_cut_from_the_left_and_counted():
+    tok = tiny_tokenizer()
+    encoded, stats = encode_generation(EXAMPLES, tok, max_length=80)
+    assert all(len(e) <= 80 for e in encoded)
+    assert stats.truncated >= 1
+    # The completion is kept whole; only the prompt's start is dropped.
+    cut = encoded[2]
+    completion = tok(EXAMPLES[2].completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert list(cut.input_ids[-len(completion):]) == completion
+    encoded, stats = encode_generation(EXAMPLES, tok, max_length=20)
+    assert stats.skipped >= 1 and stats.examples + stats.skipped == 4
+
+
+def test_bucket_order_is_deterministic_covers_everything_and_groups_lengths():
+    lengths = [(i * 37) % 101 + 1 for i in range(1000)]
+    a = batch_order(lengths, 8, seed=3, epoch=0, mode="bucket")
+    assert a == batch_order(lengths, 8, seed=3, epoch=0, mode="bucket")
+    assert a != batch_order(lengths, 8, seed=3, epoch=1, mode="bucket")
+    assert sorted(i for b in a for i in b) == list(range(1000))
+    bucket_pad = sum(max(lengths[i] for i in b) * len(b) for b in a)
+    plain = batch_order(lengths, 8, seed=3, epoch=0, mode="pad")
+    plain_pad = sum(max(lengths[i] for i in b) * len(b) for b in plain)
+    assert bucket_pad < 0.7 * plain_pad  # far fewer padded positions
+
+
+def test_resume_skip_yields_the_remaining_batches():
+    tok = tiny_tokenizer()
+    encoded, _ = encode_generation(EXAMPLES * 5, tok, 512)
+    full = list(iterate_batches(encoded, 3, 0, seed=1, epoch=2, mode="bucket"))
+    rest = list(iterate_batches(encoded, 3, 0, seed=1, epoch=2, mode="bucket", skip=4))
+    assert len(rest) == len(full) - 4
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(full[4:], rest, strict=True))
+
+
+def per_example_losses(model, encoded, loss_fn):
+    out = []
+    for e in encoded:
+        batch = collate([e], 0)
+        out.append(loss_fn(model, batch).item())
+    return out
+
+
+def test_padded_batch_gives_the_same_per_example_loss_as_one_by_one():
+    tok = tiny_tokenizer()
+    encoded, _ = encode_generation(EXAMPLES, tok, 512)
+    for build in (tiny_llama, tiny_gpt2):
+        model = build()
+        one_by_one = per_example_losses(model, encoded, causal_lm_loss)
+        batch = collate(encoded, 0)
+        with torch.no_grad():
+            batched_rows = [
+                causal_lm_loss(model, {k: v[i : i + 1] for k, v in batch.items()}).item() for i in range(len(encoded))
+            ]
+            whole = causal_lm_loss(model, batch).item()
+        assert max(abs(a - b) for a, b in zip(one_by_one, batched_rows, strict=True)) <= 1e-5 * max(one_by_one)
+        assert abs(whole - sum(one_by_one)) <= 1e-5 * sum(one_by_one)
+
+
+def test_completion_only_head_matches_full_logits_loss_and_gradients():
+    tok = tiny_tokenizer()
+    encoded, _ = encode_generation(EXAMPLES, tok, 512)
+    batch = collate(encoded, 0)
+    for build in (tiny_llama, tiny_gpt2):
+        grads = []
+        losses = []
+        for loss_fn in (causal_lm_loss, causal_lm_loss_full_logits):
+            model = build()
+            add_lora(model, LoraSpec(rank=4, alpha=8, targets=("all-linear",)))
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "lora_B" in name:
+                        p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+            loss = loss_fn(model, batch)
+            loss.backward()
+            losses.append(loss.item())
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        assert abs(losses[0] - losses[1]) <= 1e-5 * abs(losses[1])
+        for name in grads[0]:
+            assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
+    assert count_target_tokens(batch) == sum(len(tok(e.completion, add_special_tokens=False)["input_ids"]) + 1 for e in EXAMPLES)
+
+
+def test_classification_batches_and_loss():
+    tok = tiny_tokenizer()
+    examples = [ClassificationExample("good film", None, 1), ClassificationExample("bad, long film", None, 0)]
+    encoded, stats = encode_classification(examples, tok, max_length=12)
+    assert stats.truncated == 1 and [len(e) for e in encoded] == [10, 12]
+    batch = collate(encoded, 0)
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [1, 0]
+    model = tiny_bert(num_labels=2)
+    loss = classification_loss(model, batch)
+    expected = torch.nn.functional.cross_entropy(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"], reduction="sum")
+    assert torch.allclose(loss, expected)
+
+    regression = [ClassificationExample("a", "b", 3.5), ClassificationExample("c", "d", 1.0)]
+    encoded, _ = encode_classification(regression, tok, max_length=16)
+    batch = collate(encoded, 0)
+    assert batch["labels"].dtype == torch.float32
+    model = tiny_bert(num_labels=1)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    assert torch.allclose(classification_loss(model, batch), ((out - batch["labels"]) ** 2).sum())
