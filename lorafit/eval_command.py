@@ -16,7 +16,7 @@ from .generate import GenerationSettings
 from .pipeline import data_options
 from .recipe import Recipe, load_recipe
 from .runs import RECIPE_FILE, is_run_dir
-from .tasks import get_task, resolve_data_dir
+from .tasks import get_task, task_data_dir
 from .tasks.types import DataOptions, Task
 
 
@@ -103,7 +103,7 @@ def run_eval(request: EvalRequest, reporter: Reporter) -> dict:
     options = data_options_of(recipe)
     task = get_task(task_name, options)
     split = request.split or (recipe.eval.split if recipe else "dev")
-    data_dir = resolve_data_dir(request.data_dir or (recipe.data_dir if recipe else None))
+    data_dir = task_data_dir(task, request.data_dir or (recipe.data_dir if recipe else None))
     items = eval_items(task, data_dir, split, options, request.limit)
     settings = generation_settings(recipe, request)
 

@@ -95,11 +95,9 @@ def load_adapter(directory: str | Path, base_override: str | None = None) -> Loa
     ref = resolve_model(base_override) if base_override else adapter_base_ref(config, metadata, source)
     tokenizer = load_tokenizer(ref)
     if config.get("task_type") == "SEQ_CLS":
-        model = load_classifier(ref, num_labels=num_labels_of(tensors, metadata))
+        model = load_classifier(ref, num_labels=num_labels_of(tensors, metadata), tokenizer=tokenizer)
     else:
-        model = load_causal_lm(ref)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+        model = load_causal_lm(ref, tokenizer=tokenizer)
     check_base_identity(model, metadata, source)
     add_lora(model, spec)
     load_adapter_tensors(model, spec, tensors, source)
@@ -120,10 +118,8 @@ def load_target(target: str, task: Task | None = None) -> Loaded:
     ref = resolve_model(target)
     tokenizer = load_tokenizer(ref)
     if task is not None and task.kind != "generation":
-        model = load_classifier(ref, num_labels=task.num_labels)
+        model = load_classifier(ref, num_labels=task.num_labels, tokenizer=tokenizer)
     else:
-        model = load_causal_lm(ref)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+        model = load_causal_lm(ref, tokenizer=tokenizer)
     model.eval()
     return Loaded(model, tokenizer, "model", target, ref)

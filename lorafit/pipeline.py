@@ -17,7 +17,7 @@ from .lora import InjectionReport, LoraSpec, add_lora, count_parameters, mark_al
 from .loss import causal_lm_loss, classification_loss
 from .models import ModelRef, load_causal_lm, load_classifier, load_tokenizer, model_identity, resolve_model
 from .recipe import Recipe, recipe_hash
-from .tasks import get_task, resolve_data_dir
+from .tasks import get_task, task_data_dir
 from .tasks.types import DataOptions, Task
 from .train import LoopSettings, seed_everything
 
@@ -85,11 +85,9 @@ def load_base(ref: ModelRef, task: Task):
     """Tokenizer and base model of the kind the task needs (causal LM or sequence classifier)."""
     tokenizer = load_tokenizer(ref)
     if task.kind == "generation":
-        model = load_causal_lm(ref)
+        model = load_causal_lm(ref, tokenizer=tokenizer)
     else:
-        model = load_classifier(ref, num_labels=task.num_labels)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+        model = load_classifier(ref, num_labels=task.num_labels, tokenizer=tokenizer)
     return model, tokenizer
 
 
@@ -115,7 +113,7 @@ def encode(task: Task, examples: list, tokenizer, max_length: int) -> tuple[list
 
 def prepare_data(recipe: Recipe, task: Task, tokenizer) -> tuple[list[Encoded], list[Encoded], dict]:
     """Encoded training and validation examples, and counts for the log."""
-    data_dir = resolve_data_dir(recipe.data_dir)
+    data_dir = task_data_dir(task, recipe.data_dir)
     options = data_options(recipe)
     train_split, valid_split = "train", recipe.eval.split
     train_examples = subsample(task.load_train(data_dir, train_split, options), recipe.data.max_train_examples, recipe.seed)

@@ -19,7 +19,7 @@ from .pipeline import Prepared, data_options
 from .plots import plot_runs
 from .recipe import Recipe
 from .runs import EVAL_FILE, SUMMARY_FILE, RunDir
-from .tasks import resolve_data_dir
+from .tasks import task_data_dir
 from .tasks.types import Task
 from .train import FitResult
 
@@ -31,7 +31,7 @@ def generation_settings(recipe: Recipe) -> GenerationSettings:
 
 def end_of_run_eval(run: RunDir, recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> dict:
     """The task's metrics on recipe.eval.split (first eval.limit inputs), written to eval.json."""
-    items = task.load_eval(resolve_data_dir(recipe.data_dir), recipe.eval.split, data_options(recipe))
+    items = task.load_eval(task_data_dir(task, recipe.data_dir), recipe.eval.split, data_options(recipe))
     items = items[: recipe.eval.limit] if recipe.eval.limit else items
     settings = generation_settings(recipe)
     predictions, metrics, seconds = evaluate_model(
@@ -49,7 +49,7 @@ def show_examples(recipe: Recipe, task: Task, prepared: Prepared, reporter: Repo
     count = recipe.eval.show_examples
     if count <= 0 or task.kind != "generation" or prepared.spec is None:
         return []
-    items = task.load_eval(resolve_data_dir(recipe.data_dir), recipe.eval.split, data_options(recipe))[:count]
+    items = task.load_eval(task_data_dir(task, recipe.data_dir), recipe.eval.split, data_options(recipe))[:count]
     prompts = [item.prompt for item in items]
     settings = generation_settings(recipe)
     with lora_disabled(prepared.model):

@@ -1,0 +1,340 @@
+"""The `text` task: a user's own JSON Lines, JSON or CSV/TSV files, named in the recipe's `data:` section.
+
+Files: `data.train_file` (split `train`), `data.valid_file` (`dev`), `data.test_file` (`test`). A
+relative path is taken relative to the data directory, an absolute one as it is (with only absolute
+paths the task needs no data directory: `needs_data_dir` is False). The format comes
+from the suffix: `.jsonl` (one object per line), `.json` (an array of objects, or JSON Lines),
+`.csv` (header row, standard quoting), `.tsv` (header row, tabs, no quoting).
+
+Two modes, chosen by which field is set:
+
+- generation (`data.completion_field`): prompt = `data.prompt_template.format(**row)`, completion =
+  the row's completion field, verbatim (lorafit inserts nothing between them: end the template
+  with the separator you want, e.g. "Answer:", and start completions with a space). In JSON a
+  completion may be a list of strings: several references, one training example each. EvalItem
+  references are the completion(s). Scored by exact match (after stripping outer whitespace) and
+  corpus BLEU on a 0-1 scale like E2E's (sacrebleu, lowercased, 13a tokenisation).
+- classification (`data.label_field`, with `data.text_field`, optional `data.text_pair_field`,
+  and `data.num_labels`):
+  - `num_labels: 1` is regression: labels are read as floats; scored by Pearson, Spearman, MSE.
+  - otherwise, when every label in the train file is an integer (a JSON int, or digits), the
+    labels are those class ids (each must be in 0..num_labels-1);
+  - else labels are strings, and the ids are their positions in the **sorted** set of the train
+    file's labels (["neg", "pos"] -> neg=0, pos=1); a dev/test label not seen in train is an error.
+  Scored by accuracy and macro F1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from ..errors import DataError
+from ._io import check_lengths, check_split, read_csv, read_jsonl, read_text, read_tsv
+from .types import ClassificationExample, DataOptions, EvalItem, GenerationExample, Task
+
+NAME = "text"
+SPLIT_FILES = {"train": "train_file", "dev": "valid_file", "test": "test_file"}
+SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+_INT = re.compile(r"[+-]?\d+")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One record of a user file: its fields and where it came from (for error messages)."""
+
+    path: Path
+    line: int  # line number (JSON Lines, CSV: where the record ends), or record number (JSON array)
+    fields: dict
+    unit: str = "line"
+
+    @property
+    def where(self) -> str:
+        return f"{self.path} {self.unit} {self.line}"
+
+
+def template_fields(template: str) -> list[str]:
+    """The field names a `str.format` template uses; positional `{}` / `{0}` are refused."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise DataError(f"task {NAME}: data.prompt_template is not a valid format string: {e}") from None
+    names = []
+    for _, field, _, _ in parsed:
+        if field is None:
+            continue
+        root = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if root == "" or root.isdigit():
+            raise DataError(
+                f"task {NAME}: data.prompt_template uses a positional field {{{field}}}; name a field, e.g. {{question}}"
+            )
+        names.append(root)
+    return list(dict.fromkeys(names))
+
+
+def validate(options: DataOptions) -> None:
+    """Check the `data:` settings the text task needs, before any file is read."""
+    o = options
+    if not (o.train_file or o.valid_file or o.test_file):
+        raise DataError(f"task {NAME}: set data.train_file (and optionally data.valid_file, data.test_file)")
+    if bool(o.completion_field) == bool(o.label_field):
+        raise DataError(
+            f"task {NAME}: set exactly one of data.completion_field (generation) or data.label_field (classification)"
+        )
+    if o.completion_field:
+        if not o.prompt_template:
+            raise DataError(
+                f"task {NAME}: data.completion_field is set, so data.prompt_template is needed too, "
+                "e.g. 'Question: {question}\\nAnswer:'"
+            )
+        template_fields(o.prompt_template)
+    else:
+        if not o.text_field:
+            raise DataError(f"task {NAME}: data.label_field is set, so data.text_field is needed too")
+        if o.num_labels is None or o.num_labels < 1:
+            raise DataError(
+                f"task {NAME}: data.label_field is set, so data.num_labels is needed too "
+                "(1 for regression, 2 or more for classes)"
+            )
+    for key in SPLIT_FILES.values():
+        name = getattr(o, key)
+        if name and Path(name).suffix.lower() not in SUFFIXES:
+            raise DataError(f"task {NAME}: data.{key} {name!r} should end in one of: {', '.join(SUFFIXES)}")
+
+
+def file_for(data_dir: Path, split: str, options: DataOptions) -> Path:
+    splits = tuple(s for s, key in SPLIT_FILES.items() if getattr(options, key))
+    check_split(NAME, split, tuple(SPLIT_FILES), "")
+    if split not in splits:
+        raise DataError(f"task {NAME}: no file for split {split!r}: set data.{SPLIT_FILES[split]}")
+    name = Path(getattr(options, SPLIT_FILES[split])).expanduser()
+    path = name if name.is_absolute() else Path(data_dir) / name
+    if not path.is_file():
+        raise DataError(f"task {NAME}, split {split}: data.{SPLIT_FILES[split]} not found: {path}")
+    return path
+
+
+def read_rows(path: Path, needed: Sequence[str]) -> list[Row]:
+    """Every record of a user file; a field in `needed` missing from a record is an error."""
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        names, rows = read_csv(NAME, path) if suffix == ".csv" else read_tsv(NAME, path)
+        missing = [n for n in needed if n not in names]
+        if missing:
+            raise DataError(
+                f"task {NAME}: {path} has no column {', '.join(map(repr, missing))} (columns: {', '.join(names)})"
+            )
+        return [Row(path, number, dict(zip(names, fields, strict=True))) for number, fields in rows]
+    text = read_text(NAME, path) if suffix == ".json" else ""
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"task {NAME}: {path} line {e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+        if not all(isinstance(r, dict) for r in records):
+            raise DataError(f"task {NAME}: {path} should be an array of JSON objects")
+        rows = [Row(path, index, r, "record") for index, r in enumerate(records, start=1)]
+        if not rows:
+            raise DataError(f"task {NAME}: {path} has no data rows")
+    else:
+        rows = [Row(path, number, r) for number, r in read_jsonl(NAME, path)]
+    for row in rows:
+        missing = [n for n in needed if n not in row.fields]
+        if missing:
+            raise DataError(
+                f"task {NAME}: {row.where} has no field {', '.join(map(repr, missing))} "
+                f"(fields: {', '.join(row.fields)})"
+            )
+    return rows
+
+
+def value(row: Row, field: str, what: str):
+    v = row.fields[field]
+    if v is None:
+        raise DataError(f"task {NAME}: {row.where}: {what} field {field!r} is null")
+    return v
+
+
+# -- generation ------------------------------------------------------------------------------------
+
+
+def prompt_of(row: Row, template: str) -> str:
+    try:
+        return template.format(**row.fields)
+    except KeyError as e:
+        raise DataError(
+            f"task {NAME}: {row.where}: data.prompt_template uses {{{e.args[0]}}} but the row has "
+            f"no field {e.args[0]!r} (fields: {', '.join(row.fields)})"
+        ) from None
+    except (IndexError, AttributeError, ValueError, TypeError) as e:
+        raise DataError(f"task {NAME}: {row.where}: data.prompt_template cannot be filled: {e}") from None
+
+
+def completions_of(row: Row, field: str) -> list[str]:
+    v = value(row, field, "completion")
+    refs = v if isinstance(v, list) else [v]
+    if not refs or not all(isinstance(r, str | int | float) and not isinstance(r, bool) for r in refs):
+        raise DataError(f"task {NAME}: {row.where}: completion field {field!r} should be text")
+    return [str(r) for r in refs]
+
+
+def generation_rows(data_dir: Path, split: str, options: DataOptions) -> list[tuple[str, list[str]]]:
+    path = file_for(data_dir, split, options)
+    rows = read_rows(path, [options.completion_field])
+    return [(prompt_of(r, options.prompt_template), completions_of(r, options.completion_field)) for r in rows]
+
+
+def load_generation_train(data_dir: Path, split: str, options: DataOptions) -> list[GenerationExample]:
+    rows = generation_rows(data_dir, split, options)
+    return [GenerationExample(prompt, ref) for prompt, refs in rows for ref in refs]
+
+
+def load_generation_eval(data_dir: Path, split: str, options: DataOptions) -> list[EvalItem]:
+    return [EvalItem(prompt, tuple(refs)) for prompt, refs in generation_rows(data_dir, split, options)]
+
+
+def score_generation(predictions: Sequence[str], items: Sequence[EvalItem]) -> dict:
+    import sacrebleu
+
+    check_lengths(NAME, predictions, items)
+    hyps = [str(p).strip() for p in predictions]
+    exact = [any(h == ref.strip() for ref in item.references) for h, item in zip(hyps, items, strict=True)]
+    most = max((len(item.references) for item in items), default=0)
+    streams = [[item.references[i] if i < len(item.references) else None for item in items] for i in range(most)]
+    # 0-1, as E2E's BLEU; lowercased like mteval-v13a
+    bleu = sacrebleu.corpus_bleu(hyps, streams, lowercase=True, tokenize="13a", force=True).score / 100 if items else None
+    result = {"exact_match": sum(exact) / len(exact) if exact else None, "bleu": bleu}
+    if not items:
+        result |= {"exact_match_unavailable": "no eval items", "bleu_unavailable": "no eval items"}
+    return result
+
+
+# -- classification --------------------------------------------------------------------------------
+
+
+def raw_labels(data_dir: Path, split: str, options: DataOptions) -> tuple[list[Row], list]:
+    needed = [options.text_field, options.label_field] + ([options.text_pair_field] if options.text_pair_field else [])
+    rows = read_rows(file_for(data_dir, split, options), needed)
+    return rows, [value(r, options.label_field, "label") for r in rows]
+
+
+def is_int_label(v) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and bool(_INT.fullmatch(v.strip())))
+
+
+def label_names(data_dir: Path, options: DataOptions) -> list[str] | None:
+    """Class names by id for string labels (the sorted set of the train file's labels); None when the
+    labels are ints or floats (regression)."""
+    if options.num_labels == 1:
+        return None
+    if not options.train_file:
+        raise DataError(f"task {NAME}: labels are mapped to ids from the train file's labels: set data.train_file")
+    return _names(raw_labels(data_dir, "train", options)[1], options.num_labels)
+
+
+def _names(labels: list, num_labels: int) -> list[str] | None:
+    if all(is_int_label(v) for v in labels):
+        return None
+    names = sorted({str(v).strip() for v in labels})
+    if len(names) > num_labels:
+        raise DataError(
+            f"task {NAME}: the train file has {len(names)} distinct labels ({', '.join(names[:10])}"
+            f"{', ...' if len(names) > 10 else ''}) but data.num_labels is {num_labels}"
+        )
+    return names
+
+
+def label_of(row: Row, v, options: DataOptions, names: list[str] | None) -> int | float:
+    where = f"task {NAME}: {row.where}: label {v!r}"
+    if options.num_labels == 1:
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            return float(v)
+        except (TypeError, ValueError):
+            raise DataError(f"{where} is not a number (data.num_labels is 1: regression)") from None
+    if names is not None:
+        if str(v).strip() not in names:
+            raise DataError(f"{where} is not a train-file label ({', '.join(names)})")
+        return names.index(str(v).strip())
+    if not is_int_label(v) or not 0 <= int(v) < options.num_labels:
+        raise DataError(f"{where} is not a class id in 0..{options.num_labels - 1}")
+    return int(v)
+
+
+def load_classification(data_dir: Path, split: str, options: DataOptions) -> list[ClassificationExample]:
+    rows, labels = raw_labels(data_dir, split, options)
+    if options.num_labels == 1 or (not options.train_file and all(is_int_label(v) for v in labels)):
+        names = None
+    elif split == "train":
+        names = _names(labels, options.num_labels)
+    else:
+        names = label_names(data_dir, options)
+    pair = options.text_pair_field
+    return [
+        ClassificationExample(
+            text=str(value(r, options.text_field, "text")),
+            text_pair=str(value(r, pair, "text pair")) if pair else None,
+            label=label_of(r, v, options, names),
+        )
+        for r, v in zip(rows, labels, strict=True)
+    ]
+
+
+def score_classification(num_labels: int, predictions: Sequence, items: Sequence[ClassificationExample]) -> dict:
+    check_lengths(NAME, predictions, items)
+    if not items:
+        return {"accuracy": None, "accuracy_unavailable": "no eval items"}
+    gold = [item.label for item in items]
+    if num_labels == 1:
+        from scipy.stats import pearsonr, spearmanr
+
+        pred = [float(p) for p in predictions]
+        mse = sum((p - g) ** 2 for p, g in zip(pred, gold, strict=True)) / len(gold)
+        if len(set(pred)) < 2 or len(set(gold)) < 2:
+            reason = "constant predictions or labels"
+            return {"pearson": None, "spearman": None, "mse": mse, "pearson_unavailable": reason,
+                    "spearman_unavailable": reason}
+        return {"pearson": float(pearsonr(pred, gold)[0]), "spearman": float(spearmanr(pred, gold)[0]), "mse": mse}
+    from sklearn.metrics import f1_score
+
+    pred = [int(p) for p in predictions]
+    accuracy = sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold)
+    return {"accuracy": accuracy, "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0))}
+
+
+def _bound(load, bound: DataOptions):
+    """`load` with the options the task was built for (a Task's kind and label count come from them)."""
+
+    def load_split(data_dir: Path, split: str, options: DataOptions | None = None) -> list:
+        if options is not None and options != bound:
+            raise ValueError("this text task was built for other data options: call text_task(options) again")
+        return load(data_dir, split, bound)
+
+    return load_split
+
+
+def text_task(options: DataOptions) -> Task:
+    """The text task for these `data:` settings (its kind and label count depend on them).
+
+    Its loaders use these options; they accept the same options again (or None) as their third argument.
+    """
+    validate(options)
+    files = {s: getattr(options, key) for s, key in SPLIT_FILES.items() if getattr(options, key)}
+    relative = any(not Path(f).expanduser().is_absolute() for f in files.values())
+    if options.completion_field:
+        kind, num_labels, main_metric = "generation", 0, "bleu"
+        load_train, load_eval = _bound(load_generation_train, options), _bound(load_generation_eval, options)
+        score = score_generation
+    else:
+        num_labels = options.num_labels
+        kind, main_metric = ("regression", "pearson") if num_labels == 1 else ("classification", "accuracy")
+        load_train = load_eval = _bound(load_classification, options)
+        score = partial(score_classification, num_labels)
+    return Task(NAME, kind, num_labels, tuple(files), load_train, load_eval, score, main_metric,
+                needs_data_dir=relative)
