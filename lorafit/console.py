@@ -1,7 +1,8 @@
 """What the user sees: a rich progress bar on a terminal, plain log lines otherwise, nothing with --quiet.
 
---json prints nothing along the way and one JSON summary on stdout at the end (for scripts); messages
-then go to stderr. Errors always go to stderr as one line.
+--json keeps stdout for one JSON summary at the end (for scripts: `lorafit train r.yaml --json > s.json`);
+the human output (log lines, tables, a bar when stderr is a terminal) goes to stderr instead.
+Errors always go to stderr as one line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
@@ -30,17 +30,35 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def format_train_status(record: dict) -> str:
+    """The bar's status field for the latest training record: epoch, loss, lr, tokens/s."""
+    if "loss" not in record:
+        return ""
+    return (f"epoch {record['epoch']:.2f}  loss {record['loss']:.4f}  lr {record['lr']:.1e}  "
+            f"{record['tokens_per_s']:.0f} tok/s")
+
+
 def format_train_record(record: dict, total: int) -> str:
-    """One plain log line for a metrics record (training step or validation)."""
-    if "valid_loss" in record:
-        extra = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "valid_loss", "elapsed_s")
-                          and isinstance(v, float))
-        valid = "n/a" if record["valid_loss"] is None else f"{record['valid_loss']:.4f}"
-        return f"step {record['step']}/{total}  valid_loss {valid}" + (f"  {extra}" if extra else "")
+    """One plain log line for a metrics record: a training step, a validation, or a task evaluation.
+
+    `step 20/60  epoch 0.53  loss 1.2345  lr 1.80e-03  grad_norm 0.412  tok/s 1234  eta 2m10s`
+    `step 20/60  valid_loss 1.1111`     `step 20/60  eval_bleu 0.4321  eval_exact_match 0.1000`
+    """
+    head = f"step {record['step']}/{total}"
+    if "loss" not in record:  # a validation or task-evaluation record: show whatever numbers it holds
+        parts = []
+        for key, value in record.items():
+            if key in ("step", "elapsed_s"):
+                continue
+            if value is None:
+                parts.append(f"{key} n/a")
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                parts.append(f"{key} {value:.4f}")
+        return "  ".join([head, *parts])
     done = record["step"] / max(total, 1)
     eta = record["elapsed_s"] / done - record["elapsed_s"] if done > 0 else 0.0
     return (
-        f"step {record['step']}/{total}  epoch {record['epoch']:.2f}  loss {record['loss']:.4f}  "
+        f"{head}  epoch {record['epoch']:.2f}  loss {record['loss']:.4f}  "
         f"lr {record['lr']:.2e}  grad_norm {record['grad_norm']:.3f}  tok/s {record['tokens_per_s']:.0f}  "
         f"eta {format_duration(eta)}"
     )
@@ -52,17 +70,20 @@ class Reporter:
     def __init__(self, quiet: bool = False, json_mode: bool = False, plain_every_s: float = 10.0) -> None:
         self.quiet = quiet
         self.json_mode = json_mode
-        self.interactive = sys.stdout.isatty() and not quiet and not json_mode
         # Human output goes to stdout, except in --json mode where stdout carries only the summary.
-        self.console = Console(file=sys.stderr if json_mode else sys.stdout, highlight=False, soft_wrap=True)
+        stream = sys.stderr if json_mode else sys.stdout
+        self.console = Console(file=stream, highlight=False, soft_wrap=True)
+        # isatty() on the stream itself, not rich's is_terminal: that one turns true with FORCE_COLOR,
+        # which CI systems set, and a bar redrawn into a CI log is unreadable.
+        self.interactive = not quiet and stream.isatty() and not self.console.is_dumb_terminal
         self.plain_every_s = plain_every_s
 
     def info(self, message: str) -> None:
-        if not self.quiet and not self.json_mode:
+        if not self.quiet:
             self.console.print(message, markup=False)
 
     def table(self, title: str, columns: list[str], rows: list[list]) -> None:
-        if self.quiet or self.json_mode:
+        if self.quiet:
             return
         if self.interactive:
             table = Table(title=title)
@@ -110,9 +131,8 @@ class _Progress:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
+                TextColumn("eta"),  # no elapsed-time column: the line must fit 80 columns with the status
+                TimeRemainingColumn(compact=True, elapsed_when_finished=True),
                 TextColumn("{task.fields[status]}"),
                 console=reporter.console,
                 transient=False,

@@ -13,7 +13,16 @@ from torch import nn
 
 from . import __version__
 from .data import Encoded, EncodeStats, encode_classification, encode_generation, subsample
-from .lora import InjectionReport, LoraSpec, add_lora, count_parameters, mark_all_trainable, save_adapter
+from .errors import TargetError
+from .lora import (
+    InjectionReport,
+    LoraSpec,
+    add_lora,
+    count_parameters,
+    mark_all_trainable,
+    safetensors_os_errors,
+    save_adapter,
+)
 from .loss import causal_lm_loss, classification_loss
 from .models import ModelRef, load_causal_lm, load_classifier, load_tokenizer, model_identity, resolve_model
 from .recipe import Recipe, recipe_hash
@@ -101,7 +110,11 @@ def prepare_model(recipe: Recipe, task: Task) -> Prepared:
         total = count_parameters(model)
         return Prepared(model, tokenizer, ref, None, InjectionReport([], [], trainable, total))
     spec = lora_spec(recipe, model)
-    report = add_lora(model, spec)
+    try:
+        report = add_lora(model, spec)
+    except TargetError as e:  # the LoRA core knows patterns, not recipe keys: name the key to fix
+        key = "lora.targets_regex" if spec.targets_regex is not None else "lora.targets"
+        raise TargetError(f"{key}: {e}") from None
     return Prepared(model, tokenizer, ref, spec, report)
 
 
@@ -154,6 +167,7 @@ def loop_settings(recipe: Recipe) -> LoopSettings:
         save_every=t.save_every,
         seed=recipe.seed,
         precision=recipe.precision,
+        task_eval_every=recipe.eval.every,
     )
 
 
@@ -175,7 +189,7 @@ def save_trained(prepared: Prepared, recipe: Recipe, task: Task, directory: Path
     if prepared.spec is None:
         from .atomic import atomic_directory
 
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory) as tmp, safetensors_os_errors():
             prepared.model.save_pretrained(tmp)
             prepared.tokenizer.save_pretrained(tmp)
         return directory

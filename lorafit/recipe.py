@@ -99,7 +99,7 @@ class TrainConfig:
     )
     log_every: int = _opt(10, "log the training loss every N optimizer steps", gt=0)
     eval_every: int = _opt(0, "validation loss every N optimizer steps; 0: only at the end", ge=0)
-    save_every: int = _opt(0, "checkpoint every N optimizer steps; 0: only at the end", ge=0)
+    save_every: int = _opt(0, "checkpoint every N optimizer steps; 0: none (Ctrl-C and SIGTERM still write one)", ge=0)
     keep_checkpoints: int = _opt(2, "how many recent checkpoints to keep", gt=0)
     full_finetune: bool = _opt(False, "train every weight instead of LoRA (the baseline)")
 
@@ -126,7 +126,7 @@ class EvalConfig:
 class LogConfig:
     """`log:` where training progress goes besides metrics.jsonl."""
 
-    tensorboard: bool = _opt(False, "also write TensorBoard event files (needs lorafit[tensorboard])")
+    tensorboard: bool = _opt(False, "also write TensorBoard scalars into <run>/tensorboard/ (needs lorafit[tensorboard])")
     plot: bool = _opt(True, "write a loss-curve plot into the run directory")
 
 

@@ -29,17 +29,27 @@ def generation_settings(recipe: Recipe) -> GenerationSettings:
     return GenerationSettings(e.batch_size, e.beam_size, e.length_penalty, e.no_repeat_ngram_size, e.max_new_tokens)
 
 
-def end_of_run_eval(run: RunDir, recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> dict:
-    """The task's metrics on recipe.eval.split (first eval.limit inputs), written to eval.json."""
+def evaluate_split(recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> dict:
+    """Task metrics on recipe.eval.split (its first eval.limit inputs) for the model as it is now."""
     items = task.load_eval(task_data_dir(task, recipe.data_dir), recipe.eval.split, data_options(recipe))
     items = items[: recipe.eval.limit] if recipe.eval.limit else items
-    settings = generation_settings(recipe)
     predictions, metrics, seconds = evaluate_model(
-        prepared.model, prepared.tokenizer, task, items, settings, recipe.data.max_length, reporter
+        prepared.model, prepared.tokenizer, task, items, generation_settings(recipe), recipe.data.max_length, reporter
     )
-    print_metrics(reporter, f"{task.name} {recipe.eval.split} ({len(items)} inputs)", metrics)
-    result = {"task": task.name, "split": recipe.eval.split, "num_examples": len(items), "metrics": metrics,
-              "seconds": round(seconds, 2), "predictions": predictions}
+    return {"task": task.name, "split": recipe.eval.split, "num_examples": len(items), "metrics": metrics,
+            "seconds": round(seconds, 2), "predictions": predictions}
+
+
+def periodic_eval_record(recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> dict:
+    """Numeric task metrics as flat `eval_<name>` keys for metrics.jsonl (eval.every during training)."""
+    result = evaluate_split(recipe, task, prepared, reporter)
+    return {f"eval_{k}": v for k, v in result["metrics"].items() if isinstance(v, int | float)}
+
+
+def end_of_run_eval(run: RunDir, recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> dict:
+    """The task's metrics at the end of training, printed and written to eval.json."""
+    result = evaluate_split(recipe, task, prepared, reporter)
+    print_metrics(reporter, f"{task.name} {recipe.eval.split} ({result['num_examples']} inputs)", result["metrics"])
     run.write_json(EVAL_FILE, result)
     return result
 
@@ -83,7 +93,8 @@ def finish_run(
     """Evaluate (if asked), plot, show examples, and write summary.json; returns the summary."""
     evaluation = end_of_run_eval(run, recipe, task, prepared, reporter) if recipe.eval.at_end else None
     if recipe.log.plot:
-        plot_runs({recipe.name: result.history}, run.plot, title=f"{recipe.name}: loss")
+        method = "full fine-tune" if recipe.train.full_finetune else f"LoRA rank {recipe.lora.rank}"
+        plot_runs({recipe.name: result.history}, run.plot, title=f"{recipe.name}: {recipe.model} on {task.name}, {method}")
     examples = show_examples(recipe, task, prepared, reporter)
     first_valid = next((r["valid_loss"] for r in result.history if r.get("valid_loss") is not None), None)
     summary = {

@@ -27,6 +27,7 @@ from torch import nn
 
 from .data import Encoded, count_target_tokens, iterate_batches, length_sorted_batches
 from .errors import DivergedError
+from .interrupts import interrupts_deferred
 
 
 @dataclass
@@ -68,6 +69,7 @@ class LoopSettings:
     save_every: int
     seed: int
     precision: str
+    task_eval_every: int = 0  # run `on_validate` (task metrics) every N steps; 0: never
 
 
 def total_optimizer_steps(num_examples: int, s: LoopSettings) -> int:
@@ -97,13 +99,19 @@ def autocast_context(precision: str, device: torch.device):
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random generator training draws from (dropout, shuffling), for checkpoints."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()  # dropout on a GPU draws from these, not "torch"
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def seed_everything(seed: int) -> None:
@@ -156,7 +164,7 @@ def fit(
     on_step(state, snapshot): called after every optimizer step; `snapshot()` returns the full
     resumable state (trainable weights, optimizer, scheduler, RNG, data position), so the caller
     decides when to checkpoint (every N steps, on Ctrl-C).
-    on_validate(state): extra evaluation (task metrics) every `eval_every` steps, merged into the log.
+    on_validate(state): task evaluation every `task_eval_every` steps; its dict is logged with the step.
     on_interrupt(snapshot): called on Ctrl-C with the state of the last completed step, before the
     KeyboardInterrupt propagates.
     resume: a snapshot returned earlier; training continues exactly where it stopped.
@@ -200,9 +208,9 @@ def fit(
 
     max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
 
-    def optimizer_step(micro: list[dict]) -> tuple[float, int, int, float]:
-        """Backward over the micro-batches, clip, step. Returns (mean token loss, target tokens,
-        real input tokens, grad norm)."""
+    def backward(micro: list[dict]) -> tuple[float, int, int]:
+        """Accumulate gradients over the micro-batches of one step. Returns (mean token loss, target
+        tokens, real input tokens); a non-finite loss stops training before any weight changes."""
         step_tokens = sum(count_target_tokens(b) for b in micro)
         step_loss, real_tokens = 0.0, 0
         for b in micro:
@@ -217,27 +225,31 @@ def fit(
                 f"training loss became {step_loss} at step {state.step + 1}; the adapter was not saved "
                 "and the last good checkpoint is kept (try a lower train.lr)"
             )
+        return step_loss, step_tokens, real_tokens
+
+    def update() -> float:
+        """Clip, AdamW step, schedule step; returns the gradient norm before clipping."""
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return step_loss, step_tokens, real_tokens, grad_norm
+        return grad_norm
 
-    def validate(with_task_metrics: bool) -> None:
+    def validate() -> None:
         nonlocal valid_loss
+        began = time.perf_counter()
         valid_loss = validation_loss(model, valid, loss_fn, s.batch_size, pad_id, s.precision)
         record = {"step": state.step, "valid_loss": valid_loss, "elapsed_s": time.perf_counter() - started}
-        if with_task_metrics and on_validate is not None:
-            record.update(on_validate(state))
         history.append(record)
         on_log(record)
+        window["start"] += time.perf_counter() - began  # tokens/s counts training time only
 
     started = time.perf_counter()
-    window = {"loss": 0.0, "tokens": 0, "real": 0, "start": started}
+    window = {"loss": 0.0, "tokens": 0, "real": 0, "start": started}  # the current logging window
     last_train_loss, valid_loss = None, None
     steps_per_epoch = max(1, math.ceil(len(train) / s.batch_size))
     if state.step == 0 and valid:
-        validate(with_task_metrics=False)  # the base model's validation loss: the curve's starting point
+        validate()  # the base model's validation loss: the curve's starting point
     model.train()
     micro: list[dict] = []
     try:
@@ -250,12 +262,14 @@ def fit(
                 state.batch_in_epoch += 1
                 if len(micro) < s.grad_accum:
                     continue
-                loss, tokens, real, grad_norm = optimizer_step(micro)
-                state.examples_seen += sum(b["input_ids"].shape[0] for b in micro)
-                state.tokens_seen += real
-                state.step += 1
+                loss, tokens, real = backward(micro)
+                with interrupts_deferred():  # the update and the record of it happen together (interrupts.py)
+                    grad_norm = update()
+                    state.examples_seen += sum(b["input_ids"].shape[0] for b in micro)
+                    state.tokens_seen += real
+                    state.step += 1
+                    boundary.update(state=vars(state).copy(), rng=rng_state())
                 micro = []
-                boundary.update(state=vars(state).copy(), rng=rng_state())
                 window["loss"] += loss * tokens
                 window["tokens"] += tokens
                 window["real"] += real
@@ -276,9 +290,15 @@ def fit(
                     history.append(record)
                     on_log(record)
                     window = {"loss": 0.0, "tokens": 0, "real": 0, "start": time.perf_counter()}
-                due = s.eval_every > 0 and state.step % s.eval_every == 0
-                if due or state.step == total:
-                    validate(with_task_metrics=due)
+                if (s.eval_every > 0 and state.step % s.eval_every == 0) or state.step == total:
+                    validate()
+                if on_validate is not None and s.task_eval_every > 0 and state.step % s.task_eval_every == 0:
+                    began = time.perf_counter()
+                    record = {"step": state.step, **on_validate(state), "elapsed_s": time.perf_counter() - started}
+                    history.append(record)
+                    on_log(record)
+                    model.train()
+                    window["start"] += time.perf_counter() - began
                 on_step(state, snapshot)
                 if state.step >= total:
                     break

@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-import signal
+import sys
 import time
 import warnings
 from pathlib import Path
 
-from .console import Reporter, format_train_record
+from .console import Reporter, format_train_record, format_train_status
 from .errors import RunDirError
+from .interrupts import sigterm_as_interrupt
 from .pipeline import (
     load_task,
     loop_settings,
@@ -23,8 +24,9 @@ from .pipeline import (
     save_trained,
 )
 from .recipe import Recipe, dump_recipe, load_recipe, recipe_hash
-from .run_outputs import finish_run
-from .runs import RunDir, is_run_dir
+from .run_outputs import finish_run, periodic_eval_record
+from .runs import TENSORBOARD_DIR, RunDir, is_run_dir
+from .tensorboard_log import TensorBoardLog, summary_writer_class
 from .train import fit, total_optimizer_steps
 
 
@@ -33,8 +35,36 @@ def run_directory(recipe: Recipe, output: Path | None) -> RunDir:
     return RunDir(output or (Path(recipe.output_dir) if recipe.output_dir else Path("runs") / recipe.name))
 
 
+def locate_run(
+    recipe_path: Path, overrides: list[str], output: Path | None, *, resume: bool
+) -> tuple[Recipe, RunDir]:
+    """The recipe and the run directory to train in.
+
+    RECIPE is a recipe file (the run goes to --output, else its output_dir, else runs/<name>) or, with
+    --resume, a run directory (`lorafit train --resume runs/x`), whose saved recipe.yaml is read.
+    """
+    if not recipe_path.is_dir():
+        recipe = load_recipe(recipe_path, overrides)
+        return recipe, run_directory(recipe, output)
+    if not resume:
+        raise RunDirError(f"{recipe_path}: is a directory; give a recipe file, or add --resume to continue the run in it")
+    if output is not None and output.resolve() != recipe_path.resolve():
+        raise RunDirError(f"--output {output}: differs from the run directory {recipe_path} given to --resume")
+    run = RunDir(recipe_path)
+    if not is_run_dir(run.path):
+        raise RunDirError(f"{run.path}: nothing to resume (no recipe.yaml in it)")
+    return load_recipe(run.recipe, overrides), run
+
+
+def warn(message: str) -> None:
+    """One line on stderr, even with --quiet: it changes what the run continues from."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def check_run_directory(run: RunDir, *, overwrite: bool, resume: bool) -> None:
     """Fail fast, before any model is loaded, if the output directory cannot be used."""
+    if resume and overwrite:
+        raise RunDirError(f"{run.path}: --resume continues the run and --overwrite replaces it; pass only one")
     if resume and not is_run_dir(run.path):
         raise RunDirError(f"{run.path}: nothing to resume (no recipe.yaml in it)")
     if not resume and not overwrite and run.path.is_dir() and any(run.path.iterdir()):
@@ -43,29 +73,25 @@ def check_run_directory(run: RunDir, *, overwrite: bool, resume: bool) -> None:
         raise RunDirError(f"{run.path}: output path exists and is not a directory")
 
 
-def sigterm_as_interrupt() -> None:
-    """Treat SIGTERM (a job scheduler stopping us) like Ctrl-C: checkpoint, then exit 130."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def run_training(
     recipe_path: Path, overrides: list[str], output: Path | None, *, overwrite: bool, resume: bool, reporter: Reporter
 ) -> dict:
-    """Train as the recipe says and write the run directory; returns the summary dict."""
+    """Train as the recipe says and write the run directory; returns the summary dict.
+
+    `recipe_path` is a recipe file, or with `resume` a run directory (see `locate_run`).
+    """
     started = time.perf_counter()
-    recipe = load_recipe(recipe_path, overrides)
-    run = run_directory(recipe, output)
+    recipe, run = locate_run(recipe_path, overrides, output, resume=resume)
     check_run_directory(run, overwrite=overwrite, resume=resume)
     if resume:
         saved = load_recipe(run.recipe)
         if recipe_hash(saved) != recipe_hash(recipe):
-            reporter.info(f"note: resuming with the recipe saved in {run.recipe}, not {recipe_path}")
+            reporter.info(f"note: resuming with the recipe saved in {run.recipe}; {recipe_path} "
+                          f"{'with --set ' if overrides else ''}differs from it and is not used")
         recipe = saved
     task = load_task(recipe)
+    if recipe.log.tensorboard:
+        summary_writer_class()  # fail now, not after loading the model, when tensorboard is missing
 
     prepared = prepare_model(recipe, task)
     counts = parameter_summary(prepared.report)
@@ -86,7 +112,7 @@ def run_training(
     run.write_recipe(recipe_text)
     snapshot = None
     if resume:
-        found = run.latest_checkpoint()
+        found = run.latest_checkpoint(on_skip=warn)
         if found is None:
             reporter.info(f"note: {run.path} has no readable checkpoint; starting from step 0")
         else:
@@ -103,33 +129,44 @@ def run_training(
         run.save_checkpoint(snapshot_fn(), recipe_text, recipe.train.keep_checkpoints)
 
     def on_step(state, snapshot_fn) -> None:
-        progress.advance(1, status=status_line(state))
+        progress.advance(1, status=format_train_status(last))
         if recipe.train.save_every and state.step % recipe.train.save_every == 0:
             save_checkpoint(snapshot_fn)
 
     def on_log(record: dict) -> None:
         run.append_metrics(record)
         progress.log(format_train_record(record, total))
-        last.update(record)
+        if "loss" in record:
+            last.update(record)
+        if tensorboard is not None:
+            tensorboard.log(record)
+
+    def on_validate(state) -> dict:
+        return periodic_eval_record(recipe, task, prepared, reporter)
 
     def on_interrupt(snapshot_fn) -> None:
         save_checkpoint(snapshot_fn)
-        reporter.info(f"interrupted: checkpoint written; continue with: lorafit train {recipe_path} --resume")
+        reporter.info(f"interrupted: checkpoint written; continue with: lorafit train --resume {run.path}")
 
-    last: dict = {}
+    last: dict = {}  # the latest training record: the bar's status (epoch, loss, lr, tok/s)
 
-    def status_line(state) -> str:
-        return f"loss {last['loss']:.4f}" if "loss" in last else ""
-
-    sigterm_as_interrupt()
     done_before = snapshot["state"]["step"] if snapshot else 0
-    with warnings.catch_warnings(), reporter.progress("train", total, plain_ticks=False) as progress:
+    tensorboard = TensorBoardLog(run.path / TENSORBOARD_DIR, done_before) if recipe.log.tensorboard else None
+    with (
+        sigterm_as_interrupt(),
+        warnings.catch_warnings(),
+        reporter.progress("train", total, plain_ticks=False) as progress,
+    ):
         warnings.simplefilter("ignore", UserWarning)
         progress.advance(done_before)
         result = fit(
             prepared.model, train_data, valid_data, settings,
             loss_fn=loss_function(task), pad_id=prepared.tokenizer.pad_token_id,
-            on_log=on_log, on_step=on_step, on_interrupt=on_interrupt, resume=snapshot,
+            on_log=on_log, on_step=on_step, on_validate=on_validate, on_interrupt=on_interrupt, resume=snapshot,
         )
     save_trained(prepared, recipe, task, run.adapter)
-    return finish_run(run, recipe, task, prepared, result, counts, data_counts, reporter, started)
+    summary = finish_run(run, recipe, task, prepared, result, counts, data_counts, reporter, started)
+    if tensorboard is not None:
+        tensorboard.log_eval(summary["metrics"] or {}, result.state.step)
+        tensorboard.close()
+    return summary
