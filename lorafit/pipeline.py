@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_directory
 from .data import Encoded, EncodeStats, encode_classification, encode_generation, subsample
 from .errors import TargetError
 from .lora import (
@@ -23,6 +24,7 @@ from .lora import (
     safetensors_os_errors,
     save_adapter,
 )
+from .lora.inject import find_saved_modules
 from .loss import causal_lm_loss, classification_loss
 from .models import ModelRef, load_causal_lm, load_classifier, load_tokenizer, model_identity, resolve_model
 from .recipe import Recipe, recipe_hash
@@ -101,21 +103,32 @@ def load_base(ref: ModelRef, task: Task):
 
 
 def prepare_model(recipe: Recipe, task: Task) -> Prepared:
-    """Seed, load the base, then inject LoRA (or unfreeze everything for `train.full_finetune`)."""
+    """Seed, load the base, then make the right parameters trainable for `train.method`:
+
+    lora: inject LoRA (and train the head / modules_to_save in full); full: every weight;
+    head: only the classification head and modules_to_save (the "linear probe" baseline).
+    """
     seed_everything(recipe.seed)  # LoRA's A and a new head are random: seeded for reproducible runs
     ref = resolve_model(recipe.model)
     model, tokenizer = load_base(ref, task)
-    if recipe.train.full_finetune:
+    method = recipe.train.method
+    if method == "lora":
+        spec = lora_spec(recipe, model)
+        return Prepared(model, tokenizer, ref, spec, add_lora(model, spec))
+    saved = find_saved_modules(model, lora_spec(recipe, model).modules_to_save)
+    if method == "full":
         trainable = mark_all_trainable(model)
-        total = count_parameters(model)
-        return Prepared(model, tokenizer, ref, None, InjectionReport([], [], trainable, total))
-    spec = lora_spec(recipe, model)
-    try:
-        report = add_lora(model, spec)
-    except TargetError as e:  # the LoRA core knows patterns, not recipe keys: name the key to fix
-        key = "lora.targets_regex" if spec.targets_regex is not None else "lora.targets"
-        raise TargetError(f"{key}: {e}") from None
-    return Prepared(model, tokenizer, ref, spec, report)
+    else:
+        if not saved:
+            raise TargetError(f"train.method: head trains only the classification head / modules_to_save; {recipe.model} has none")
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for name in saved:
+            for param in model.get_submodule(name).parameters():
+                param.requires_grad_(True)
+        trainable = count_parameters(model, trainable_only=True)
+    report = InjectionReport([], saved, trainable, count_parameters(model))
+    return Prepared(model, tokenizer, ref, None, report)
 
 
 def encode(task: Task, examples: list, tokenizer, max_length: int) -> tuple[list[Encoded], EncodeStats]:
@@ -185,10 +198,8 @@ def adapter_metadata(prepared: Prepared, recipe: Recipe, task: Task) -> dict[str
 
 
 def save_trained(prepared: Prepared, recipe: Recipe, task: Task, directory: Path) -> Path:
-    """Save the adapter (PEFT format), or, for full fine-tuning, the whole model, atomically."""
+    """Save the adapter (PEFT format), or, without LoRA (method full / head), the whole model, atomically."""
     if prepared.spec is None:
-        from .atomic import atomic_directory
-
         with atomic_directory(directory) as tmp, safetensors_os_errors():
             prepared.model.save_pretrained(tmp)
             prepared.tokenizer.save_pretrained(tmp)

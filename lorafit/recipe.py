@@ -101,7 +101,9 @@ class TrainConfig:
     eval_every: int = _opt(0, "validation loss every N optimizer steps; 0: only at the end", ge=0)
     save_every: int = _opt(0, "checkpoint every N optimizer steps; 0: none (Ctrl-C and SIGTERM still write one)", ge=0)
     keep_checkpoints: int = _opt(2, "how many recent checkpoints to keep", gt=0)
-    full_finetune: bool = _opt(False, "train every weight instead of LoRA (the baseline)")
+    method: Literal["lora", "full", "head"] = _opt(
+        "lora", "lora: train LoRA adapters (+ head); full: train every weight; head: train only the head / modules_to_save"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -161,3 +161,32 @@ def test_models_lists_aliases():
     assert result.exit_code == 0
     aliases = {m["alias"] for m in json.loads(result.stdout)["models"]}
     assert aliases == {"smollm2-135m", "minilm-l6"}
+
+
+@pytest.mark.parametrize("method", ["head", "full"])
+def test_head_only_and_full_finetuning_baselines(tmp_path, method):
+    from safetensors.torch import load_file
+
+    model_dir = save_tiny_model(tmp_path / "base", "bert", num_labels=2)
+    rows = [{"text": f"sample {i}", "label": i % 2} for i in range(16)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "cls.yaml"
+    recipe.write_text(
+        f"model: {model_dir}\ntask: text\n"
+        f"data: {{train_file: {tmp_path / 'train.jsonl'}, text_field: text, label_field: label, num_labels: 2}}\n"
+        f"train: {{max_steps: 3, batch_size: 4, lr: 0.01, method: {method}}}\nlog: {{plot: false}}\n"
+    )
+    run = tmp_path / "run"
+    result = run_cli(["train", recipe, "-o", run, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    before = load_file(str(model_dir / "model.safetensors"))
+    after = load_file(str(run / "adapter" / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    if method == "head":
+        assert changed == {"classifier.weight", "classifier.bias"}
+        assert summary["trainable_params"] == 32 * 2 + 2
+    else:
+        assert "bert.encoder.layer.0.attention.self.query.weight" in changed
+        assert summary["trainable_params"] == summary["total_params"]
+    assert run_cli(["merge", run, "-o", tmp_path / "m"]).exit_code == 2  # nothing to merge
