@@ -23,7 +23,6 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
-    help="Fine-tune language models with LoRA from YAML recipes.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -65,7 +64,15 @@ def main_options(
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Fine-tune language models with LoRA from YAML recipes."""
+    """Fine-tune language models with LoRA from YAML recipes.
+
+    \b
+    Examples:
+      lorafit recipes                                  the shipped recipes, one line each
+      lorafit train recipes/quickstart.yaml            a first run: a few minutes on a laptop CPU
+      lorafit report runs/quickstart                   its settings, final numbers and loss curve
+      lorafit COMMAND --help                           each command's options and examples
+    """
 
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
@@ -75,25 +82,34 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON summary on
 @app.command()
 @cli_command
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (with --resume: or a run directory).")],
     set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a recipe key: --set train.lr=1e-4")] = [],  # noqa: B006
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default: recipe output_dir or runs/NAME).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in the output directory.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the output directory from its newest checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run (RECIPE's, or the run directory given) from its newest readable checkpoint.")] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a LoRA adapter as RECIPE says; writes a run directory (recipe, adapter, metrics, plot).
 
+    On a terminal a progress bar shows step/total, epoch, loss, learning rate, tokens/s and ETA;
+    otherwise (CI, a pipe) a plain line is printed every train.log_every steps.
+
+    \b
     Examples:
       lorafit train recipes/quickstart.yaml
       lorafit train recipes/sst2-minilm.yaml --set train.lr=5e-4 --set lora.rank=4 -o runs/sst2-r4
       lorafit train recipes/e2e-smollm2.yaml --resume
+      lorafit train --resume runs/e2e-r4
+      lorafit train recipes/quickstart.yaml --overwrite --json > summary.json
+
+    Ctrl-C or SIGTERM writes a checkpoint and exits 130; --resume continues it (docs/trust.md).
     """
     from .train_command import run_training
 
-    summary = run_training(recipe, set_, output, overwrite=overwrite, resume=resume, reporter=Reporter(quiet, json_out))
-    Reporter(quiet, json_out).summary(summary)
+    reporter = Reporter(quiet, json_out)
+    summary = run_training(recipe, set_, output, overwrite=overwrite, resume=resume, reporter=reporter)
+    reporter.summary(summary)
 
 
 @app.command()
@@ -105,7 +121,12 @@ def inspect(
 ) -> None:
     """Dry run: load the base, show which modules each target matches and the parameter counts.
 
-    Fails (exit 2) when a target matches nothing. Example: lorafit inspect recipes/e2e-smollm2.yaml
+    Fails (exit 2) when a target matches nothing.
+
+    \b
+    Examples:
+      lorafit inspect recipes/e2e-smollm2.yaml
+      lorafit inspect recipes/quickstart.yaml --set lora.targets=all-linear
     """
     from .pipeline import load_task, parameter_summary, prepare_model
     from .recipe import load_recipe
@@ -142,7 +163,12 @@ def merge(
     """Merge an adapter into its base: writes a plain Hugging Face model directory (safetensors).
 
     The result loads with AutoModelForCausalLM / AutoModelForSequenceClassification.from_pretrained,
-    no lorafit needed. Example: lorafit merge runs/quickstart -o merged/quickstart
+    no lorafit needed.
+
+    \b
+    Examples:
+      lorafit merge runs/quickstart -o merged/quickstart
+      lorafit merge runs/quickstart/adapter -o merged/quickstart --overwrite
     """
     from .merge_command import merge_adapter
 
@@ -167,11 +193,13 @@ def eval_(
     no_repeat_ngram_size: Annotated[int | None, typer.Option("--no-repeat-ngram-size", min=0)] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    chat_template: Annotated[bool | None, typer.Option("--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template (zero-shot instruct models).")] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Evaluate a model or an outputs file on a task split; prints a table and writes JSON.
 
+    \b
     Examples:
       lorafit eval runs/e2e-smollm2 --limit 50
       lorafit eval smollm2-135m --task e2e --limit 30 -o zero-shot.json
@@ -183,6 +211,7 @@ def eval_(
         target=target, task=task, split=split, limit=limit, output=output, predictions=predictions,
         data_dir=data_dir, beam_size=beam_size, length_penalty=length_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        chat_template=chat_template,
     )
     reporter = Reporter(quiet, json_out)
     result = run_eval(request, reporter)
@@ -192,7 +221,13 @@ def eval_(
 @app.command()
 @cli_command
 def models(json_out: JsonOpt = False) -> None:
-    """List the built-in model aliases, whether each is installed, and where its checkpoint is."""
+    """List the built-in model aliases, whether each is installed, and where its checkpoint is.
+
+    \b
+    Examples:
+      lorafit models
+      lorafit models --json
+    """
     from .models import list_aliases
 
     reporter = Reporter(False, json_out)
@@ -206,14 +241,20 @@ def models(json_out: JsonOpt = False) -> None:
     reporter.summary({"models": rows})
 
 
-recipes_app = typer.Typer(help="Shipped recipes: list them, or print one to copy and edit.", no_args_is_help=False)
+recipes_app = typer.Typer(no_args_is_help=False)
 app.add_typer(recipes_app, name="recipes")
 
 
 @recipes_app.callback(invoke_without_command=True)
 @cli_command
 def recipes_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """List the shipped recipes with one line each. Example: lorafit recipes show quickstart"""
+    """List the shipped recipes with one line each, or print one with `show`.
+
+    \b
+    Examples:
+      lorafit recipes
+      lorafit recipes show quickstart > my-recipe.yaml
+    """
     if ctx.invoked_subcommand is not None:
         return
     from .shipped import shipped_recipes
@@ -226,11 +267,56 @@ def recipes_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
 @recipes_app.command("show")
 @cli_command
-def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name, as `lorafit recipes` lists it.")]) -> None:
-    """Print a shipped recipe (redirect it into a file to start your own)."""
+def recipes_show(
+    name: Annotated[str, typer.Argument(help="Recipe name, as `lorafit recipes` lists it.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Print a shipped recipe (redirect it into a file to start your own).
+
+    \b
+    Examples:
+      lorafit recipes show quickstart
+      lorafit recipes show sst2-minilm > my-sst2.yaml && lorafit train my-sst2.yaml
+    """
     from .shipped import recipe_text
 
-    sys.stdout.write(recipe_text(name))
+    text = recipe_text(name)
+    if json_out:
+        Reporter(False, True).summary({"name": name.removesuffix(".yaml"), "text": text})
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+@cli_command
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (as `lorafit train` writes them).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG comparing the runs' loss curves.")] = Path("report.png"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare runs: settings and final metrics side by side, and a PNG of their loss curves.
+
+    Reads each run's recipe.yaml, metrics.jsonl, summary.json and eval.json; works on a run that is
+    still going or was stopped (with what it has so far).
+
+    \b
+    Examples:
+      lorafit report runs/quickstart
+      lorafit report runs/sst2-r4 runs/sst2-r8 runs/sst2-r16 -o sst2-ranks.png
+      lorafit report runs/* --json
+    """
+    from .plots import plot_runs
+    from .report import comparison_table, read_run, report_data, run_labels
+
+    reporter = Reporter(False, json_out)
+    records = [read_run(path) for path in runs]
+    columns, rows = comparison_table(records)
+    reporter.table(f"{len(records)} run(s)", columns, rows)
+    labels = run_labels(records)
+    plot_runs({label: r.history for label, r in zip(labels, records, strict=True)}, output,
+              title="loss: " + ", ".join(labels) if len(labels) <= 3 else f"loss of {len(labels)} runs")
+    reporter.info(f"wrote {output}")
+    reporter.summary({"runs": report_data(records), "plot": str(output)})
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ class EvalRequest:
     no_repeat_ngram_size: int | None = None
     max_new_tokens: int | None = None
     batch_size: int | None = None
+    chat_template: bool | None = None
 
 
 def generation_settings(recipe: Recipe | None, request: EvalRequest) -> GenerationSettings:
@@ -43,13 +44,16 @@ def generation_settings(recipe: Recipe | None, request: EvalRequest) -> Generati
     base = GenerationSettings()
     if recipe is not None:
         e = recipe.eval
-        base = GenerationSettings(e.batch_size, e.beam_size, e.length_penalty, e.no_repeat_ngram_size, e.max_new_tokens)
+        base = GenerationSettings(
+            e.batch_size, e.beam_size, e.length_penalty, e.no_repeat_ngram_size, e.max_new_tokens, e.chat_template
+        )
     overrides = {
         "batch_size": request.batch_size,
         "beam_size": request.beam_size,
         "length_penalty": request.length_penalty,
         "no_repeat_ngram_size": request.no_repeat_ngram_size,
         "max_new_tokens": request.max_new_tokens,
+        "chat_template": request.chat_template,
     }
     return GenerationSettings(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 

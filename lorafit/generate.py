@@ -23,6 +23,7 @@ class GenerationSettings:
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     max_new_tokens: int = 64
+    chat_template: bool = False  # wrap each prompt as a user turn of the tokenizer's chat template
 
 
 def left_padded(prompt_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +64,16 @@ def generate(
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    if settings.chat_template:
+        # Zero-shot instruct models answer best in their chat format; the template adds its own
+        # special tokens, so the tokenizer must not add more.
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p.strip()}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    else:
+        encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
     for start in range(0, len(order), settings.batch_size):

@@ -119,6 +119,7 @@ class EvalConfig:
     length_penalty: float = _opt(1.0, "beam-search length penalty (exponent on the length)")
     no_repeat_ngram_size: int = _opt(0, "forbid repeating n-grams of this size; 0: off", ge=0)
     max_new_tokens: int = _opt(64, "tokens generated per example at most", gt=0)
+    chat_template: bool = _opt(False, "wrap each prompt in the tokenizer's chat template (zero-shot instruct models)")
     show_examples: int = _opt(
         0, "after training, print N held-out inputs with the base model's and the adapted model's output", ge=0
     )

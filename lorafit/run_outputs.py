@@ -6,13 +6,15 @@ from __future__ import annotations
 import platform
 import resource
 import time
+from dataclasses import asdict
 
 import psutil
 import torch
 
 from . import __version__
 from .console import Reporter
-from .eval_command import evaluate_model, print_metrics
+from .eval_command import EvalRequest, evaluate_model, print_metrics
+from .eval_command import generation_settings as eval_settings
 from .generate import GenerationSettings, generate
 from .lora import lora_disabled
 from .pipeline import Prepared, data_options
@@ -25,19 +27,20 @@ from .train import FitResult
 
 
 def generation_settings(recipe: Recipe) -> GenerationSettings:
-    e = recipe.eval
-    return GenerationSettings(e.batch_size, e.beam_size, e.length_penalty, e.no_repeat_ngram_size, e.max_new_tokens)
+    """The recipe's eval section as decoding settings (no command-line flags at training time)."""
+    return eval_settings(recipe, EvalRequest())
 
 
 def evaluate_split(recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> dict:
     """Task metrics on recipe.eval.split (its first eval.limit inputs) for the model as it is now."""
     items = task.load_eval(task_data_dir(task, recipe.data_dir), recipe.eval.split, data_options(recipe))
     items = items[: recipe.eval.limit] if recipe.eval.limit else items
+    settings = generation_settings(recipe)
     predictions, metrics, seconds = evaluate_model(
-        prepared.model, prepared.tokenizer, task, items, generation_settings(recipe), recipe.data.max_length, reporter
+        prepared.model, prepared.tokenizer, task, items, settings, recipe.data.max_length, reporter
     )
     return {"task": task.name, "split": recipe.eval.split, "num_examples": len(items), "metrics": metrics,
-            "seconds": round(seconds, 2), "predictions": predictions}
+            "settings": asdict(settings), "seconds": round(seconds, 2), "predictions": predictions}
 
 
 def periodic_eval_record(recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> dict:
@@ -93,7 +96,7 @@ def finish_run(
     """Evaluate (if asked), plot, show examples, and write summary.json; returns the summary."""
     evaluation = end_of_run_eval(run, recipe, task, prepared, reporter) if recipe.eval.at_end else None
     if recipe.log.plot:
-        method = "full fine-tune" if recipe.train.full_finetune else f"LoRA rank {recipe.lora.rank}"
+        method = f"LoRA rank {recipe.lora.rank}" if recipe.train.method == "lora" else f"{recipe.train.method} fine-tune"
         plot_runs({recipe.name: result.history}, run.plot, title=f"{recipe.name}: {recipe.model} on {task.name}, {method}")
     examples = show_examples(recipe, task, prepared, reporter)
     first_valid = next((r["valid_loss"] for r in result.history if r.get("valid_loss") is not None), None)

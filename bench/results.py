@@ -1,0 +1,231 @@
+"""Reproduce the LoRA paper's claims at CPU scale: every number in docs/results.md comes from here.
+
+    .venv/bin/python bench/results.py run [--tables glue,e2e,rank,targets,wikisql] [--only ID ...]
+    .venv/bin/python bench/results.py report          # docs/results.md + docs/results.json from results/out
+
+Each experiment is a shipped recipe plus `--set` overrides, trained through the real CLI in its own
+process (`lorafit train ... --json`), then evaluated by the recipe's end-of-run evaluation (eval.json).
+Zero-shot rows are `lorafit eval <base model>`; the merge check merges each trained adapter
+(`lorafit merge`) and re-evaluates the merged model with the same decoding settings.
+Results land in results/out/<id>/ (summary.json, eval.json, metrics.jsonl); an experiment whose
+eval.json exists is skipped, so an interrupted `run` continues where it stopped (--force redoes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "results" / "out"
+LORAFIT = str(Path(sys.executable).with_name("lorafit"))
+SEED = 0
+
+# Shared scale settings, one place: each variant's training stays within ~30 min on 2 CPU cores.
+E2E_SCALE = ["--set", "data.max_train_examples=4000", "--set", "train.epochs=1", "--set", "train.eval_every=100"]
+E2E_DECODE = ["--beam-size", "4", "--length-penalty", "0.9", "--no-repeat-ngram-size", "4", "--max-new-tokens", "64"]
+SST2_SCALE = ["--set", "data.max_train_examples=20000"]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of a table: a recipe + overrides to train (or a base model to evaluate zero-shot)."""
+
+    id: str
+    table: str
+    variant: str
+    recipe: str | None = None  # shipped recipe name; None for zero-shot rows
+    overrides: tuple[str, ...] = ()
+    zero_shot: tuple[str, ...] = ()  # (model, task) for zero-shot rows
+    eval_args: tuple[str, ...] = ()
+    merge_check: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def s(*pairs: str) -> tuple[str, ...]:
+    """`--set` pairs: s("lora.rank=4", ...) -> ("--set", "lora.rank=4", ...)."""
+    return tuple(x for p in pairs for x in ("--set", p))
+
+
+GLUE_TASKS = ("sst2", "mrpc", "cola", "rte", "stsb")
+ALL_LINEAR_BERT = "lora.targets=[query,key,value,attention.output.dense,intermediate.dense,output.dense]"
+
+
+def experiments() -> list[Experiment]:
+    rows: list[Experiment] = []
+    # Table 1: E2E NLG on SmolLM2-135M.
+    rows.append(Experiment("e2e-zero-shot", "e2e", "zero-shot, raw prompt",
+                           zero_shot=("smollm2-135m", "e2e"), eval_args=E2E_DECODE))
+    rows.append(Experiment("e2e-zero-shot-chat", "e2e", "zero-shot, chat template",
+                           zero_shot=("smollm2-135m", "e2e"), eval_args=(*E2E_DECODE, "--chat-template")))
+    rows.append(Experiment("e2e-lora-qv-r4", "e2e", "LoRA r=4 q,v (paper)", "e2e-smollm2", tuple(E2E_SCALE),
+                           merge_check=True))
+    rows.append(Experiment("e2e-lora-all-r4", "e2e", "LoRA r=4 all linear", "e2e-smollm2",
+                           (*E2E_SCALE, *s("lora.targets=all-linear")), merge_check=True))
+    rows.append(Experiment("e2e-full", "e2e", "full fine-tuning", "e2e-smollm2",
+                           (*E2E_SCALE, *s("train.method=full", "train.lr=5e-5"))))
+    # Table 2: GLUE on MiniLM-L6: head only vs LoRA q,v r=8 vs full fine-tuning.
+    for task in GLUE_TASKS:
+        scale = tuple(SST2_SCALE) if task == "sst2" else ()
+        rows.append(Experiment(f"glue-{task}-head", "glue", "head only", f"{task}-minilm",
+                               (*scale, *s("train.method=head", "train.lr=2e-3"))))
+        rows.append(Experiment(f"glue-{task}-lora", "glue", "LoRA r=8 q,v", f"{task}-minilm", scale,
+                               merge_check=True))
+        rows.append(Experiment(f"glue-{task}-full", "glue", "full fine-tuning", f"{task}-minilm",
+                               (*scale, *s("train.method=full", "train.lr=5e-5"))))
+    # Table 3a: rank on one generation and one GLUE task (same data, steps, seed).
+    # r=4 on E2E and r=8 on MRPC are the rows e2e-lora-qv-r4 and glue-mrpc-lora: not run twice.
+    for rank in (1, 2, 4, 8, 64):
+        if rank != 4:
+            rows.append(Experiment(f"rank-e2e-r{rank}", "rank", f"r={rank}", "e2e-smollm2",
+                                   (*E2E_SCALE, *s(f"lora.rank={rank}")), extra={"task": "e2e", "rank": rank}))
+        if rank != 8:
+            rows.append(Experiment(f"rank-mrpc-r{rank}", "rank", f"r={rank}", "mrpc-minilm",
+                                   s(f"lora.rank={rank}"), extra={"task": "mrpc", "rank": rank}))
+    # Table 3b: which weights under a fixed budget of 8 * d parameters per layer (paper Table 5).
+    for targets, rank in (("[query]", 8), ("[value]", 8), ("[query,value]", 4), ("[query,key,value,attention.output.dense]", 2)):
+        rows.append(Experiment(f"targets-mrpc-{targets.strip('[]').replace(',', '+').replace('attention.output.dense', 'o')}",
+                               "targets", f"{targets} r={rank}", "mrpc-minilm",
+                               s(f"lora.targets={targets}", f"lora.rank={rank}"), extra={"rank": rank}))
+    # Table 4: WikiSQL subset on SmolLM2-135M.
+    rows.append(Experiment("wikisql-zero-shot", "wikisql", "zero-shot, raw prompt", zero_shot=("smollm2-135m", "wikisql")))
+    rows.append(Experiment("wikisql-zero-shot-chat", "wikisql", "zero-shot, chat template",
+                           zero_shot=("smollm2-135m", "wikisql"), eval_args=("--chat-template",)))
+    rows.append(Experiment("wikisql-lora", "wikisql", "LoRA r=4 q,v", "wikisql-smollm2", merge_check=True))
+    return rows
+
+
+def run(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
+    """Run a lorafit command, its stderr appended to `log`; stdout (the --json summary) returned."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.setdefault("LORAFIT_DATA", str(REPO.parent / "shared" / "data"))
+    with open(log, "a", encoding="utf-8") as err:
+        err.write(f"\n$ {' '.join(cmd)}\n")
+        err.flush()
+        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO)
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def run_experiment(exp: Experiment, force: bool) -> None:
+    out = OUT / exp.id
+    if (out / "result.json").exists() and not force:
+        print(f"[skip] {exp.id} (done)")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "commands.log"
+    started = time.time()
+    result: dict = {"id": exp.id, "table": exp.table, "variant": exp.variant, "extra": exp.extra}
+    if exp.zero_shot:
+        model, task = exp.zero_shot
+        cmd = [LORAFIT, "eval", model, "--task", task, "-o", str(out / "eval.json"), "--json", *exp.eval_args]
+        done = run(cmd, log)
+        if done.returncode != 0:
+            raise SystemExit(f"{exp.id}: {' '.join(cmd)} failed ({done.returncode}); see {log}")
+        result.update(commands=[" ".join(cmd[1:])], eval=json.loads((out / "eval.json").read_text()))
+        result["eval"].pop("predictions", None)
+    else:
+        run_dir = out / "run"
+        cmd = [LORAFIT, "train", f"recipes/{exp.recipe}.yaml", "-o", str(run_dir), "--overwrite", "--json",
+               "--set", f"seed={SEED}", "--set", "eval.at_end=true", *exp.overrides]
+        done = run(cmd, log)
+        if done.returncode != 0:
+            raise SystemExit(f"{exp.id}: {' '.join(cmd)} failed ({done.returncode}); see {log}")
+        summary = json.loads(done.stdout)
+        evaluation = json.loads((run_dir / "eval.json").read_text())
+        evaluation.pop("predictions", None)
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        train_records = [r for r in records if "loss" in r]
+        result.update(
+            commands=[" ".join(cmd[1:])], summary={k: v for k, v in summary.items() if k != "examples"},
+            eval=evaluation, adapter_bytes=dir_size(run_dir / "adapter"),
+            seconds_per_step=train_time(records) / max(summary["steps"], 1),
+            final_train_loss=train_records[-1]["loss"] if train_records else None,
+        )
+        if exp.merge_check:
+            result["merge_check"] = merge_check(run_dir, out, log, evaluation)
+    result["wall_seconds"] = round(time.time() - started, 1)
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[done] {exp.id} in {result['wall_seconds']:.0f}s: {result['eval']['metrics']}")
+
+
+def train_time(records: list[dict]) -> float:
+    """Seconds spent in optimizer steps: the last training record's elapsed time minus the time spent
+    in validation passes (each validation record's elapsed minus the record before it)."""
+    elapsed = 0.0
+    previous = 0.0
+    valid_time = 0.0
+    for r in records:
+        if "loss" not in r:
+            valid_time += r["elapsed_s"] - previous
+        else:
+            elapsed = r["elapsed_s"]
+        previous = r["elapsed_s"]
+    return max(elapsed - valid_time, 0.0)
+
+
+def merge_check(run_dir: Path, out: Path, log: Path, evaluation: dict) -> dict:
+    """Merge the adapter, evaluate the merged model with the run's decoding settings, compare."""
+    merged = out / "merged"
+    cmd = [LORAFIT, "merge", str(run_dir), "-o", str(merged), "--overwrite", "--json"]
+    if run(cmd, log).returncode != 0:
+        raise SystemExit(f"merge failed; see {log}")
+    recipe_eval = json.loads(json.dumps(evaluation.get("settings") or {}))
+    flags = []
+    for key, flag in (("beam_size", "--beam-size"), ("length_penalty", "--length-penalty"),
+                      ("no_repeat_ngram_size", "--no-repeat-ngram-size"), ("max_new_tokens", "--max-new-tokens"),
+                      ("batch_size", "--batch-size")):
+        if key in recipe_eval:
+            flags += [flag, str(recipe_eval[key])]
+    merged_eval_path = out / "merged-eval.json"
+    cmd = [LORAFIT, "eval", str(merged), "--task", evaluation["task"], "--split", evaluation["split"],
+           "-o", str(merged_eval_path), "--json", *flags]
+    if evaluation.get("num_examples"):
+        cmd += ["--limit", str(evaluation["num_examples"])]
+    if run(cmd, log).returncode != 0:
+        raise SystemExit(f"merged eval failed; see {log}")
+    merged_eval = json.loads(merged_eval_path.read_text())
+    diffs = {k: abs(v - merged_eval["metrics"].get(k, float("nan")))
+             for k, v in evaluation["metrics"].items() if isinstance(v, int | float)}
+    shutil.rmtree(merged, ignore_errors=True)  # hundreds of MB each; the numbers are what we keep
+    return {"metrics": merged_eval["metrics"], "max_abs_diff": max(diffs.values()) if diffs else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run experiments (skips those already done)")
+    r.add_argument("--tables", default="glue,wikisql,e2e,rank,targets")
+    r.add_argument("--only", nargs="*", default=None, help="experiment ids")
+    r.add_argument("--force", action="store_true")
+    sub.add_parser("report", help="write docs/results.md and docs/results.json from results/out")
+    sub.add_parser("list", help="list the experiments")
+    args = parser.parse_args()
+    if args.command == "list":
+        for exp in experiments():
+            print(f"{exp.id:32s} {exp.table:8s} {exp.variant}")
+        return
+    if args.command == "report":
+        from results_report import write_report
+
+        write_report(OUT, REPO / "docs")
+        return
+    tables = args.tables.split(",")
+    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    for exp in experiments():
+        if exp.table in tables and (args.only is None or exp.id in args.only):
+            run_experiment(exp, args.force)
+
+
+if __name__ == "__main__":
+    main()
