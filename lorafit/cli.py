@@ -311,7 +311,7 @@ def report(
     reporter = Reporter(False, json_out)
     records = [read_run(path) for path in runs]
     columns, rows = comparison_table(records)
-    reporter.table(f"{len(records)} run(s)", columns, rows)
+    reporter.table(f"{len(records)} run" + ("s" if len(records) > 1 else ""), columns, rows)
     labels = run_labels(records)
     plot_runs({label: r.history for label, r in zip(labels, records, strict=True)}, output,
               title="loss: " + ", ".join(labels) if len(labels) <= 3 else f"loss of {len(labels)} runs")

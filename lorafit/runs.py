@@ -7,6 +7,7 @@
     <run>/eval.json                task metrics, when evaluated
     <run>/summary.json             final numbers of the run
     <run>/loss.png                 training and validation loss curves
+    <run>/tensorboard/             TensorBoard event files, when log.tensorboard is true
 
 Checkpoints and the adapter are written atomically (see atomic.py); the newest K checkpoints are kept.
 A checkpoint that cannot be read is skipped with a warning when resuming.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,6 +33,7 @@ CHECKPOINTS_DIR = "checkpoints"
 SUMMARY_FILE = "summary.json"
 EVAL_FILE = "eval.json"
 PLOT_FILE = "loss.png"
+TENSORBOARD_DIR = "tensorboard"
 STATE_FILE = "state.pt"
 
 
@@ -121,10 +124,15 @@ class RunDir:
             (tmp / RECIPE_FILE).write_text(recipe_text, encoding="utf-8")
         for old in self.checkpoint_dirs()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        for stale in target.parent.glob(".step-*.tmp"):  # half-written by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
         return target
 
-    def latest_checkpoint(self) -> tuple[Path, dict] | None:
-        """The newest checkpoint that loads, skipping (with a warning) any that cannot be read."""
+    def latest_checkpoint(self, on_skip: Callable[[str], None] | None = None) -> tuple[Path, dict] | None:
+        """The newest checkpoint that loads, skipping any that cannot be read (truncated, corrupted).
+
+        Each skipped one is reported with a one-line message to `on_skip` (default: warnings.warn).
+        """
         for path in reversed(self.checkpoint_dirs()):
             try:
                 snapshot = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
@@ -132,7 +140,12 @@ class RunDir:
                     raise ValueError("not a lorafit checkpoint")
                 return path, snapshot
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, by design
-                warnings.warn(f"skipping unreadable checkpoint {path}: {type(e).__name__}: {e}", stacklevel=2)
+                reason = (str(e).splitlines() or [""])[0]
+                message = f"skipping unreadable checkpoint {path} ({type(e).__name__}: {reason})"
+                if on_skip is not None:
+                    on_skip(message)
+                else:
+                    warnings.warn(message, stacklevel=2)
         return None
 
 
