@@ -1,7 +1,8 @@
 """Crash-safe writes: a file or a directory appears whole under its final name, or not at all.
 
 Pattern: write into a temporary sibling (same filesystem), flush and fsync, then `os.replace`.
-A crash or a failed write (full disk, permissions) leaves the previous version untouched.
+A crash or a failed write (full disk, permissions) leaves the previous version untouched, and the
+failure surfaces as one `WriteError` naming the path, which the CLI prints as one line (exit 1).
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import WriteError
+
+
+def write_error(path: Path, error: OSError) -> WriteError:
+    """The one-line error for a failed write of `path` (ENOSPC, EACCES, EROFS, ...)."""
+    if isinstance(error, WriteError):
+        return error
+    reason = error.strerror or str(error) or type(error).__name__
+    return WriteError(f"cannot write {path}: {reason}; what was there before is unchanged")
 
 
 def fsync_dir(path: Path) -> None:
@@ -27,16 +38,21 @@ def fsync_dir(path: Path) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a fsynced temporary file and a rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from e
         raise
     fsync_dir(path.parent)
 
@@ -65,22 +81,33 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     The old directory (if any) is moved aside and deleted only after the new one is in place, so at
     every instant either the old or the new complete directory exists under `path` (or, for a crash
     between the two renames, under `path` + ".old", which `recover_directory` puts back).
-    On an exception the temporary directory is removed and `path` is untouched.
+    On an exception the temporary directory is removed and `path` is untouched; an OSError (from
+    filling the directory or from the renames) becomes a WriteError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_directory(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_directory(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         yield tmp
         fsync_tree(tmp)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from e
         raise
     old = path.with_name(path.name + ".old")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
+    try:
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        recover_directory(path)  # the first rename may have happened: put the old directory back
+        raise write_error(path, e) from e
     fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)
 

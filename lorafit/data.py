@@ -55,6 +55,8 @@ def encode_generation(
     whose completion alone leaves fewer than 8 prompt tokens is skipped. Both are counted.
     """
     stats = EncodeStats()
+    if not examples:  # e.g. no validation split; a fast tokenizer fails on an empty batch
+        return [], stats
     eos = tokenizer.eos_token_id
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
     completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
@@ -81,6 +83,8 @@ def encode_classification(
 ) -> tuple[list[Encoded], EncodeStats]:
     """Tokenize sentences (or pairs) for a sequence-classification model, truncating to max_length."""
     stats = EncodeStats()
+    if not examples:  # e.g. no validation split; a fast tokenizer fails on an empty batch
+        return [], stats
     texts = [e.text for e in examples]
     pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
     batch = tokenizer(texts, pairs, truncation=False, verbose=False)

@@ -64,3 +64,12 @@ class MergeError(LorafitError):
     """A merge would add an update twice or produce non-finite weights."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class WriteError(LorafitError, OSError):
+    """A file or directory could not be written (disk full, permissions); what was there is unchanged.
+
+    Also an OSError, so callers that already handle OSError (and add their own hint) still do.
+    """
+
+    exit_code = EXIT_OTHER

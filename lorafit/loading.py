@@ -15,6 +15,8 @@ from torch import nn
 
 from .errors import AdapterError
 from .lora import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
     LoraSpec,
     add_lora,
     load_adapter_tensors,
@@ -45,8 +47,8 @@ def target_kind(target: str) -> str:
     path = Path(target)
     if path.is_dir() and is_run_dir(path):
         return "run"
-    if path.is_dir() and (path / "adapter_config.json").is_file():
-        return "adapter"
+    if path.is_dir() and any((path / name).is_file() for name in (CONFIG_NAME, WEIGHTS_NAME)):
+        return "adapter"  # with one of its two files missing, loading it says which one
     return "model"
 
 
@@ -66,7 +68,9 @@ def check_base_identity(model: nn.Module, metadata: dict, source: str) -> None:
         return  # a PEFT-saved adapter: tensor shapes are checked when loading
     expected = json.loads(recorded)
     actual = model_identity(model)
-    diffs = [k for k in sorted(set(expected) | set(actual)) if expected.get(k) != actual.get(k)]
+    # Sizes first (they say what differs); the fingerprint catches the rest (same sizes, other layout).
+    keys = sorted(set(expected) | set(actual), key=lambda k: (k == "fingerprint", k))
+    diffs = [k for k in keys if expected.get(k) != actual.get(k)]
     if diffs:
         key = diffs[0]
         raise AdapterError(

@@ -8,7 +8,7 @@ from pathlib import Path
 from .atomic import atomic_directory
 from .errors import RunDirError
 from .loading import load_target, target_kind
-from .lora import merge_lora, unload_lora
+from .lora import merge_lora, safetensors_os_errors, unload_lora
 
 
 def merge_adapter(adapter: str, output: Path, *, overwrite: bool) -> dict:
@@ -26,7 +26,7 @@ def merge_adapter(adapter: str, output: Path, *, overwrite: bool) -> dict:
         raise RunDirError(f"{adapter}: holds a fully fine-tuned model, which has nothing to merge")
     layers = merge_lora(loaded.model, keep_original=False)
     model = unload_lora(loaded.model)
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output) as tmp, safetensors_os_errors():
         model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
     return {

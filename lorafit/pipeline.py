@@ -102,6 +102,15 @@ def load_base(ref: ModelRef, task: Task):
     return model, tokenizer
 
 
+def inject_lora(model: nn.Module, spec: LoraSpec) -> InjectionReport:
+    """`add_lora`, with a target that matches nothing reported under the recipe key to fix."""
+    try:
+        return add_lora(model, spec)
+    except TargetError as e:  # the LoRA core knows patterns, not recipe keys
+        key = "lora.targets_regex" if spec.targets_regex is not None else "lora.targets"
+        raise TargetError(f"{key}: {e}") from None
+
+
 def prepare_model(recipe: Recipe, task: Task) -> Prepared:
     """Seed, load the base, then make the right parameters trainable for `train.method`:
 
@@ -114,7 +123,7 @@ def prepare_model(recipe: Recipe, task: Task) -> Prepared:
     method = recipe.train.method
     if method == "lora":
         spec = lora_spec(recipe, model)
-        return Prepared(model, tokenizer, ref, spec, add_lora(model, spec))
+        return Prepared(model, tokenizer, ref, spec, inject_lora(model, spec))
     saved = find_saved_modules(model, lora_spec(recipe, model).modules_to_save)
     if method == "full":
         trainable = mark_all_trainable(model)

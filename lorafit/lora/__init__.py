@@ -7,6 +7,7 @@ from .adapter import (
     load_adapter_tensors,
     read_adapter_config,
     read_adapter_tensors,
+    safetensors_os_errors,
     save_adapter,
     spec_from_config,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "merge_lora",
     "read_adapter_config",
     "read_adapter_tensors",
+    "safetensors_os_errors",
     "save_adapter",
     "spec_from_config",
     "unload_lora",

@@ -13,8 +13,11 @@ at all, and a failed save leaves the previous adapter intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -92,6 +95,23 @@ def peft_target_modules(model: nn.Module, spec: LoraSpec) -> list[str] | str:
     return "(?:" + "|".join(re.escape(n) for n in adapted) + ")"
 
 
+@contextlib.contextmanager
+def safetensors_os_errors() -> Iterator[None]:
+    """Re-raise a failed safetensors write as the OSError it is, so the atomic writer around it reports
+    it as one `cannot write <dir>: No space left on device` line.
+
+    safetensors (0.8) reports I/O failures as SafetensorError("... I/O error: ... (os error 28)").
+    """
+    try:
+        yield
+    except SafetensorError as e:
+        found = re.search(r"os error (\d+)", str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code)) from e
+
+
 def save_adapter(
     model: nn.Module,
     directory: str | Path,
@@ -130,7 +150,7 @@ def save_adapter(
         "use_dora": False,
     }
     header = {"format": "pt", **(metadata or {})}
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory) as tmp, safetensors_os_errors():
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=header)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return directory
