@@ -25,14 +25,19 @@ def write_error(path: Path, error: OSError) -> WriteError:
     return WriteError(f"cannot write {path}: {reason}; what was there before is unchanged")
 
 
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or directory by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Persist a directory entry (a rename) to disk; a no-op where directories cannot be opened."""
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -66,11 +71,7 @@ def fsync_tree(path: Path) -> None:
     """fsync every file under `path`, then the directories, so a rename publishes complete data."""
     for root, _dirs, files in os.walk(path):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(os.path.join(root, name))
         fsync_dir(Path(root))
 
 

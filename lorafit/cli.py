@@ -105,6 +105,10 @@ def train(
 
     Ctrl-C or SIGTERM writes a checkpoint and exits 130; --resume continues it (docs/trust.md).
     """
+    if recipe.is_file():
+        from .recipe import load_recipe
+
+        load_recipe(recipe, set_)  # a bad recipe fails in a blink, before torch and transformers load
     from .train_command import run_training
 
     reporter = Reporter(quiet, json_out)
@@ -228,7 +232,7 @@ def models(json_out: JsonOpt = False) -> None:
       lorafit models
       lorafit models --json
     """
-    from .models import list_aliases
+    from .aliases import list_aliases  # not via models.py: that imports torch
 
     reporter = Reporter(False, json_out)
     rows = list_aliases()

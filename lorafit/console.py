@@ -24,6 +24,7 @@ from rich.table import Table
 
 
 def format_duration(seconds: float) -> str:
+    """`1h02m03s`, or `2m03s` under an hour."""
     seconds = max(0, int(seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -79,10 +80,12 @@ class Reporter:
         self.plain_every_s = plain_every_s
 
     def info(self, message: str) -> None:
+        """One plain line, unless --quiet."""
         if not self.quiet:
             self.console.print(message, markup=False)
 
     def table(self, title: str, columns: list[str], rows: list[list]) -> None:
+        """A table: drawn by rich on a terminal, aligned plain columns otherwise; nothing with --quiet."""
         if self.quiet:
             return
         if self.interactive:
@@ -160,10 +163,6 @@ class _Progress:
             self.bar.console.print(line, markup=False)
         else:
             self.reporter.info(line)
-
-    def set_status(self, status: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, status=status)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from . import __version__
@@ -13,7 +13,8 @@ from .console import Reporter
 from .errors import DataError
 from .evaluate import predict, read_predictions, score
 from .generate import GenerationSettings
-from .pipeline import data_options
+from .loading import load_target
+from .pipeline import data_options, generation_settings
 from .recipe import Recipe, load_recipe
 from .runs import RECIPE_FILE, is_run_dir
 from .tasks import get_task, task_data_dir
@@ -39,23 +40,11 @@ class EvalRequest:
     chat_template: bool | None = None
 
 
-def generation_settings(recipe: Recipe | None, request: EvalRequest) -> GenerationSettings:
+def requested_settings(recipe: Recipe | None, request: EvalRequest) -> GenerationSettings:
     """Flags override the recipe's eval section, which overrides the defaults."""
-    base = GenerationSettings()
-    if recipe is not None:
-        e = recipe.eval
-        base = GenerationSettings(
-            e.batch_size, e.beam_size, e.length_penalty, e.no_repeat_ngram_size, e.max_new_tokens, e.chat_template
-        )
-    overrides = {
-        "batch_size": request.batch_size,
-        "beam_size": request.beam_size,
-        "length_penalty": request.length_penalty,
-        "no_repeat_ngram_size": request.no_repeat_ngram_size,
-        "max_new_tokens": request.max_new_tokens,
-        "chat_template": request.chat_template,
-    }
-    return GenerationSettings(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
+    base = generation_settings(recipe) if recipe is not None else GenerationSettings()
+    flags = {f.name: getattr(request, f.name) for f in fields(GenerationSettings)}  # same names as the flags
+    return replace(base, **{name: value for name, value in flags.items() if value is not None})
 
 
 def recipe_of_target(target: str | None) -> Recipe | None:
@@ -65,11 +54,8 @@ def recipe_of_target(target: str | None) -> Recipe | None:
     return None
 
 
-def data_options_of(recipe: Recipe | None) -> DataOptions:
-    return data_options(recipe) if recipe is not None else DataOptions()
-
-
-def eval_items(task: Task, data_dir: Path, split: str, options: DataOptions, limit: int | None) -> list:
+def eval_items(task: Task, data_dir: Path | None, split: str, options: DataOptions, limit: int | None) -> list:
+    """The split's first `limit` (None: all) eval inputs; a split the task does not have is a DataError."""
     if split not in task.splits:
         raise DataError(f"task {task.name} has no split {split!r}; valid splits: {', '.join(task.splits)}")
     items = task.load_eval(data_dir, split, options)
@@ -87,10 +73,12 @@ def evaluate_model(model, tokenizer, task: Task, items: list, settings: Generati
     return predictions, score(task, predictions, items)["metrics"], seconds
 
 
-def print_metrics(reporter: Reporter, title: str, metrics: dict) -> None:
+def print_metrics(reporter: Reporter, result: dict) -> None:
+    """An evaluation result's metrics as a table titled by task, split and size, then why any is missing."""
+    metrics = result["metrics"]
     rows = [[k, f"{v:.4f}" if isinstance(v, float) else ("n/a" if v is None else str(v))]
             for k, v in metrics.items() if not k.endswith("_unavailable")]
-    reporter.table(title, ["metric", "value"], rows)
+    reporter.table(f"{result['task']} {result['split']} ({result['num_examples']} inputs)", ["metric", "value"], rows)
     for key, reason in metrics.items():
         if key.endswith("_unavailable"):
             reporter.info(f"{key[: -len('_unavailable')]} unavailable: {reason}")
@@ -104,20 +92,18 @@ def run_eval(request: EvalRequest, reporter: Reporter) -> dict:
     task_name = request.task or (recipe.task if recipe else None)
     if task_name is None:
         raise DataError("--task is required unless TARGET is a run directory")
-    options = data_options_of(recipe)
+    options = data_options(recipe) if recipe is not None else DataOptions()
     task = get_task(task_name, options)
     split = request.split or (recipe.eval.split if recipe else "dev")
     data_dir = task_data_dir(task, request.data_dir or (recipe.data_dir if recipe else None))
     items = eval_items(task, data_dir, split, options, request.limit)
-    settings = generation_settings(recipe, request)
+    settings = requested_settings(recipe, request)
 
     result: dict = {"task": task.name, "split": split, "num_examples": len(items), "lorafit_version": __version__}
     if request.predictions is not None:
         predictions = read_predictions(request.predictions, task, len(items))
         result.update(source=str(request.predictions), kind="predictions", **score(task, predictions, items))
     else:
-        from .loading import load_target
-
         loaded = load_target(request.target, task)
         max_length = recipe.data.max_length if recipe else 512
         predictions, metrics, seconds = evaluate_model(loaded.model, loaded.tokenizer, task, items, settings,
@@ -126,7 +112,7 @@ def run_eval(request: EvalRequest, reporter: Reporter) -> dict:
                       settings=asdict(settings) if task.kind == "generation" else {"batch_size": settings.batch_size},
                       seconds=round(seconds, 2))
     result["predictions"] = predictions
-    print_metrics(reporter, f"{task.name} {split} ({len(items)} inputs)", result["metrics"])
+    print_metrics(reporter, result)
     if request.output is not None:
         request.output.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(request.output, json.dumps(result, indent=2, default=str) + "\n")

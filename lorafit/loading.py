@@ -24,7 +24,7 @@ from .lora import (
     read_adapter_tensors,
     spec_from_config,
 )
-from .models import ModelRef, load_causal_lm, load_classifier, load_tokenizer, model_identity, resolve_model
+from .models import ModelRef, load_base, model_identity, resolve_model
 from .runs import ADAPTER_DIR, is_run_dir
 from .tasks.types import Task
 
@@ -97,11 +97,8 @@ def load_adapter(directory: str | Path, base_override: str | None = None) -> Loa
     tensors, metadata = read_adapter_tensors(directory)
     spec = spec_from_config(config, source=str(directory / "adapter_config.json"))
     ref = resolve_model(base_override) if base_override else adapter_base_ref(config, metadata, source)
-    tokenizer = load_tokenizer(ref)
-    if config.get("task_type") == "SEQ_CLS":
-        model = load_classifier(ref, num_labels=num_labels_of(tensors, metadata), tokenizer=tokenizer)
-    else:
-        model = load_causal_lm(ref, tokenizer=tokenizer)
+    num_labels = num_labels_of(tensors, metadata) if config.get("task_type") == "SEQ_CLS" else 0
+    model, tokenizer = load_base(ref, num_labels)
     check_base_identity(model, metadata, source)
     add_lora(model, spec)
     load_adapter_tensors(model, spec, tensors, source)
@@ -120,10 +117,6 @@ def load_target(target: str, task: Task | None = None) -> Loaded:
     if kind == "adapter":
         return load_adapter(target)
     ref = resolve_model(target)
-    tokenizer = load_tokenizer(ref)
-    if task is not None and task.kind != "generation":
-        model = load_classifier(ref, num_labels=task.num_labels, tokenizer=tokenizer)
-    else:
-        model = load_causal_lm(ref, tokenizer=tokenizer)
+    model, tokenizer = load_base(ref, task.num_labels if task is not None else 0)
     model.eval()
     return Loaded(model, tokenizer, "model", target, ref)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from torch import nn
@@ -15,6 +15,7 @@ from . import __version__
 from .atomic import atomic_directory
 from .data import Encoded, EncodeStats, encode_classification, encode_generation, subsample
 from .errors import TargetError
+from .generate import GenerationSettings
 from .lora import (
     InjectionReport,
     LoraSpec,
@@ -26,13 +27,11 @@ from .lora import (
 )
 from .lora.inject import find_saved_modules
 from .loss import causal_lm_loss, classification_loss
-from .models import ModelRef, load_causal_lm, load_classifier, load_tokenizer, model_identity, resolve_model
+from .models import HEAD_MODULES, ModelRef, load_base, model_identity, resolve_model
 from .recipe import Recipe, recipe_hash
 from .tasks import get_task, task_data_dir
 from .tasks.types import DataOptions, Task
 from .train import LoopSettings, seed_everything
-
-HEAD_NAMES = ("classifier", "score")  # BERT/RoBERTa, Llama/GPT-2 sequence-classification heads
 
 
 @dataclass
@@ -46,60 +45,44 @@ class Prepared:
     report: InjectionReport
 
 
+def from_section(cls: type, section: object, **values: object):
+    """An instance of the dataclass `cls`: each field from `values` if given, else from `section`'s
+    attribute of the same name.
+
+    The recipe's sections and the settings the library takes share their field names (one name per
+    concept), so a field found in neither is a bug and raises AttributeError.
+    """
+    return cls(**{f.name: values[f.name] if f.name in values else getattr(section, f.name) for f in fields(cls)})
+
+
 def data_options(recipe: Recipe) -> DataOptions:
     """The recipe's `data:` file and field settings, as the task loaders take them."""
-    d = recipe.data
-    return DataOptions(
-        train_file=d.train_file,
-        valid_file=d.valid_file,
-        test_file=d.test_file,
-        prompt_template=d.prompt_template,
-        completion_field=d.completion_field,
-        text_field=d.text_field,
-        text_pair_field=d.text_pair_field,
-        label_field=d.label_field,
-        num_labels=d.num_labels,
-    )
+    return from_section(DataOptions, recipe.data)
+
+
+def generation_settings(recipe: Recipe) -> GenerationSettings:
+    """The recipe's `eval:` decoding settings (batch size, beams, lengths, chat template)."""
+    return from_section(GenerationSettings, recipe.eval)
 
 
 def load_task(recipe: Recipe) -> Task:
+    """The recipe's task, built with its `data:` settings."""
     return get_task(recipe.task, data_options(recipe))
 
 
-def head_name(model: nn.Module) -> str | None:
-    """The sequence-classification head's attribute name, if the model has one."""
+def head_names(model: nn.Module) -> tuple[str, ...]:
+    """The freshly initialised sequence-classification head modules the model has (HEAD_MODULES:
+    BERT/RoBERTa `classifier`, Llama/GPT-2 `score`, DistilBERT `pre_classifier` + `classifier`)."""
     children = dict(model.named_children())
-    return next((name for name in HEAD_NAMES if name in children), None)
+    return tuple(name for name in HEAD_MODULES if name in children)
 
 
 def lora_spec(recipe: Recipe, model: nn.Module) -> LoraSpec:
     """The recipe's lora section as a LoraSpec; a classifier's new head is always trained in full."""
     lora = recipe.lora
     saved = tuple(lora.modules_to_save)
-    head = head_name(model)
-    if head is not None and head not in saved:
-        saved = (*saved, head)
-    return LoraSpec(
-        rank=lora.rank,
-        alpha=float(lora.alpha),
-        dropout=lora.dropout,
-        targets=tuple(lora.targets),
-        targets_regex=lora.targets_regex,
-        rslora=lora.rslora,
-        init=lora.init,
-        bias=lora.bias,
-        modules_to_save=saved,
-    )
-
-
-def load_base(ref: ModelRef, task: Task):
-    """Tokenizer and base model of the kind the task needs (causal LM or sequence classifier)."""
-    tokenizer = load_tokenizer(ref)
-    if task.kind == "generation":
-        model = load_causal_lm(ref, tokenizer=tokenizer)
-    else:
-        model = load_classifier(ref, num_labels=task.num_labels, tokenizer=tokenizer)
-    return model, tokenizer
+    saved += tuple(head for head in head_names(model) if head not in saved)
+    return from_section(LoraSpec, lora, alpha=float(lora.alpha), targets=tuple(lora.targets), modules_to_save=saved)
 
 
 def inject_lora(model: nn.Module, spec: LoraSpec) -> InjectionReport:
@@ -119,7 +102,7 @@ def prepare_model(recipe: Recipe, task: Task) -> Prepared:
     """
     seed_everything(recipe.seed)  # LoRA's A and a new head are random: seeded for reproducible runs
     ref = resolve_model(recipe.model)
-    model, tokenizer = load_base(ref, task)
+    model, tokenizer = load_base(ref, task.num_labels)
     method = recipe.train.method
     if method == "lora":
         spec = lora_spec(recipe, model)
@@ -141,6 +124,7 @@ def prepare_model(recipe: Recipe, task: Task) -> Prepared:
 
 
 def encode(task: Task, examples: list, tokenizer, max_length: int) -> tuple[list[Encoded], EncodeStats]:
+    """Token ids and loss masks for `examples`, the way the task's kind needs them."""
     if task.kind == "generation":
         return encode_generation(examples, tokenizer, max_length)
     return encode_classification(examples, tokenizer, max_length)
@@ -168,29 +152,14 @@ def prepare_data(recipe: Recipe, task: Task, tokenizer) -> tuple[list[Encoded], 
 
 
 def loss_function(task: Task):
+    """The training loss for the task's kind: next-token loss on completions, or the classification loss."""
     return causal_lm_loss if task.kind == "generation" else classification_loss
 
 
 def loop_settings(recipe: Recipe) -> LoopSettings:
-    t = recipe.train
-    return LoopSettings(
-        batch_size=t.batch_size,
-        grad_accum=t.grad_accum,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_steps,
-        schedule=t.schedule,
-        max_grad_norm=t.max_grad_norm,
-        batching=t.batching,
-        epochs=t.epochs,
-        max_steps=t.max_steps,
-        log_every=t.log_every,
-        eval_every=t.eval_every,
-        save_every=t.save_every,
-        seed=recipe.seed,
-        precision=recipe.precision,
-        task_eval_every=recipe.eval.every,
-    )
+    """The recipe's `train:` section, seed and precision, as the training loop takes them."""
+    return from_section(LoopSettings, recipe.train, seed=recipe.seed, precision=recipe.precision,
+                        task_eval_every=recipe.eval.every)
 
 
 def adapter_metadata(prepared: Prepared, recipe: Recipe, task: Task) -> dict[str, str]:
@@ -231,7 +200,3 @@ def parameter_summary(report: InjectionReport) -> dict:
         "trainable_percent": round(report.trainable_percent, 4),
         "adapted_layers": len(report.adapted),
     }
-
-
-def spec_dict(spec: LoraSpec | None) -> dict | None:
-    return asdict(spec) if spec is not None else None

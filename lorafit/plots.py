@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 def curves(history: list[dict]) -> tuple[list, list, list, list]:
     """(train steps, train losses, valid steps, valid losses) from metrics records."""
-    train = [(r["step"], r["loss"]) for r in history if "loss" in r and r.get("loss") is not None]
+    train = [(r["step"], r["loss"]) for r in history if r.get("loss") is not None]
     valid = [(r["step"], r["valid_loss"]) for r in history if r.get("valid_loss") is not None]
     return [s for s, _ in train], [v for _, v in train], [s for s, _ in valid], [v for _, v in valid]
 

@@ -1,4 +1,4 @@
-"""Recipes: frozen dataclasses (the one place defaults live), YAML loading, validation, `--set` overrides.
+"""Recipes: YAML loading, validation against the schema (recipe_schema.py), `--set` overrides, dumping.
 
     text -> yaml.compose (nodes with line marks) -> plain dict + {dotted key: line}
          -> --set overrides applied to the dict -> checked field by field against the dataclasses -> Recipe
@@ -16,140 +16,22 @@ import math
 import re
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from .errors import RecipeError
-
-
-def _opt(default: Any, help: str, **checks: Any) -> Any:
-    """A field with its one-line meaning (docs/recipes.md) and range checks: gt, ge, lt, nonempty."""
-    return field(default=default, metadata={"help": help, **checks})
-
-
-def _regex_problem(pattern: str) -> str | None:
-    try:
-        re.compile(pattern)
-    except (re.error, OverflowError, RecursionError, ValueError) as e:
-        return f"{_show(pattern)} is not a valid regular expression: {e}"
-    return None
-
-
-def _section(cls: type, help: str) -> Any:
-    return field(default_factory=cls, metadata={"help": help})
-
-
-@dataclass(frozen=True, kw_only=True)
-class LoraConfig:
-    """`lora:` which layers get low-rank adapters, and how they are shaped and initialised."""
-
-    rank: int = _opt(8, "rank r of the update B @ A added to each target weight", gt=0)
-    alpha: float = _opt(16.0, "scaling numerator: the update is multiplied by alpha / rank", gt=0)
-    dropout: float = _opt(0.0, "dropout on the LoRA branch's input, in [0, 1)", ge=0, lt=1)
-    targets: tuple[str, ...] = _opt(
-        ("q_proj", "v_proj"), "module-name suffixes to adapt, or the single keyword all-linear"
-    )
-    targets_regex: str | None = _opt(
-        None, "full-match regex on module names; when set, used instead of targets", check=_regex_problem
-    )
-    rslora: bool = _opt(False, "rank-stabilised scaling alpha / sqrt(rank) instead of alpha / rank")
-    init: Literal["kaiming", "gaussian"] = _opt("kaiming", "initialisation of A (B starts at zero)")
-    bias: Literal["none", "all", "lora_only"] = _opt("none", "which biases are trained: none, all, or those of adapted layers")
-    modules_to_save: tuple[str, ...] = _opt(
-        (), "extra modules trained in full (a classification head is added automatically)"
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
-class DataConfig:
-    """`data:` files and fields for `task: text`; the length and subsampling keys apply to every task."""
-
-    train_file: str | None = _opt(None, "training file (jsonl or csv) for task: text")
-    valid_file: str | None = _opt(None, "validation file for task: text")
-    test_file: str | None = _opt(None, "test file for task: text")
-    prompt_template: str | None = _opt(None, "prompt filled in from each example's fields (task: text, generation)")
-    completion_field: str | None = _opt(None, "field holding the completion to learn (generation)")
-    text_field: str | None = _opt(None, "field holding the text to classify")
-    text_pair_field: str | None = _opt(None, "field holding the second text of a pair (classification)")
-    label_field: str | None = _opt(None, "field holding the label (classification)")
-    num_labels: int | None = _opt(None, "number of classes (task: text, classification); null: from the data", gt=0)
-    max_length: int = _opt(512, "tokens per example; longer prompts are cut from the left, the completion kept", gt=0)
-    max_train_examples: int | None = _opt(None, "train on a seeded random subset of this many examples", gt=0)
-    max_valid_examples: int | None = _opt(200, "examples used for the validation loss; null: all", ge=0)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """`train:` the optimisation loop."""
-
-    epochs: float = _opt(1.0, "passes over the training data (fractions allowed)", gt=0)
-    max_steps: int | None = _opt(None, "optimizer steps to run; when set, overrides epochs", gt=0)
-    batch_size: int = _opt(8, "examples per forward pass", gt=0)
-    grad_accum: int = _opt(1, "forward passes per optimizer step", gt=0)
-    lr: float = _opt(2e-4, "peak learning rate (AdamW)", gt=0)
-    weight_decay: float = _opt(0.0, "AdamW weight decay", ge=0)
-    warmup_steps: int = _opt(0, "optimizer steps of linear warm-up from 0 to lr", ge=0)
-    schedule: Literal["linear", "cosine", "constant"] = _opt("linear", "learning-rate decay after warm-up")
-    max_grad_norm: float | None = _opt(1.0, "clip the gradient norm to this; null: no clipping", gt=0)
-    batching: Literal["bucket", "pad"] = _opt(
-        "bucket", "bucket: batch examples of similar length (little padding); pad: random batches padded to their longest"
-    )
-    log_every: int = _opt(10, "log the training loss every N optimizer steps", gt=0)
-    eval_every: int = _opt(0, "validation loss every N optimizer steps; 0: only at the end", ge=0)
-    save_every: int = _opt(0, "checkpoint every N optimizer steps; 0: none (Ctrl-C and SIGTERM still write one)", ge=0)
-    keep_checkpoints: int = _opt(2, "how many recent checkpoints to keep", gt=0)
-    method: Literal["lora", "full", "head"] = _opt(
-        "lora", "lora: train LoRA adapters (+ head); full: train every weight; head: train only the head / modules_to_save"
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalConfig:
-    """`eval:` the task evaluation (generation or classification, then the task's metrics)."""
-
-    split: str = _opt("dev", "split evaluated (and used for the validation loss)", nonempty=True)
-    limit: int | None = _opt(None, "evaluate only the first N examples; null: all", gt=0)
-    at_end: bool = _opt(False, "run the task evaluation on split at the end of training")
-    every: int = _opt(0, "run the task evaluation every N optimizer steps; 0: never during training", ge=0)
-    batch_size: int = _opt(16, "examples per generation or classification batch", gt=0)
-    beam_size: int = _opt(1, "beams for generation; 1: greedy", gt=0)
-    length_penalty: float = _opt(1.0, "beam-search length penalty (exponent on the length)")
-    no_repeat_ngram_size: int = _opt(0, "forbid repeating n-grams of this size; 0: off", ge=0)
-    max_new_tokens: int = _opt(64, "tokens generated per example at most", gt=0)
-    chat_template: bool = _opt(False, "wrap each prompt in the tokenizer's chat template (zero-shot instruct models)")
-    show_examples: int = _opt(
-        0, "after training, print N held-out inputs with the base model's and the adapted model's output", ge=0
-    )
-
-
-@dataclass(frozen=True, kw_only=True)
-class LogConfig:
-    """`log:` where training progress goes besides metrics.jsonl."""
-
-    tensorboard: bool = _opt(False, "also write TensorBoard scalars into <run>/tensorboard/ (needs lorafit[tensorboard])")
-    plot: bool = _opt(True, "write a loss-curve plot into the run directory")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Recipe:
-    """A fine-tuning run: base model, task, LoRA shape, training and evaluation settings."""
-
-    name: str = _opt("", "run name; empty: the recipe file's name without .yaml")
-    model: str = field(metadata={"help": "HF id, local directory, or alias (smollm2-135m, minilm-l6)", "nonempty": True})
-    task: str = field(metadata={"help": "e2e, wikisql, text, glue/sst2, glue/mrpc, ...", "nonempty": True})
-    data_dir: str | None = _opt(None, "directory holding the datasets; null: $LORAFIT_DATA")
-    seed: int = _opt(0, "seed for LoRA's initialisation, data order and subsampling")
-    precision: Literal["fp32", "bf16"] = _opt("fp32", "fp32, or bf16 autocast for the forward passes")
-    output_dir: str | None = _opt(None, "run directory; null: runs/<name>")
-    lora: LoraConfig = _section(LoraConfig, "LoRA adapters")
-    data: DataConfig = _section(DataConfig, "data files and lengths")
-    train: TrainConfig = _section(TrainConfig, "training loop")
-    eval: EvalConfig = _section(EvalConfig, "task evaluation")
-    log: LogConfig = _section(LogConfig, "logging")
-
+from .recipe_schema import (  # noqa: F401 - re-exported: callers import the schema from here
+    DataConfig,
+    EvalConfig,
+    LogConfig,
+    LoraConfig,
+    Recipe,
+    TrainConfig,
+    _show,
+)
 
 _BAD = object()  # a value that failed its check; the problem is already recorded
 
@@ -566,23 +448,6 @@ def _value_problem(value: Any, meta: typing.Mapping, shown: str) -> str | None:
     if ge is not None and not value >= ge:
         return f"must be >= {ge}, got {shown}"
     return None
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it, short: 'four', -0.001, true, null, a list."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"{type(value).__name__} {str(value)[:40]!r}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ def read_run(path: str | Path) -> RunRecord:
 
 
 def last_value(history: list[dict], key: str):
+    """The newest non-null `key` in the metrics records, or None."""
     return next((r[key] for r in reversed(history) if r.get(key) is not None), None)
 
 
@@ -110,6 +111,7 @@ def run_labels(runs: list[RunRecord]) -> list[str]:
 
 
 def format_value(value) -> str:
+    """A setting or metric as one short table cell."""
     if value is None:
         return "-"
     if isinstance(value, bool):

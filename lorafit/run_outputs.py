@@ -13,11 +13,10 @@ import torch
 
 from . import __version__
 from .console import Reporter
-from .eval_command import EvalRequest, evaluate_model, print_metrics
-from .eval_command import generation_settings as eval_settings
-from .generate import GenerationSettings, generate
+from .eval_command import eval_items, evaluate_model, print_metrics
+from .generate import generate
 from .lora import lora_disabled
-from .pipeline import Prepared, data_options
+from .pipeline import Prepared, data_options, generation_settings
 from .plots import plot_runs
 from .recipe import Recipe
 from .runs import EVAL_FILE, SUMMARY_FILE, RunDir
@@ -26,15 +25,14 @@ from .tasks.types import Task
 from .train import FitResult
 
 
-def generation_settings(recipe: Recipe) -> GenerationSettings:
-    """The recipe's eval section as decoding settings (no command-line flags at training time)."""
-    return eval_settings(recipe, EvalRequest())
+def split_items(recipe: Recipe, task: Task, limit: int | None) -> list:
+    """The first `limit` (None: all) eval inputs of recipe.eval.split."""
+    return eval_items(task, task_data_dir(task, recipe.data_dir), recipe.eval.split, data_options(recipe), limit)
 
 
 def evaluate_split(recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> dict:
     """Task metrics on recipe.eval.split (its first eval.limit inputs) for the model as it is now."""
-    items = task.load_eval(task_data_dir(task, recipe.data_dir), recipe.eval.split, data_options(recipe))
-    items = items[: recipe.eval.limit] if recipe.eval.limit else items
+    items = split_items(recipe, task, recipe.eval.limit)
     settings = generation_settings(recipe)
     predictions, metrics, seconds = evaluate_model(
         prepared.model, prepared.tokenizer, task, items, settings, recipe.data.max_length, reporter
@@ -52,7 +50,7 @@ def periodic_eval_record(recipe: Recipe, task: Task, prepared: Prepared, reporte
 def end_of_run_eval(run: RunDir, recipe: Recipe, task: Task, prepared: Prepared, reporter: Reporter) -> dict:
     """The task's metrics at the end of training, printed and written to eval.json."""
     result = evaluate_split(recipe, task, prepared, reporter)
-    print_metrics(reporter, f"{task.name} {recipe.eval.split} ({result['num_examples']} inputs)", result["metrics"])
+    print_metrics(reporter, result)
     run.write_json(EVAL_FILE, result)
     return result
 
@@ -62,7 +60,7 @@ def show_examples(recipe: Recipe, task: Task, prepared: Prepared, reporter: Repo
     count = recipe.eval.show_examples
     if count <= 0 or task.kind != "generation" or prepared.spec is None:
         return []
-    items = task.load_eval(task_data_dir(task, recipe.data_dir), recipe.eval.split, data_options(recipe))[:count]
+    items = split_items(recipe, task, count)
     prompts = [item.prompt for item in items]
     settings = generation_settings(recipe)
     with lora_disabled(prepared.model):
@@ -80,6 +78,7 @@ def show_examples(recipe: Recipe, task: Task, prepared: Prepared, reporter: Repo
 
 
 def machine_info() -> dict:
+    """Versions and CPU facts recorded in summary.json, so timings can be compared across machines."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,

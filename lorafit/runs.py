@@ -49,20 +49,24 @@ class RunDir:
         self.path = Path(path)
 
     # ---- creation -------------------------------------------------------------------------
-    def prepare(self, *, overwrite: bool, resume: bool) -> None:
-        """Create the directory; refuse to clobber an existing run unless `overwrite` (or resuming)."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"{self.path}: output path exists and is not a directory")
-        holds_run = self.path.is_dir() and any(self.path.iterdir())
-        if resume:
-            if not is_run_dir(self.path):
-                raise RunDirError(f"{self.path}: nothing to resume (no {RECIPE_FILE} in it)")
-            return
-        if holds_run and not overwrite:
+    def check(self, *, overwrite: bool, resume: bool) -> None:
+        """Refuse, before anything is loaded or written, a directory that cannot be used as asked:
+        a file, a run to resume that is not there, or a run to replace without `overwrite`."""
+        if resume and overwrite:
+            raise RunDirError(f"{self.path}: --resume continues the run and --overwrite replaces it; pass only one")
+        if resume and not is_run_dir(self.path):
+            raise RunDirError(f"{self.path}: nothing to resume (no {RECIPE_FILE} in it)")
+        if not resume and not overwrite and self.path.is_dir() and any(self.path.iterdir()):
             raise RunDirError(
                 f"{self.path}: already holds a run; pass --overwrite to replace it or --resume to continue it"
             )
-        if holds_run:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path}: output path exists and is not a directory")
+
+    def prepare(self, *, overwrite: bool) -> None:
+        """Create the directory for a new run, emptied first with `overwrite` (see `check`)."""
+        self.check(overwrite=overwrite, resume=False)
+        if self.path.is_dir():
             for child in self.path.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         self.path.mkdir(parents=True, exist_ok=True)

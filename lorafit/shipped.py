@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from .errors import RecipeError
@@ -10,6 +11,7 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 def recipe_paths() -> list[Path]:
+    """The shipped recipe files, sorted by name."""
     return sorted(RECIPES_DIR.glob("*.yaml"))
 
 
@@ -22,6 +24,7 @@ def description(path: Path) -> str:
 
 
 def shipped_recipes() -> list[dict]:
+    """One row per shipped recipe for `lorafit recipes`: name, path and description."""
     return [{"name": p.stem, "path": str(p), "description": description(p)} for p in recipe_paths()]
 
 
@@ -29,8 +32,6 @@ def recipe_text(name: str) -> str:
     """The text of shipped recipe `name` (with or without .yaml)."""
     path = RECIPES_DIR / f"{name.removesuffix('.yaml')}.yaml"
     if not path.is_file():
-        import difflib
-
         names = [p.stem for p in recipe_paths()]
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -61,6 +61,7 @@ class TensorBoardLog:
         self.writer = writer_class(log_dir=str(directory), purge_step=resumed_at + 1 if resumed_at else None)
 
     def log(self, record: dict) -> None:
+        """Write one metrics record's numbers as scalars at its step."""
         for tag, value in scalars(record).items():
             self.writer.add_scalar(tag, value, global_step=record["step"])
         # Records come every log_every steps: flushing each costs little, and a crash or Ctrl-C then

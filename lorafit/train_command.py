@@ -25,7 +25,7 @@ from .pipeline import (
 )
 from .recipe import Recipe, dump_recipe, load_recipe, recipe_hash
 from .run_outputs import finish_run, periodic_eval_record
-from .runs import TENSORBOARD_DIR, RunDir, is_run_dir
+from .runs import TENSORBOARD_DIR, RunDir
 from .tensorboard_log import TensorBoardLog, summary_writer_class
 from .train import fit, total_optimizer_steps
 
@@ -51,26 +51,13 @@ def locate_run(
     if output is not None and output.resolve() != recipe_path.resolve():
         raise RunDirError(f"--output {output}: differs from the run directory {recipe_path} given to --resume")
     run = RunDir(recipe_path)
-    if not is_run_dir(run.path):
-        raise RunDirError(f"{run.path}: nothing to resume (no recipe.yaml in it)")
+    run.check(overwrite=False, resume=True)  # it must hold a run; run_training then checks --overwrite
     return load_recipe(run.recipe, overrides), run
 
 
 def warn(message: str) -> None:
     """One line on stderr, even with --quiet: it changes what the run continues from."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def check_run_directory(run: RunDir, *, overwrite: bool, resume: bool) -> None:
-    """Fail fast, before any model is loaded, if the output directory cannot be used."""
-    if resume and overwrite:
-        raise RunDirError(f"{run.path}: --resume continues the run and --overwrite replaces it; pass only one")
-    if resume and not is_run_dir(run.path):
-        raise RunDirError(f"{run.path}: nothing to resume (no recipe.yaml in it)")
-    if not resume and not overwrite and run.path.is_dir() and any(run.path.iterdir()):
-        raise RunDirError(f"{run.path}: already holds a run; pass --overwrite to replace it or --resume to continue it")
-    if run.path.exists() and not run.path.is_dir():
-        raise RunDirError(f"{run.path}: output path exists and is not a directory")
 
 
 def run_training(
@@ -82,7 +69,7 @@ def run_training(
     """
     started = time.perf_counter()
     recipe, run = locate_run(recipe_path, overrides, output, resume=resume)
-    check_run_directory(run, overwrite=overwrite, resume=resume)
+    run.check(overwrite=overwrite, resume=resume)  # fail fast, before any model is loaded
     if resume:
         saved = load_recipe(run.recipe)
         if recipe_hash(saved) != recipe_hash(recipe):
@@ -107,7 +94,7 @@ def run_training(
     )
 
     if not resume:
-        run.prepare(overwrite=overwrite, resume=False)
+        run.prepare(overwrite=overwrite)
     recipe_text = dump_recipe(recipe)
     run.write_recipe(recipe_text)
     snapshot = None

@@ -12,8 +12,8 @@ from lorafit.data import (
     encode_generation,
     iterate_batches,
 )
-from lorafit.loss import causal_lm_loss, causal_lm_loss_full_logits, classification_loss
 from lorafit.lora import LoraSpec, add_lora
+from lorafit.loss import causal_lm_loss, causal_lm_loss_full_logits, classification_loss
 from lorafit.tasks.types import ClassificationExample, GenerationExample
 
 EXAMPLES = [

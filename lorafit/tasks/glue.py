@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import DataError
+from ..metrics.glue import score_classification
 from ._io import check_lengths, check_split, column_index, find_file, read_tsv
 from .types import ClassificationExample, DataOptions, Task
 
@@ -76,6 +77,7 @@ MRPC_DEV_IDS = "dev_ids.tsv"
 
 
 def glue_dir(data_dir: Path, spec: GlueSpec) -> Path:
+    """The task's folder in the data directory, e.g. `<data_dir>/glue/SST-2`."""
     return Path(data_dir) / "glue" / spec.folder
 
 
@@ -169,8 +171,7 @@ def load(spec: GlueSpec, data_dir: Path, split: str, options: DataOptions | None
 
 
 def score(spec: GlueSpec, predictions: Sequence, items: Sequence[ClassificationExample]) -> dict:
-    from ..metrics.glue import score_classification
-
+    """The GLUE metrics of the task (see lorafit.metrics.glue)."""
     check_lengths(spec.task_name, predictions, items)
     return score_classification(spec.name, list(predictions), [item.label for item in items])
 

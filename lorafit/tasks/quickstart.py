@@ -40,6 +40,7 @@ def age_phrase(months: int) -> tuple[str, str]:
 
 
 def make_record(rng: random.Random) -> dict:
+    """One random pet record (age in months; goodWith and fee only sometimes)."""
     months = rng.choice([3, 6, 9]) if rng.random() < 0.25 else 12 * rng.randint(1, 12)
     record = {
         "name": rng.choice(NAMES),
@@ -92,6 +93,7 @@ def format_prompt(mr: str) -> str:
 
 
 def examples(split: str) -> list[GenerationExample]:
+    """The split's examples, the same on every machine (seeded per split)."""
     rng = random.Random(SPLIT_SEEDS[split])
     out = []
     for _ in range(SPLIT_SIZES[split]):
@@ -102,10 +104,12 @@ def examples(split: str) -> list[GenerationExample]:
 
 
 def load_train(data_dir: Path | None, split: str, options: DataOptions) -> list[GenerationExample]:
+    """The split's examples (quickstart needs no data directory or options)."""
     return examples(split)
 
 
 def load_eval(data_dir: Path | None, split: str, options: DataOptions) -> list[EvalItem]:
+    """One item per example, its listing the single reference."""
     return [EvalItem(prompt=e.prompt, references=(e.completion.strip(),)) for e in examples(split)]
 
 

@@ -35,7 +35,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import DataError
-from ._io import check_lengths, check_split, read_csv, read_jsonl, read_text, read_tsv
+from ._io import check_lengths, check_split, column_index, read_csv, read_jsonl, read_text, read_tsv
 from .types import ClassificationExample, DataOptions, EvalItem, GenerationExample, Task
 
 NAME = "text"
@@ -108,6 +108,7 @@ def validate(options: DataOptions) -> None:
 
 
 def file_for(data_dir: Path, split: str, options: DataOptions) -> Path:
+    """The file of `split` named in the `data:` section, relative to the data directory unless absolute."""
     splits = tuple(s for s, key in SPLIT_FILES.items() if getattr(options, key))
     check_split(NAME, split, tuple(SPLIT_FILES), "")
     if split not in splits:
@@ -124,11 +125,7 @@ def read_rows(path: Path, needed: Sequence[str]) -> list[Row]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         names, rows = read_csv(NAME, path) if suffix == ".csv" else read_tsv(NAME, path)
-        missing = [n for n in needed if n not in names]
-        if missing:
-            raise DataError(
-                f"task {NAME}: {path} has no column {', '.join(map(repr, missing))} (columns: {', '.join(names)})"
-            )
+        column_index(NAME, path, names, needed)  # a missing column is an error listing those there are
         return [Row(path, number, dict(zip(names, fields, strict=True))) for number, fields in rows]
     text = read_text(NAME, path) if suffix == ".json" else ""
     if text.lstrip().startswith("["):
@@ -154,6 +151,7 @@ def read_rows(path: Path, needed: Sequence[str]) -> list[Row]:
 
 
 def value(row: Row, field: str, what: str):
+    """The row's `field`; a null is an error naming the row (`what`: which field it is, for the message)."""
     v = row.fields[field]
     if v is None:
         raise DataError(f"task {NAME}: {row.where}: {what} field {field!r} is null")
@@ -164,6 +162,7 @@ def value(row: Row, field: str, what: str):
 
 
 def prompt_of(row: Row, template: str) -> str:
+    """The row's prompt: the template filled in from its fields."""
     try:
         return template.format(**row.fields)
     except KeyError as e:
@@ -176,6 +175,7 @@ def prompt_of(row: Row, template: str) -> str:
 
 
 def completions_of(row: Row, field: str) -> list[str]:
+    """The row's completion(s) as text: one, or several from a JSON list."""
     v = value(row, field, "completion")
     refs = v if isinstance(v, list) else [v]
     if not refs or not all(isinstance(r, str | int | float) and not isinstance(r, bool) for r in refs):
@@ -184,21 +184,26 @@ def completions_of(row: Row, field: str) -> list[str]:
 
 
 def generation_rows(data_dir: Path, split: str, options: DataOptions) -> list[tuple[str, list[str]]]:
+    """(prompt, completions) for each row of the split's file."""
     path = file_for(data_dir, split, options)
     rows = read_rows(path, [options.completion_field])
     return [(prompt_of(r, options.prompt_template), completions_of(r, options.completion_field)) for r in rows]
 
 
 def load_generation_train(data_dir: Path, split: str, options: DataOptions) -> list[GenerationExample]:
+    """One example per (prompt, completion): a row with several completions gives several."""
     rows = generation_rows(data_dir, split, options)
     return [GenerationExample(prompt, ref) for prompt, refs in rows for ref in refs]
 
 
 def load_generation_eval(data_dir: Path, split: str, options: DataOptions) -> list[EvalItem]:
+    """One item per row, with all its completions as references."""
     return [EvalItem(prompt, tuple(refs)) for prompt, refs in generation_rows(data_dir, split, options)]
 
 
 def score_generation(predictions: Sequence[str], items: Sequence[EvalItem]) -> dict:
+    """Exact match (any reference, outer whitespace stripped) and corpus BLEU on a 0-1 scale."""
+
     import sacrebleu
 
     check_lengths(NAME, predictions, items)
@@ -218,12 +223,14 @@ def score_generation(predictions: Sequence[str], items: Sequence[EvalItem]) -> d
 
 
 def raw_labels(data_dir: Path, split: str, options: DataOptions) -> tuple[list[Row], list]:
+    """The split's rows and their labels as written in the file."""
     needed = [options.text_field, options.label_field] + ([options.text_pair_field] if options.text_pair_field else [])
     rows = read_rows(file_for(data_dir, split, options), needed)
     return rows, [value(r, options.label_field, "label") for r in rows]
 
 
 def is_int_label(v) -> bool:
+    """True for an int, or a string of digits (a class id as CSV gives it)."""
     return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and bool(_INT.fullmatch(v.strip())))
 
 
@@ -250,6 +257,7 @@ def _names(labels: list, num_labels: int) -> list[str] | None:
 
 
 def label_of(row: Row, v, options: DataOptions, names: list[str] | None) -> int | float:
+    """A row's label as a class id (or a float for regression), checked against the task's labels."""
     where = f"task {NAME}: {row.where}: label {v!r}"
     if options.num_labels == 1:
         try:
@@ -268,6 +276,7 @@ def label_of(row: Row, v, options: DataOptions, names: list[str] | None) -> int 
 
 
 def load_classification(data_dir: Path, split: str, options: DataOptions) -> list[ClassificationExample]:
+    """The split's examples, with labels mapped to ids as the module docstring describes."""
     rows, labels = raw_labels(data_dir, split, options)
     if options.num_labels == 1 or (not options.train_file and all(is_int_label(v) for v in labels)):
         names = None
@@ -287,6 +296,7 @@ def load_classification(data_dir: Path, split: str, options: DataOptions) -> lis
 
 
 def score_classification(num_labels: int, predictions: Sequence, items: Sequence[ClassificationExample]) -> dict:
+    """Accuracy and macro F1, or for regression (num_labels 1) Pearson, Spearman and MSE."""
     check_lengths(NAME, predictions, items)
     if not items:
         return {"accuracy": None, "accuracy_unavailable": "no eval items"}

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import DataError
+from ..metrics.wikisql import score_wikisql
 from ._io import check_lengths, check_split, find_file, read_jsonl
 from .types import DataOptions, EvalItem, GenerationExample, Task
 
@@ -106,10 +107,12 @@ def read_rows(data_dir: Path, split: str) -> list[dict]:
 
 
 def load_train(data_dir: Path, split: str, options: DataOptions | None = None) -> list[GenerationExample]:
+    """One (prompt, SQL completion) example per row."""
     return [GenerationExample(row["prompt"], row["completion"]) for row in read_rows(data_dir, split)]
 
 
 def load_eval(data_dir: Path, split: str, options: DataOptions | None = None) -> list[EvalItem]:
+    """One item per row: the prompt, the gold SQL, and the table's columns for scoring."""
     return [
         EvalItem(row["prompt"], (row["sql"],), {"columns": row["columns"], "table_id": row["table_id"]})
         for row in read_rows(data_dir, split)
@@ -117,8 +120,7 @@ def load_eval(data_dir: Path, split: str, options: DataOptions | None = None) ->
 
 
 def score(predictions: Sequence[str], items: Sequence[EvalItem]) -> dict:
-    from ..metrics.wikisql import score_wikisql
-
+    """Logical-form accuracy, exact match and parse rate of the predicted SQL."""
     check_lengths(NAME, predictions, items)
     return score_wikisql(
         [str(p) for p in predictions],
