@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import ModelError
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -64,6 +66,8 @@ def generate(
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if settings.chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ModelError("eval.chat_template: this model's tokenizer has no chat template; leave it off")
     if settings.chat_template:
         # Zero-shot instruct models answer best in their chat format; the template adds its own
         # special tokens, so the tokenizer must not add more.

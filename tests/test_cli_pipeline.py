@@ -190,3 +190,25 @@ def test_head_only_and_full_finetuning_baselines(tmp_path, method):
         assert "bert.encoder.layer.0.attention.self.query.weight" in changed
         assert summary["trainable_params"] == summary["total_params"]
     assert run_cli(["merge", run, "-o", tmp_path / "m"]).exit_code == 2  # nothing to merge
+
+
+def test_chat_template_wraps_prompts_and_is_refused_without_one(tmp_path):
+    from lorafit.errors import ModelError
+    from lorafit.generate import GenerationSettings, generate
+    from tiny import tiny_llama, tiny_tokenizer
+
+    model, tokenizer = tiny_llama(), tiny_tokenizer()
+    settings = GenerationSettings(max_new_tokens=3, chat_template=True)
+    with pytest.raises(ModelError, match="no chat template"):
+        generate(model, tokenizer, ["hi"], settings)
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    seen = []
+    original = model.generate
+
+    def spy(**kwargs):
+        seen.append(tokenizer.decode(kwargs["input_ids"][0]))
+        return original(**kwargs)
+
+    model.generate = spy
+    generate(model, tokenizer, ["hi "], settings)
+    assert seen == ["[hi]>"]
