@@ -21,3 +21,11 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"data directory {path} not found (set LORAFIT_DATA)")
     return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama + tokenizer directory, usable as `model:` in a recipe (see tiny.py)."""
+    from tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "llama", "llama")

@@ -25,7 +25,7 @@ from cli_runs import (
     write_recipe,
 )
 from safetensors.torch import load_file, save_file
-from tiny import randomize_lora, save_tiny_model, tiny_llama, tiny_tokenizer
+from tiny import randomize_lora, tiny_llama, tiny_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorafit.lora.adapter as adapter_module
@@ -46,11 +46,6 @@ def short_recipe(**replace: str) -> str:
         assert old in text, old
         text = text.replace(old, new)
     return text
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "llama", "llama")
 
 
 @pytest.fixture(scope="module")

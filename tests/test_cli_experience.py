@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny import save_tiny_model
 from typer.testing import CliRunner
 
 from lorafit.cli import app
@@ -67,11 +66,6 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`lorafit ARGS` in a fresh interpreter with stdout and stderr captured (pipes: not a terminal)."""
     command = [sys.executable, "-c", "from lorafit.cli import main; main()", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")
 
 
 @pytest.fixture(scope="module")

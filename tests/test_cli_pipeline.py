@@ -193,9 +193,10 @@ def test_head_only_and_full_finetuning_baselines(tmp_path, method):
 
 
 def test_chat_template_wraps_prompts_and_is_refused_without_one(tmp_path):
+    from tiny import tiny_llama, tiny_tokenizer
+
     from lorafit.errors import ModelError
     from lorafit.generate import GenerationSettings, generate
-    from tiny import tiny_llama, tiny_tokenizer
 
     model, tokenizer = tiny_llama(), tiny_tokenizer()
     settings = GenerationSettings(max_new_tokens=3, chat_template=True)

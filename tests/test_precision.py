@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from tiny import tiny_llama, tiny_tokenizer
 
 from lorafit.data import collate, encode_generation
-from lorafit.loss import causal_lm_loss
 from lorafit.lora import LoraSpec, add_lora
+from lorafit.loss import causal_lm_loss
 from lorafit.tasks.types import GenerationExample
 from lorafit.train import autocast_context
 

@@ -42,11 +42,6 @@ RECIPE = TINY_RECIPE.replace("max_steps: 40", f"max_steps: {STEPS}")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "llama", "llama")
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory, model_dir) -> Path:
     """An uninterrupted run of the tiny recipe: the run directory."""
     root = tmp_path_factory.mktemp("reference")
