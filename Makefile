@@ -32,6 +32,11 @@ test-slow: install
 bench: install
 	$(PY) bench/bench_train.py
 
+# The paper's experiments at CPU scale (hours on 2 cores; resumable), then docs/results.md.
+results: install
+	$(PY) bench/results.py run
+	$(PY) bench/results.py report
+
 lint: install
 	$(VENV)/bin/ruff check lorafit tests bench
 

@@ -137,8 +137,15 @@ def machine(res: dict) -> str:
 
 def write_report(out: Path, docs: Path) -> None:
     res = load(out)
+    from results import experiments  # bench/ is on sys.path when run as bench/results.py
+
+    total = len(experiments())
+    status = (f"**Status: {len(res)} of {total} experiments done.**"
+              + (" No numbers yet: the tables below are the template `bench/results.py report` fills in."
+                 if not res else "") + "\n")
     parts = [
         HEADER,
+        status,
         "## 1. E2E NLG on SmolLM2-135M (dev, 547 MRs, multi-reference)\n",
         "Training: a seeded 4,000-example subset of the 42,061 training rows, one epoch (500 steps of 8); "
         "decoding: beam 4, length penalty 0.9, no repeated 4-grams. Zero-shot rows: the base model with "
