@@ -44,8 +44,8 @@ os.environ.setdefault("LORAFIT_DATA", str(benchlib.REPO.parent / "shared" / "dat
 
 # steps: timed steps + warm-up; examples = steps * batch_size, so each example is seen once.
 TASKS = {
-    "e2e": {"recipe": "e2e-smollm2", "label": "E2E / SmolLM2-135M", "steps": 60, "quick_steps": 6, "eval": 200},
-    "sst2": {"recipe": "sst2-minilm", "label": "SST-2 / MiniLM-L6", "steps": 300, "quick_steps": 12, "eval": 872},
+    "e2e": {"recipe": "e2e-smollm2", "label": "E2E / SmolLM2-135M", "steps": 40, "quick_steps": 6, "eval": 200},
+    "sst2": {"recipe": "sst2-minilm", "label": "SST-2 / MiniLM-L6", "steps": 200, "quick_steps": 12, "eval": 872},
 }
 WARMUP = 5  # untimed first steps
 WINDOW = 20  # final training loss: mean of the last WINDOW steps
@@ -64,6 +64,7 @@ def recipe_for(spec: dict):
         f"train.warmup_steps={max(1, steps // 10)}",
         f"train.batching={spec.get('batching', 'bucket')}",
         f"precision={spec['precision']}",
+        f"seed={spec.get('seed', 0)}",
         "train.log_every=1",
         "train.eval_every=0",
         "train.save_every=0",
@@ -90,14 +91,16 @@ def heldout_metrics(model, encoded, kind: str, pad_id: int) -> dict:
     import torch.nn.functional as F
 
     from lorafit.data import count_target_tokens, length_sorted_batches
-    from lorafit.loss import causal_lm_loss_full_logits
+    from lorafit.loss import causal_lm_loss
 
     model.eval()
+    get_base = getattr(model, "get_base_model", None)  # PEFT: the transformers model with LoRA layers inside
+    lm = get_base() if callable(get_base) else model
     total, count, correct = 0.0, 0, 0
     with torch.no_grad():
         for _, batch in length_sorted_batches(encoded, 8, pad_id):
             if kind == "generation":
-                total += causal_lm_loss_full_logits(model, batch).item()
+                total += causal_lm_loss(lm, batch).item()  # == full-logits loss (tests/test_data_and_loss.py)
                 count += count_target_tokens(batch)
             else:
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
@@ -154,13 +157,27 @@ def child_lorafit(spec: dict) -> dict:
     heldout = heldout_examples(recipe, task, prepared.tokenizer, spec["eval"])
     setup_s = _t.perf_counter() - t0
     inner = loss_function(task)
-    if spec.get("head") == "full":  # ablation: the usual full-logits head instead of completion-only
-        from lorafit.loss import causal_lm_loss_full_logits as inner
+    if spec.get("head") == "hf":  # ablation: the usual head, transformers' own loss over full (B, T, V) logits
+        from lorafit.data import count_target_tokens
+
+        def inner(model, batch):
+            return model(**batch).loss * count_target_tokens(batch)
+    scale = None
+    if spec.get("norm") == "epoch_mean":  # experiment: divide by the mean target tokens per batch, not this step's
+        from lorafit.data import count_target_tokens
+
+        batches = -(-len(train) // recipe.train.batch_size)
+        mean_targets = sum(sum(1 for t in e.labels[1:] if t != -100) for e in train) / batches
+
+        def scale(batch):
+            return count_target_tokens(batch) / mean_targets
     stats, times, losses = [], [], []
 
     def loss_fn(model, batch):
         if model.training:
             stats.append(benchlib.batch_stats(batch))
+            if scale is not None:
+                return inner(model, batch) * scale(batch)
         return inner(model, batch)
 
     def on_log(record):
@@ -300,8 +317,10 @@ def fmt_row(name: str, r: dict, peak: float) -> str:
     if "error" in r:
         return f"  {name:<24} ERROR {r['error']}"
     acc = f"  acc {r['heldout_accuracy']:.3f}" if "heldout_accuracy" in r else ""
+    each = r.get("tokens_per_s_each", [])
+    spread = f" ({'/'.join(f'{x:.0f}' for x in each)})" if len(each) > 1 else ""
     return (
-        f"  {name:<24} {r['real_tokens_per_s']:8.0f} tok/s  {r['s_per_step']:7.3f} s/step  "
+        f"  {name:<24} {r['real_tokens_per_s']:6.0f} tok/s{spread}  {r['s_per_step']:6.3f} s/step  "
         f"pad {100 * r['pad_share']:4.1f}%  {r['useful_gflops']:6.1f} GFLOP/s ({100 * r['useful_gflops'] / peak:4.1f}% of peak)  "
         f"RSS {r['peak_rss_mb']:6.0f} MB  train loss {r['final_train_loss']:.4f}  held-out {r['heldout_loss']:.4f}{acc}"
         + (f"  CONTENDED: others used {100 * r['others_cpu_share']:.0f}% of the CPU" if r.get("others_cpu_share", 0) > 0.03 else "")
@@ -330,12 +349,54 @@ def fmt_ratio(label: str, q: dict) -> str:
     )
 
 
+def measure(spec: dict, args) -> dict:
+    """One child run on a quiet machine; measured again (up to --retries) when others used the CPU."""
+    for attempt in range(1 + args.retries):
+        benchlib.wait_quiet(args.max_wait)
+        with benchlib.Contention() as contention:
+            result = run_child(spec)
+        result["others_cpu_share"] = contention.share
+        result["seed"] = spec.get("seed", 0)
+        if contention.share <= 0.03 or "error" in result:
+            break
+        if attempt < args.retries:
+            print(f"  ({spec['side']} seed {spec.get('seed', 0)}: others used {100 * contention.share:.0f}% of the CPU; "
+                  "measuring again)", flush=True)
+    return result
+
+
+def combine(runs: list[dict]) -> dict:
+    """One side over its repetitions: tokens/s = all timed tokens / all timed seconds, losses averaged
+    (each repetition uses another seed: another subsample, LoRA init and order), peak RSS the largest."""
+    if any("error" in r for r in runs):
+        return next(r for r in runs if "error" in r)
+    seconds = sum(r["seconds"] for r in runs)
+    steps = sum(r["timed_steps"] for r in runs)
+    out = {
+        "repetitions": len(runs),
+        "seconds": seconds,
+        "s_per_step": seconds / steps,
+        "real_tokens_per_s": sum(r["real_tokens"] for r in runs) / seconds,
+        "useful_gflops": sum(r["useful_gflops"] * r["seconds"] for r in runs) / seconds,
+        "pad_share": 1 - sum(r["real_tokens"] for r in runs) / sum(r["padded_tokens"] for r in runs),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "others_cpu_share": max(r["others_cpu_share"] for r in runs),
+        "tokens_per_s_each": [r["real_tokens_per_s"] for r in runs],
+    }
+    for key in ("final_train_loss", "heldout_loss", "heldout_accuracy"):
+        if key in runs[0]:
+            out[key] = statistics.fmean(r[key] for r in runs)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few steps per run: checks the script, not the speed")
     parser.add_argument("--tasks", default="e2e,sst2")
     parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--no-ablations", action="store_true", help="skip lorafit with pad batching / full head")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs per side and precision, in ABBA order, seeds 0, 1, ... (1 with --quick)")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the lorafit variants (pad batching, usual head)")
     parser.add_argument("--retries", type=int, default=2, help="measure a run again when other processes used the CPU")
     parser.add_argument("--max-wait", type=float, default=900, help="seconds to wait for a quiet machine before each run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -348,14 +409,15 @@ def main() -> None:
         Path(args.child_out).write_text(json.dumps(result))
         return
 
+    repeats = 1 if args.quick else args.repeats
     info = benchlib.header("lorafit vs PEFT + Trainer: LoRA training")
     print("matmul peak ...", flush=True)
     peak = benchlib.matmul_peak()
     print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v['peak_gflops']:.0f} {v['by_size']}" for k, v in peak.items()))
-    results: dict = {"info": info, "matmul_peak": peak, "runs": {}, "ratios": {}}
+    results: dict = {"info": info, "matmul_peak": peak, "runs": {}, "sides": {}, "ratios": {}}
     from lorafit.recipe import Recipe
 
-    default_precision = next(f.default for f in Recipe.__dataclass_fields__.values() if f.name == "precision")
+    default_precision = Recipe.__dataclass_fields__["precision"].default
     results["lorafit_default_precision"] = default_precision
 
     for task_name in args.tasks.split(","):
@@ -369,47 +431,45 @@ def main() -> None:
             "eval": 32 if args.quick else cfg["eval"],
             "kind": "generation" if task_name == "e2e" else "classification",
         }
-        print(f"\n## {cfg['label']}: {steps} steps x batch {batch} ({steps * batch} examples), "
-              f"first {warmup} steps untimed, loss over the last {window} steps", flush=True)
-        for i, precision in enumerate(args.precisions.split(",")):
-            sides = ["lorafit", "peft"] if i % 2 == 0 else ["peft", "lorafit"]  # alternate who goes first
-            if not args.no_ablations and precision == "fp32":
-                sides.append("lorafit-pad")
-                if task_name == "e2e":
-                    sides.append("lorafit-pad-fullhead")
-            for side in sides:
-                spec = {**base, "precision": precision, "side": side.split("-")[0]}
-                if "pad" in side:
-                    spec["batching"] = "pad"
-                if "fullhead" in side:
-                    spec["head"] = "full"
-                for attempt in range(1 + args.retries):
-                    benchlib.wait_quiet(args.max_wait)
-                    with benchlib.Contention() as contention:
-                        result = run_child(spec)
-                    result["others_cpu_share"] = contention.share
-                    if contention.share <= 0.03 or "error" in result:
-                        break
-                    if attempt < args.retries:
-                        print(f"  ({side} {precision}: others used {100 * contention.share:.0f}% of the CPU; measuring again)",
-                              flush=True)
-                results["runs"][f"{task_name}/{precision}/{side}"] = result
-                print(fmt_row(f"{side} {precision}", result, peak[precision]["peak_gflops"]), flush=True)
-                if "error" in result:
-                    print(result["stderr_tail"])
-            r = results["runs"]
+        print(f"\n## {cfg['label']}: {steps} steps x batch {batch} ({steps * batch} examples), first {warmup} steps "
+              f"untimed, train loss over the last {window} steps; {repeats} run(s) per side (seeds 0..{repeats - 1})",
+              flush=True)
+        for precision in args.precisions.split(","):
             key = f"{task_name}/{precision}"
-            q = ratios(r[f"{key}/lorafit"], r[f"{key}/peft"])
+            # ABBA: lorafit, PEFT, PEFT, lorafit, ... so a slow drift of the machine hits both sides alike.
+            order = [("lorafit", "peft") if i % 2 == 0 else ("peft", "lorafit") for i in range(repeats)]
+            per_side: dict[str, list] = {"lorafit": [], "peft": []}
+            for seed, pair in enumerate(order):
+                for side in pair:
+                    result = measure({**base, "precision": precision, "side": side, "seed": seed}, args)
+                    results["runs"][f"{key}/{side}/seed{seed}"] = result
+                    per_side[side].append(result)
+                    if "error" in result:
+                        print(f"  {side} {precision} seed {seed}: ERROR {result['error']}\n{result['stderr_tail']}")
+            variants = ["lorafit", "peft"]
+            if not args.no_ablations and precision == "fp32":  # where lorafit's speed comes from, seed 0 only
+                ablations = {"lorafit-pad": {"batching": "pad"}}
+                if task_name == "e2e":
+                    ablations["lorafit-pad-hfhead"] = {"batching": "pad", "head": "hf"}
+                for name, extra in ablations.items():
+                    result = measure({**base, "precision": precision, "side": "lorafit", "seed": 0, **extra}, args)
+                    results["runs"][f"{key}/{name}/seed0"] = result
+                    per_side[name] = [result]
+                    variants.append(name)
+            for name in variants:
+                results["sides"][f"{key}/{name}"] = combined = combine(per_side[name])
+                print(fmt_row(f"{name} {precision}", combined, peak[precision]["peak_gflops"]), flush=True)
+            sides = results["sides"]
+            q = ratios(sides[f"{key}/lorafit"], sides[f"{key}/peft"])
             results["ratios"][f"{key} lorafit/peft"] = q
             print(fmt_ratio(f"lorafit/PEFT {precision}", q))
-            for ablation in ("lorafit-pad", "lorafit-pad-fullhead"):
-                if f"{key}/{ablation}" in r:
-                    q = ratios(r[f"{key}/lorafit"], r[f"{key}/{ablation}"])
-                    results["ratios"][f"{key} lorafit/{ablation}"] = q
-                    print(fmt_ratio(f"lorafit/{ablation} {precision}", q))
-        r = results["runs"]
-        if f"{task_name}/{default_precision}/lorafit" in r and f"{task_name}/fp32/peft" in r:
-            q = ratios(r[f"{task_name}/{default_precision}/lorafit"], r[f"{task_name}/fp32/peft"])
+            for name in variants[2:]:
+                q = ratios(sides[f"{key}/lorafit"], sides[f"{key}/{name}"])
+                results["ratios"][f"{key} lorafit/{name}"] = q
+                print(fmt_ratio(f"lorafit/{name} {precision}", q))
+        sides = results["sides"]
+        if f"{task_name}/{default_precision}/lorafit" in sides and f"{task_name}/fp32/peft" in sides:
+            q = ratios(sides[f"{task_name}/{default_precision}/lorafit"], sides[f"{task_name}/fp32/peft"])
             results["ratios"][f"{task_name} defaults lorafit({default_precision})/peft(fp32)"] = q
             print(fmt_ratio(f"defaults: lorafit ({default_precision}) / Trainer (fp32)", q))
 
