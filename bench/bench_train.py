@@ -131,6 +131,9 @@ def summarize(spec: dict, times: list[float], stats: list[dict], losses: list[fl
         "s_per_step": seconds / (steps - w),
         "real_tokens": real,
         "padded_tokens": padded,
+        "target_tokens": targets,
+        "sum_len_sq": sum(s["sum_len_sq"] for s in timed),
+        "useful_flops": flops,
         "pad_share": 1 - real / padded,
         "real_tokens_per_s": real / seconds,
         "useful_gflops": flops / seconds / 1e9,
@@ -409,6 +412,8 @@ def main() -> None:
         Path(args.child_out).write_text(json.dumps(result))
         return
 
+    import torch
+
     repeats = 1 if args.quick else args.repeats
     info = benchlib.header("lorafit vs PEFT + Trainer: LoRA training")
     print("matmul peak ...", flush=True)
@@ -416,9 +421,12 @@ def main() -> None:
     print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v['peak_gflops']:.0f} {v['by_size']}" for k, v in peak.items()))
     results: dict = {"info": info, "matmul_peak": peak, "runs": {}, "sides": {}, "ratios": {}}
     from lorafit.recipe import Recipe
+    from lorafit.train import resolve_precision
 
-    default_precision = Recipe.__dataclass_fields__["precision"].default
-    results["lorafit_default_precision"] = default_precision
+    default = Recipe.__dataclass_fields__["precision"].default
+    default_precision = resolve_precision(default, torch.device("cpu"))
+    results["lorafit_default_precision"] = {"recipe": default, "resolved": default_precision}
+    print(f"lorafit's default precision: {default} -> {default_precision} on this machine; Trainer's default: fp32")
 
     for task_name in args.tasks.split(","):
         cfg = TASKS[task_name]

@@ -218,27 +218,34 @@ def matmul_peak(sizes=(1024, 2048, 3072)) -> dict:
 # ----------------------------------------------------------------------------------------- FLOP counting
 
 
-def linear_params(model, skip=("lm_head", "embed", "classifier", "pooler", "score")) -> tuple[int, int]:
-    """(frozen linear weights in the transformer body, LoRA parameters). Embeddings, the output head and
-    the classification head/pooler are left out (the head is counted separately, per target token)."""
-    import torch
+SKIP = ("lora_", "embed", "lm_head", "classifier", "pooler", "score")
 
-    body, lora = 0, 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            if "lora_" in name:
-                lora += module.weight.numel()
-            elif not any(s in name for s in skip):
-                body += module.weight.numel()
-    return body, lora
+
+def body_weights(model) -> dict[str, int]:
+    """The frozen 2-D weights of the transformer body by name: the same set for a plain model, lorafit's
+    LoRALinear (`...q_proj.weight`) and PEFT's wrapper (`...q_proj.base_layer.weight`). Embeddings, the
+    output head and the classification head/pooler are left out (the head is counted per target token)."""
+    return {
+        name.replace(".base_layer", ""): p.numel()
+        for name, p in model.named_parameters()
+        if p.dim() == 2 and name.endswith(".weight") and not any(s in name for s in SKIP)
+    }
+
+
+FIRST_LAYER_INPUT_PROJECTIONS = ("layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj", "layers.0.self_attn.v_proj",
+                                 "layer.0.attention.self.query", "layer.0.attention.self.key", "layer.0.attention.self.value")
 
 
 def flop_model(model) -> dict:
-    """What the FLOP count needs from a (LoRA-wrapped) model: body linear params, LoRA params, d, layers, vocab."""
+    """What the FLOP count needs from a (LoRA-wrapped) model: body weights, LoRA params, d, layers, vocab,
+    and the first layer's q/k/v weights (their input, the embeddings, needs no gradient)."""
     config = model.config
-    body, lora = linear_params(model)
+    body = body_weights(model)
+    first = sum(n for name, n in body.items() if any(name.endswith(p + ".weight") for p in FIRST_LAYER_INPUT_PROJECTIONS))
+    lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
     return {
-        "body_linear_params": body,
+        "body_linear_params": sum(body.values()),
+        "first_layer_qkv_params": first,
         "lora_params": lora,
         "hidden": config.hidden_size,
         "layers": config.num_hidden_layers,
@@ -250,7 +257,8 @@ def step_flops(fm: dict, real_tokens: int, sum_len_sq: int, head_tokens: int) ->
     """Useful training FLOPs of one step (the counting convention of docs/performance.md):
 
     linear layers  4 * N_body per real token   (forward 2N; backward 2N for the input gradient only:
-                                                frozen weights get no weight gradient)
+                                                frozen weights get no weight gradient), less 2 * N for
+                                                the first layer's q/k/v (the embeddings need no gradient)
     LoRA           6 * N_lora per real token   (forward 2, backward input + weight gradients 4)
     attention      12 * d * L^2 per example and layer (QK^T and PV: 4 d L^2 forward, twice that backward)
     output head    4 * d * V per head token    (forward + input gradient; lorafit applies it only at the
@@ -260,7 +268,7 @@ def step_flops(fm: dict, real_tokens: int, sum_len_sq: int, head_tokens: int) ->
     """
     d, layers = fm["hidden"], fm["layers"]
     return (
-        (4 * fm["body_linear_params"] + 6 * fm["lora_params"]) * real_tokens
+        (4 * fm["body_linear_params"] - 2 * fm["first_layer_qkv_params"] + 6 * fm["lora_params"]) * real_tokens
         + 12 * d * sum_len_sq * layers
         + 4 * d * fm["vocab"] * head_tokens
     )

@@ -127,7 +127,10 @@ class Recipe:
     task: str = field(metadata={"help": "e2e, wikisql, text, glue/sst2, glue/mrpc, ...", "nonempty": True})
     data_dir: str | None = _opt(None, "directory holding the datasets; null: $LORAFIT_DATA")
     seed: int = _opt(0, "seed for LoRA's initialisation, data order and subsampling")
-    precision: Literal["fp32", "bf16"] = _opt("fp32", "fp32, or bf16 autocast for the forward passes")
+    precision: Literal["fp32", "bf16", "auto"] = _opt(
+        "auto", "fp32; bf16 autocast for the forward passes; auto: bf16 where the hardware has bf16 matmuls "
+        "(CPUs with AVX512-BF16 or AMX, GPUs with bf16), else fp32 (docs/performance.md)"
+    )
     output_dir: str | None = _opt(None, "run directory; null: runs/<name>")
     lora: LoraConfig = _section(LoraConfig, "LoRA adapters")
     data: DataConfig = _section(DataConfig, "data files and lengths")

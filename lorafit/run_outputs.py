@@ -108,6 +108,7 @@ def finish_run(
         "steps": result.state.step,
         "examples_seen": result.state.examples_seen,
         "tokens_seen": result.state.tokens_seen,
+        "precision": result.precision,  # as run: the recipe's "auto" resolved for this hardware
         "final_train_loss": result.train_loss,
         "initial_valid_loss": first_valid,
         "final_valid_loss": result.valid_loss,

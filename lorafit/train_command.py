@@ -27,7 +27,7 @@ from .recipe import Recipe, dump_recipe, load_recipe, recipe_hash
 from .run_outputs import finish_run, periodic_eval_record
 from .runs import TENSORBOARD_DIR, RunDir
 from .tensorboard_log import TensorBoardLog, summary_writer_class
-from .train import fit, total_optimizer_steps
+from .train import fit, resolve_precision, total_optimizer_steps
 
 
 def run_directory(recipe: Recipe, output: Path | None) -> RunDir:
@@ -85,7 +85,7 @@ def run_training(
     reporter.info(
         f"{recipe.name}: {recipe.model} on {task.name}; trainable {counts['trainable_params']:,} of "
         f"{counts['total_params']:,} parameters ({counts['trainable_percent']:.3f}%), "
-        f"{counts['adapted_layers']} LoRA layers"
+        f"{counts['adapted_layers']} LoRA layers; precision {resolve_precision(recipe.precision, next(prepared.model.parameters()).device)}"
     )
     train_data, valid_data, data_counts = prepare_data(recipe, task, prepared.tokenizer)
     reporter.info(

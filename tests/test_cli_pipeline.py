@@ -10,6 +10,7 @@ from cli_runs import REPO_ROOT, TINY_RECIPE, run_cli, subprocess_env, write_reci
 from tiny import save_tiny_model, token_batch
 
 from lorafit.loading import load_adapter
+from lorafit.train import resolve_precision
 
 TRAIN = ["--set", "train.max_steps=6", "--set", "train.save_every=0"]
 
@@ -44,6 +45,10 @@ def test_train_merge_and_load_merged_with_transformers_alone(tmp_path, kind):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [5, 6]
     assert records[0]["step"] == 0 and "valid_loss" in records[0]
+    # The recipe's default precision "auto" is recorded as what actually ran on this machine.
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    assert f"precision {summary['precision']}" in result.output
 
     merged = tmp_path / "merged"
     result = run_cli(["merge", run, "-o", merged])

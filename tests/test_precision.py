@@ -8,7 +8,7 @@ from lorafit.data import collate, encode_generation
 from lorafit.lora import LoraSpec, add_lora
 from lorafit.loss import causal_lm_loss
 from lorafit.tasks.types import GenerationExample
-from lorafit.train import autocast_context
+from lorafit.train import autocast_context, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -48,3 +48,16 @@ def test_bf16_training_loss_is_close_to_fp32_and_has_gradients():
         losses[precision] = loss.item()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
     assert abs(losses["bf16"] - losses["fp32"]) <= 0.02 * losses["fp32"]
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_bf16_matmuls(monkeypatch):
+    from lorafit import train
+
+    assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False})
+    assert resolve_precision("auto", CPU) == "bf16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})
+    assert resolve_precision("auto", CPU) == "fp32"
+    x, w = torch.randn(3, 16), torch.randn(5, 16)
+    with train.autocast_context("auto", CPU):  # resolved inside too
+        assert F.linear(x, w).dtype == torch.float32

@@ -44,7 +44,7 @@ def test_minimal_recipe_takes_every_default_from_the_dataclasses():
     recipe = parse_recipe(MINIMAL)
     assert recipe == Recipe(model="smollm2-135m", task="e2e")
     assert recipe.name == "" and recipe.data_dir is None and recipe.output_dir is None
-    assert recipe.seed == 0 and recipe.precision == "fp32"
+    assert recipe.seed == 0 and recipe.precision == "auto"
     assert recipe.lora == LoraConfig(
         rank=8, alpha=16.0, dropout=0.0, targets=("q_proj", "v_proj"), targets_regex=None,
         rslora=False, init="kaiming", bias="none", modules_to_save=(),
@@ -189,7 +189,7 @@ BAD = [
     ),
     pytest.param(
         "model: m\ntask: e2e\nprecision: fp16\n",
-        "recipe.yaml:3: precision: must be one of 'fp32', 'bf16', got 'fp16' (did you mean 'bf16'?)",
+        "recipe.yaml:3: precision: must be one of 'fp32', 'bf16', 'auto', got 'fp16' (did you mean 'bf16'?)",
         id="literal-choice",
     ),
     pytest.param(

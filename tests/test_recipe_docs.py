@@ -32,7 +32,7 @@ def test_the_example_in_the_docs_is_a_valid_recipe():
 
 def test_type_names():
     f = {f.name: f.type for f in dataclasses.fields(Recipe)}
-    assert type_name(f["precision"]) == "one of fp32, bf16"
+    assert type_name(f["precision"]) == "one of fp32, bf16, auto"
     assert type_name(f["data_dir"]) == "str or null"
     assert type_name(dataclasses.fields(f["lora"])[3].type) == "list of str"
 
