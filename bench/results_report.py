@@ -29,6 +29,9 @@ def load(out: Path) -> dict[str, dict]:
     results = {}
     for path in sorted(out.glob("*/result.json")):
         data = json.loads(path.read_text())
+        counts = adapter_counts(path.parent / "run" / "adapter")
+        if counts is not None:
+            data["lora_params"] = counts["lora"]
         results[data["id"]] = data
     return results
 
@@ -56,6 +59,32 @@ def trainable(r: dict | None) -> str:
         return "0"
     s = r["summary"]
     return f"{s['trainable_params']:,} ({s['trainable_percent']:.2f}%)"
+
+
+def adapter_counts(adapter: Path) -> dict[str, int] | None:
+    """Parameters in a saved adapter from its safetensors header alone: LoRA A/B vs the rest (head,
+    pooler: `modules_to_save`). None when the run directory is gone."""
+    path = adapter / "adapter_model.safetensors"
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    counts = {"lora": 0, "other": 0}
+    for key, entry in header.items():
+        if key != "__metadata__":
+            n = 1
+            for dim in entry["shape"]:
+                n *= dim
+            counts["lora" if "lora_" in key else "other"] += n
+    return counts
+
+
+def lora_params(r: dict | None) -> str:
+    """The LoRA A/B parameter count of a run (the head and pooler, trained in every variant, left out)."""
+    if r is None:
+        return "not run"
+    n = r.get("lora_params")
+    return "n/a" if n is None else f"{n:,}"
 
 
 def table(columns: list[str], rows: list[list[str]]) -> str:
@@ -97,19 +126,21 @@ def glue_table(res: dict) -> str:
 def rank_table(res: dict) -> str:
     rows = []
     for rank in (1, 2, 4, 8, 64):
-        e = res.get("e2e-lora-qv-r4") if rank == 4 else res.get(f"rank-e2e-r{rank}")
-        m = res.get("glue-mrpc-lora") if rank == 8 else res.get(f"rank-mrpc-r{rank}")
-        rows.append([str(rank), trainable(e), metric(e, "BLEU"), metric(e, "CIDEr"), trainable(m),
-                     metric(m, "f1", 3), metric(m, "accuracy", 3)])
-    return table(["rank", "trainable (E2E)", "E2E BLEU", "E2E CIDEr", "trainable (MRPC)", "MRPC F1", "MRPC acc"], rows)
+        e = res.get(f"rank-e2e-r{rank}")
+        m = res.get("glue-sst2-lora") if rank == 8 else res.get(f"rank-sst2-r{rank}")
+        rows.append([str(rank), lora_params(e), *(metric(e, k) for k in ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")),
+                     lora_params(m), metric(m, "accuracy", 3)])
+    return table(["rank", "LoRA params (E2E)", "E2E BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr", "LoRA params (SST-2)",
+                  "SST-2 acc"], rows)
+
+
+TARGET_ROWS = (("targets-sst2-query", "q, r=8"), ("targets-sst2-value", "v, r=8"), ("rank-sst2-r4", "q+v, r=4"),
+               ("targets-sst2-query+key+value+o", "q+k+v+o, r=2"))
 
 
 def targets_table(res: dict) -> str:
-    rows = []
-    for rid, r in sorted(res.items()):
-        if rid.startswith("targets-mrpc-"):
-            rows.append([r["variant"], trainable(r), metric(r, "f1", 3), metric(r, "accuracy", 3)])
-    return table(["targets, rank", "trainable", "MRPC F1", "MRPC acc"], rows) if rows else "not run\n"
+    rows = [[label, lora_params(res.get(rid)), metric(res.get(rid), "accuracy", 3)] for rid, label in TARGET_ROWS]
+    return table(["adapted weights, rank", "LoRA params", "SST-2 acc"], rows)
 
 
 def wikisql_table(res: dict) -> str:
@@ -122,16 +153,38 @@ def wikisql_table(res: dict) -> str:
 
 
 def merge_table(res: dict) -> str:
-    rows = [[rid, fmt(r["merge_check"]["max_abs_diff"], 6)] for rid, r in sorted(res.items()) if r.get("merge_check")]
-    return table(["run", "max |adapter metric - merged metric|"], rows) if rows else "not run\n"
+    rows = []
+    for rid, r in sorted(res.items()):
+        check = r.get("merge_check")
+        if check:
+            names = [k for k, v in r["eval"]["metrics"].items() if isinstance(v, int | float)]
+            shown = ", ".join(f"{k} {fmt(r['eval']['metrics'][k])} / {fmt(check['metrics'].get(k))}" for k in names[:2])
+            rows.append([rid, shown, fmt(check["max_abs_diff"], 6)])
+    return table(["run", "adapter / merged (first metrics)", "max abs difference, all metrics"], rows) if rows \
+        else "not run\n"
+
+
+def latency(res: dict) -> str:
+    """The merged-vs-base generation latency rows (bench/results.py latency)."""
+    r = res.get("merge-latency")
+    if r is None:
+        return "not run\n"
+    rows = [[k, fmt(v["base_ms"], 1), fmt(v["merged_ms"], 1), fmt(v["ratio"], 3)] for k, v in r["latency"].items()]
+    return table(["model", "base ms / generation", "merged ms / generation", "merged / base"], rows) + "\n" + r["how"] + "\n"
 
 
 def machine(res: dict) -> str:
-    for r in res.values():
+    # Prefer a run whose summary records the most machine facts (later lorafit versions record more).
+    for r in sorted(res.values(), key=lambda r: -len(r.get("summary", {}).get("machine", {}))):
         if "summary" in r:
             m = r["summary"]["machine"]
-            return (f"CPU {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
-                    f"python {m['python']}, lorafit {r['summary']['lorafit_version']}")
+            jobs, threads = r.get("parallel_jobs", 1), r.get("torch_threads", m["threads"])
+            side = (f"; experiments ran {jobs} side by side, each lorafit process with {threads} torch thread(s), "
+                    "so s/step is comparable within a table, not with docs/performance.md") if jobs > 1 else ""
+            return (f"CPU {m['cpu']}, {m['cores']} cores, torch {m['torch']}, transformers {m.get('transformers', 'n/a')}, "
+                    f"python {m['python']}, "
+                    f"lorafit {r['summary']['lorafit_version']}; precision {r['summary'].get('precision', 'fp32')} "
+                    f"(the recipes' `auto`){side}. Seed {r.get('seed', 0)} everywhere.")
     return f"{platform.machine()} (no runs yet)"
 
 
@@ -139,32 +192,50 @@ def write_report(out: Path, docs: Path) -> None:
     res = load(out)
     from results import experiments  # bench/ is on sys.path when run as bench/results.py
 
-    total = len(experiments())
-    status = (f"**Status: {len(res)} of {total} experiments done.**"
+    ids = {e.id for e in experiments()} | {"merge-latency"}
+    done = [rid for rid in res if rid in ids]
+    status = (f"**Status: {len(done)} of {len(ids)} experiments done.**"
               + (" No numbers yet: the tables below are the template `bench/results.py report` fills in."
                  if not res else "") + "\n")
     parts = [
         HEADER,
         status,
         "## 1. E2E NLG on SmolLM2-135M (dev, 547 MRs, multi-reference)\n",
-        "Training: a seeded 4,000-example subset of the 42,061 training rows, one epoch (500 steps of 8); "
-        "decoding: beam 4, length penalty 0.9, no repeated 4-grams. Zero-shot rows: the base model with "
-        "the same prompt, raw and wrapped in its chat template.\n",
+        "Training: a seeded 2,000-example subset of the 42,061 training rows, one epoch (250 steps of 8), "
+        "recipe `e2e-smollm2` (lr 5e-4; full fine-tuning lr 5e-5); decoding: beam 4, length penalty 0.9, "
+        "no repeated 4-grams, at most 64 new tokens. Zero-shot rows: the base model with the same prompt, "
+        "raw and wrapped in its chat template. s/step: mean seconds per optimizer step, validation passes "
+        "excluded (see Machine for threads). Saved size: the adapter directory (full fine-tuning: nothing "
+        "saved but the whole model, not measured).\n",
         e2e_table(res),
         "\n## 2. GLUE dev on MiniLM-L6 (22.7M parameters)\n",
-        "SST-2 trains on a seeded 20,000-sentence subset; the other tasks on their full training sets "
-        "(epochs as in the shipped recipes).\n",
+        "SST-2 trains on a seeded 20,000-sentence subset (of 67,349) for one epoch; MRPC and RTE on their "
+        "full training sets for 3 epochs (the shipped recipes say 5), CoLA for 4 and STS-B for 3, as "
+        "shipped. Every variant trains the task head and the [CLS] pooler (all-MiniLM-L6-v2 was trained "
+        "with mean pooling, so its pooler is untuned); head only: lr 2e-3, LoRA: lr 1e-3, full: lr 5e-5. "
+        "Trainable counts include the head and pooler (148,610 for a 2-class task).\n",
         glue_table(res),
         "\n## 3a. Does a tiny rank suffice? (LoRA on q,v)\n",
+        "E2E: a seeded 1,000-example subset, one epoch (125 steps of 8), greedy decoding on the full dev "
+        "set (cheaper than beam search, so every rank, r=4 included, is its own run with the same data "
+        "and steps). SST-2: as in table 2 (r=8 is table 2's LoRA row). alpha stays as in the recipes "
+        "(32 for E2E, 16 for SST-2), so the scale alpha/r varies with r, as in the paper.\n",
         rank_table(res),
-        "\n## 3b. Which weights, under a fixed parameter budget (MRPC)\n",
+        "\n## 3b. Which weights, under a fixed parameter budget (SST-2)\n",
+        "The paper's Table 5 question with the same budget per layer (rank x number of adapted matrices = 8), "
+        "SST-2 as in table 2; q+v at r=4 is table 3a's r=4 row.\n",
         targets_table(res),
         "\n## 4. WikiSQL subset on SmolLM2-135M (valid, 100 questions)\n",
+        "Training: the subset's 1,000 training questions, 2 epochs (250 steps of 8), recipe `wikisql-smollm2`; "
+        "greedy decoding. Logical-form accuracy compares the parsed query (WikiSQL's semantics: select column, "
+        "aggregation, conditions as a set); exact match compares the text.\n",
         wikisql_table(res),
         "\n## 5. Merge check: merged model metrics equal adapter metrics\n",
+        "`lorafit merge` on the run, then `lorafit eval` on the merged directory with the run's decoding "
+        "settings; the difference is taken over every metric of the task.\n",
         merge_table(res),
-        "\nThe merged model's generation latency relative to the base model is measured by "
-        "`bench/bench_layer.py` (docs/performance.md).\n",
+        "\n### Merged model latency vs the base model\n",
+        latency(res),
         "\n## Machine\n",
         machine(res) + "\n",
     ]
@@ -173,10 +244,13 @@ def write_report(out: Path, docs: Path) -> None:
         parts += ["\n", discussion.read_text()]
     (docs / "results.md").write_text("\n".join(parts))
     compact = {rid: {k: v for k, v in r.items() if k in ("variant", "table", "commands", "seconds_per_step",
-                                                          "adapter_bytes", "merge_check", "wall_seconds", "extra")}
+                                                          "adapter_bytes", "merge_check", "wall_seconds", "extra",
+                                                          "lora_params", "torch_threads", "parallel_jobs")}
                | {"metrics": r["eval"]["metrics"],
                   "trainable_params": r.get("summary", {}).get("trainable_params"),
                   "peak_rss_mb": r.get("summary", {}).get("peak_rss_mb")}
-               for rid, r in res.items()}
+               for rid, r in res.items() if "eval" in r}
+    if "merge-latency" in res:
+        compact["merge-latency"] = res["merge-latency"]
     (docs / "results.json").write_text(json.dumps(compact, indent=2) + "\n")
     print(f"wrote {docs / 'results.md'} ({len(res)} experiments)")

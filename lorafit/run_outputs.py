@@ -77,12 +77,27 @@ def show_examples(recipe: Recipe, task: Task, prepared: Prepared, reporter: Repo
     return examples
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict:
     """Versions and CPU facts recorded in summary.json, so timings can be compared across machines."""
+    import transformers
+
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "transformers": transformers.__version__,
+        "cpu": cpu_name(),
         "cores": psutil.cpu_count(logical=True),
         "threads": torch.get_num_threads(),
     }
