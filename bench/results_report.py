@@ -157,10 +157,12 @@ def merge_table(res: dict) -> str:
     for rid, r in sorted(res.items()):
         check = r.get("merge_check")
         if check:
-            names = [k for k, v in r["eval"]["metrics"].items() if isinstance(v, int | float)]
-            shown = ", ".join(f"{k} {fmt(r['eval']['metrics'][k])} / {fmt(check['metrics'].get(k))}" for k in names[:2])
-            rows.append([rid, shown, fmt(check["max_abs_diff"], 6)])
-    return table(["run", "adapter / merged (first metrics)", "max abs difference, all metrics"], rows) if rows \
+            adapter = check.get("adapter_metrics") or r["eval"]["metrics"]  # E2E: both on the first 100 inputs
+            names = [k for k, v in adapter.items() if isinstance(v, int | float)]
+            shown = ", ".join(f"{k} {fmt(adapter[k])} / {fmt(check['metrics'].get(k))}" for k in names[:2])
+            inputs = check.get("inputs") or r["eval"].get("num_examples") or "all"
+            rows.append([rid, str(inputs), shown, fmt(check["max_abs_diff"], 6)])
+    return table(["run", "inputs", "adapter / merged (first metrics)", "max abs difference, all metrics"], rows) if rows \
         else "not run\n"
 
 
