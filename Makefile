@@ -34,7 +34,7 @@ bench: install
 
 # The paper's experiments at CPU scale (hours on 2 cores; resumable), then docs/results.md.
 results: install
-	$(PY) bench/results.py run
+	$(PY) bench/results.py run --jobs 2
 	$(PY) bench/results.py report
 
 lint: install

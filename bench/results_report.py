@@ -15,9 +15,11 @@ Every number below was produced by `bench/results.py` on the machine described a
 tables are generated from its output files (`results/out/<id>/result.json`, summarised in
 [results.json](results.json)) by `.venv/bin/python bench/results.py report`. To regenerate:
 
-    make install
-    LORAFIT_DATA=../shared/data .venv/bin/python bench/results.py run      # skips experiments already done
-    .venv/bin/python bench/results.py report
+    make results        # = bench/results.py run --jobs 2, then bench/results.py report
+
+`run` skips experiments whose result.json exists (an interrupted run continues; `--force` redoes,
+`--only ID ...` picks rows, `list` shows them). On 2 cores the whole set took about two hours, two
+experiments side by side with one torch thread each.
 
 Each row is one `lorafit train recipes/<recipe>.yaml --set ...` (the exact command is in
 results.json), seed 0, evaluated on the dev split by the recipe's end-of-run evaluation. Rows of one
