@@ -93,7 +93,8 @@ def experiments() -> list[Experiment]:
     for rank in (1, 2, 4, 8, 64):
         if rank != 4:
             rows.append(Experiment(f"rank-e2e-r{rank}", "rank", f"r={rank}", "e2e-smollm2",
-                                   (*E2E_SCALE, *s(f"lora.rank={rank}")), extra={"task": "e2e", "rank": rank}))
+                                   (*E2E_SCALE, *s(f"lora.rank={rank}")), merge_check=True,
+                                   extra={"task": "e2e", "rank": rank}))
         if rank != 8:
             rows.append(Experiment(f"rank-sst2-r{rank}", "rank", f"r={rank}", "sst2-minilm",
                                    (*SST2_SCALE, *s(f"lora.rank={rank}")), merge_check=True,
@@ -136,6 +137,15 @@ def dir_size(path: Path) -> int:
 def run_experiment(exp: Experiment, force: bool) -> None:
     out = OUT / exp.id
     if (out / "result.json").exists() and not force:
+        result = json.loads((out / "result.json").read_text())
+        if exp.merge_check and "merge_check" not in result and (out / "run" / "adapter").is_dir():
+            # Done before its row asked for a merge check: add the check to the finished run.
+            evaluation = {**result["eval"], "settings": json.loads((out / "run" / "eval.json").read_text()).get("settings")}
+            limit = E2E_MERGE_CHECK_LIMIT if evaluation["task"] == "e2e" else None
+            result["merge_check"] = merge_check(out / "run", out, out / "commands.log", evaluation, limit)
+            (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+            print(f"[done] {exp.id}: merge check added, max abs diff {result['merge_check']['max_abs_diff']}", flush=True)
+            return
         print(f"[skip] {exp.id} (done)", flush=True)
         return
     out.mkdir(parents=True, exist_ok=True)
