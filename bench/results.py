@@ -42,6 +42,7 @@ SST2_SCALE = ["--set", "data.max_train_examples=20000"]
 EPOCHS = {"mrpc": 3, "rte": 3}  # fewer than the shipped recipes' 5, for time; same for every variant
 WIKISQL_SCALE = ["--set", "train.epochs=1"]
 
+
 @dataclass(frozen=True)
 class Experiment:
     """One row of a table: a recipe + overrides to train (or a base model to evaluate zero-shot)."""
