@@ -180,8 +180,11 @@ def latency(res: dict) -> str:
     r = res.get("merge-latency")
     if r is None:
         return "not run\n"
-    rows = [[k, fmt(v["base_ms"], 1), fmt(v["merged_ms"], 1), fmt(v["ratio"], 3)] for k, v in r["latency"].items()]
-    return table(["model", "base ms / generation", "merged ms / generation", "merged / base"], rows) + "\n" + r["how"] + "\n"
+    rows = [[k, fmt(v["base_ms"], 1), fmt(v["merged_ms"], 1), fmt(v["ratio"], 3),
+             f"{v['paired_ratio_min']:.3f}-{v['paired_ratio_max']:.3f}", f"{v['max_abs_logit_diff_merged_vs_adapter']:.1e}"]
+            for k, v in r["latency"].items()]
+    return table(["model", "base ms / call", "merged ms / call", "merged / base (medians)", "per-round ratios",
+                  "max abs logit diff, merged vs adapter"], rows) + "\n" + r["how"] + "\n"
 
 
 def machine(res: dict) -> str:
