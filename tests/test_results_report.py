@@ -38,7 +38,7 @@ def write_result(out: Path, rid: str, metrics: dict, with_adapter: bool = False)
     d = out / rid
     d.mkdir(parents=True)
     result = {"id": rid, "table": "glue", "variant": "v", "eval": {"metrics": metrics},
-              "summary": {"trainable_params": 1000, "trainable_percent": 0.5, "peak_rss_mb": 1.0,
+              "summary": {"trainable_params": 1000, "trainable_percent": 0.5, "peak_rss_mb": 1.0, "final_valid_loss": 0.35,
                           "precision": "bf16", "lorafit_version": "0.1.0",
                           "machine": {"cpu": "Test CPU", "cores": 2, "torch": "x", "threads": 2, "python": "3"}}}
     (d / "result.json").write_text(json.dumps(result))
@@ -62,7 +62,7 @@ def test_report_prints_numbers_from_result_files_and_not_run_elsewhere(tmp_path)
     assert "| 0.845 |" in lora_row and lora_row.count("not run") == 7  # params (MRPC) + 6 metrics
     assert "| 0.412 |" in next(line for line in text.splitlines() if line.startswith("| full fine-tuning |"))
     # The rank table's r=8 SST-2 row counts LoRA parameters from the adapter file: 4*10 + 6*4, head left out.
-    assert "| 64 | 0.845 |" in next(line for line in text.splitlines() if line.startswith("| 8 |"))
+    assert "| 64 | 0.3500 | 0.845 |" in next(line for line in text.splitlines() if line.startswith("| 8 |"))
     assert "CPU Test CPU, 2 cores" in text
     summary = json.loads((docs / "results.json").read_text())
     assert summary["glue-sst2-lora"]["metrics"] == {"accuracy": 0.8451834862385321}
