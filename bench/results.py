@@ -339,7 +339,7 @@ def run_latency(force: bool) -> None:
         latency[model] = json.loads(done.stdout.strip().splitlines()[-1])[str(run_dir)]
         commands.append(" ".join(cmd[1:]).replace(str(REPO) + "/", ""))
     how = ("Measured by `bench/merge_latency.py` alone on the machine after the experiments: base and merged "
-           "models timed in alternating order, 10 rounds, median per round; " +
+           "models timed in alternating order over 10 rounds, medians compared; " +
            "; ".join(f"{m}: {v['what']}" for m, v in latency.items()) + ".")
     result = {"id": "merge-latency", "table": "merge", "latency": latency, "how": how, "commands": commands}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
