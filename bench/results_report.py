@@ -170,7 +170,8 @@ def merge_table(res: dict) -> str:
             names = [k for k, v in adapter.items() if isinstance(v, int | float)]
             shown = ", ".join(f"{k} {fmt(adapter[k])} / {fmt(check['metrics'].get(k))}" for k in names[:2])
             inputs = check.get("inputs") or r["eval"].get("num_examples") or "all"
-            rows.append([rid, str(inputs), shown, fmt(check["max_abs_diff"], 6)])
+            diff = check["max_abs_diff"]
+            rows.append([rid, str(inputs), shown, "0" if diff == 0 else f"{diff:.1e}"])
     return table(["run", "inputs", "adapter / merged (first metrics)", "max abs difference, all metrics"], rows) if rows \
         else "not run\n"
 
