@@ -33,18 +33,8 @@ SHAPES = [(512, 576, 576, 4), (512, 576, 1536, 8), (1024, 768, 768, 8), (512, 38
 
 
 def interleaved(fns: dict, rounds: int, reps: int) -> dict:
-    """Median seconds per call of each fn, timing the fns in turn within every round."""
-    for fn in fns.values():  # warm-up
-        fn()
-        fn()
-    samples = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / reps)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    """Median seconds per call of each fn over interleaved rounds (benchlib.interleaved_samples)."""
+    return {name: statistics.median(s) for name, s in benchlib.interleaved_samples(fns, rounds, reps).items()}
 
 
 def layer_overhead(quick: bool, dropout: float) -> list[dict]:

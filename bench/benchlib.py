@@ -290,3 +290,21 @@ def batch_stats(batch: dict) -> dict:
         "sum_len_sq": int((lengths.long() ** 2).sum()),
         "rows": int(mask.shape[0]),
     }
+
+
+def interleaved_samples(fns: dict, rounds: int, reps: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each fn, one sample per round (the mean of `reps` calls), the fns timed in
+    turn within every round and in reverse order every other round, so drift in machine load hits all
+    alike. Two warm-up calls each first."""
+    for fn in fns.values():
+        fn()
+        fn()
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fns[name]()
+            samples[name].append((time.perf_counter() - t0) / reps)
+    return samples

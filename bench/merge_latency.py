@@ -19,8 +19,10 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,20 +39,6 @@ SENTENCES = [  # SST-2-style sentences for the classifier forward
     "an utterly charming and hilarious film that reminded me of the best of the genre",
     "it 's a bad sign when you 're rooting for the film to end .",
 ] * 8
-
-
-def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each fn, alternating the order every round."""
-    for fn in fns.values():  # warm-up
-        fn()
-    names = list(fns)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
-            fns[name]()
-            samples[name].append(time.perf_counter() - t0)
-    return samples
 
 
 def merged_copy(adapted):
@@ -105,7 +93,7 @@ def measure(run_dir: Path, rounds: int, new_tokens: int) -> dict:
                 assert out.shape[1] == ids["input_ids"].shape[1] + new_tokens
 
         what = f"greedy generation of {new_tokens} new tokens for each of {len(prompts)} E2E prompts"
-    samples = interleaved({"base": lambda: run(base), "merged": lambda: run(merged)}, rounds)
+    samples = benchlib.interleaved_samples({"base": lambda: run(base), "merged": lambda: run(merged)}, rounds)
     base_s, merged_s = statistics.median(samples["base"]), statistics.median(samples["merged"])
     paired = [m / b for b, m in zip(samples["base"], samples["merged"], strict=True)]
     return {

@@ -82,10 +82,11 @@ def run_training(
 
     prepared = prepare_model(recipe, task)
     counts = parameter_summary(prepared.report)
+    precision = resolve_precision(recipe.precision, next(prepared.model.parameters()).device)
     reporter.info(
         f"{recipe.name}: {recipe.model} on {task.name}; trainable {counts['trainable_params']:,} of "
         f"{counts['total_params']:,} parameters ({counts['trainable_percent']:.3f}%), "
-        f"{counts['adapted_layers']} LoRA layers; precision {resolve_precision(recipe.precision, next(prepared.model.parameters()).device)}"
+        f"{counts['adapted_layers']} LoRA layers; precision {precision}"
     )
     train_data, valid_data, data_counts = prepare_data(recipe, task, prepared.tokenizer)
     reporter.info(
