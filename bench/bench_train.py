@@ -420,8 +420,8 @@ def main() -> None:
     peak = benchlib.matmul_peak()
     print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v['peak_gflops']:.0f} {v['by_size']}" for k, v in peak.items()))
     results: dict = {"info": info, "matmul_peak": peak, "runs": {}, "sides": {}, "ratios": {}}
+    from lorafit.precision import resolve_precision
     from lorafit.recipe import Recipe
-    from lorafit.train import resolve_precision
 
     default = Recipe.__dataclass_fields__["precision"].default
     default_precision = resolve_precision(default, torch.device("cpu"))

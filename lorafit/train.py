@@ -15,7 +15,6 @@ a rank matters (see `Checkpointer` and `batch_order`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -24,13 +23,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .data import Encoded, count_target_tokens, iterate_batches, length_sorted_batches
 from .errors import DivergedError
 from .interrupts import interrupts_deferred
+from .precision import FrozenWeightCasts, autocast_context, resolve_precision
 
 
 @dataclass
@@ -97,63 +95,6 @@ def lr_multiplier(step: int, warmup: int, total: int, kind: str) -> float:
     return 1.0 - progress
 
 
-class AttentionInFp32(TorchFunctionMode):
-    """Within bf16 autocast, run `scaled_dot_product_attention` in fp32 and cast its output back to bf16.
-
-    On CPU (torch 2.13) the bf16 SDPA kernels are slower than the fp32 ones: 2-4x in the backward pass
-    at SmolLM2's shapes, ~18% of a bf16 training step, while attention is ~2% of the step's FLOPs.
-    Running it in fp32 (also the more precise choice) makes a bf16 E2E step ~15% faster; see
-    docs/performance.md. Only this one function is changed; every other op keeps autocast's policy.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not F.scaled_dot_product_attention:
-            return func(*args, **kwargs)
-
-        def fp32(t):
-            return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-
-        dtype = torch.get_autocast_dtype("cpu")
-        with torch.autocast("cpu", enabled=False):
-            out = func(*[fp32(a) for a in args], **{k: fp32(v) for k, v in kwargs.items()})
-        return out.to(dtype)
-
-
-def has_native_bf16(device: torch.device) -> bool:
-    """Whether `device` multiplies bf16 natively: a GPU with bf16, or a CPU with AVX512-BF16 or AMX.
-    Elsewhere bf16 matmuls are emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu" and hasattr(torch.cpu, "get_capabilities"):
-        caps = torch.cpu.get_capabilities()
-        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The recipe's `precision` as the loop runs it: "auto" becomes bf16 where the hardware has bf16
-    matmuls, fp32 elsewhere. Measured on a 2-core AVX512-BF16 CPU (docs/performance.md): bf16 trains
-    E2E/SmolLM2 1.62x faster than fp32 (bench_train, 60 steps, same held-out loss to 1e-4) and
-    SST-2/MiniLM 1.52x (bench_precision, 1,000 steps, held-out loss +0.0001)."""
-    if precision == "auto":
-        return "bf16" if has_native_bf16(device) else "fp32"
-    return precision
-
-
-@contextlib.contextmanager
-def autocast_context(precision: str, device: torch.device):
-    """bf16 autocast on CPU or GPU when asked or when "auto" resolves to it (on CPU with attention in
-    fp32, see `AttentionInFp32`); fp32 otherwise (a disabled autocast is a no-op)."""
-    bf16 = resolve_precision(precision, device) == "bf16"
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-        if bf16 and device.type == "cpu":
-            with AttentionInFp32():
-                yield
-        else:
-            yield
-
-
 def rng_state() -> dict:
     """Every random generator training draws from (dropout, shuffling), for checkpoints."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -181,9 +122,16 @@ LossFn = Callable[[nn.Module, dict], torch.Tensor]
 
 @torch.no_grad()
 def validation_loss(
-    model: nn.Module, encoded: Sequence[Encoded], loss_fn: LossFn, batch_size: int, pad_id: int, precision: str
+    model: nn.Module,
+    encoded: Sequence[Encoded],
+    loss_fn: LossFn,
+    batch_size: int,
+    pad_id: int,
+    precision: str,
+    casts: FrozenWeightCasts | None = None,
 ) -> float | None:
-    """Mean per-target-token loss over `encoded` in eval mode (dropout off)."""
+    """Mean per-target-token loss over `encoded` in eval mode (dropout off); `casts`: the run's
+    bf16 weight copies (precision.py), reused rather than made again."""
     if not encoded:
         return None
     was_training = model.training
@@ -192,7 +140,7 @@ def validation_loss(
     total, tokens = 0.0, 0
     for _, batch in length_sorted_batches(encoded, batch_size, pad_id):
         batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast_context(precision, device):
+        with autocast_context(precision, device, casts):
             total += loss_fn(model, batch).item()
         tokens += count_target_tokens(batch)
     model.train(was_training)
@@ -227,6 +175,7 @@ def fit(
     """
     device = next(model.parameters()).device
     precision = resolve_precision(s.precision, device)
+    casts = FrozenWeightCasts() if precision == "bf16" else None  # one bf16 copy per frozen weight per run
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     total = total_optimizer_steps(len(train), s)
@@ -272,7 +221,7 @@ def fit(
         step_loss, real_tokens = 0.0, 0
         for b in micro:
             b = {k: v.to(device) for k, v in b.items()}
-            with autocast_context(precision, device):
+            with autocast_context(precision, device, casts):
                 loss = loss_fn(model, b) / max(step_tokens, 1)
             loss.backward()
             step_loss += loss.item()
@@ -295,7 +244,7 @@ def fit(
     def validate() -> None:
         nonlocal valid_loss
         began = time.perf_counter()
-        valid_loss = validation_loss(model, valid, loss_fn, s.batch_size, pad_id, precision)
+        valid_loss = validation_loss(model, valid, loss_fn, s.batch_size, pad_id, precision, casts)
         record = {"step": state.step, "valid_loss": valid_loss, "elapsed_s": time.perf_counter() - started}
         history.append(record)
         on_log(record)

@@ -23,11 +23,12 @@ from .pipeline import (
     prepare_model,
     save_trained,
 )
+from .precision import resolve_precision
 from .recipe import Recipe, dump_recipe, load_recipe, recipe_hash
 from .run_outputs import finish_run, periodic_eval_record
 from .runs import TENSORBOARD_DIR, RunDir
 from .tensorboard_log import TensorBoardLog, summary_writer_class
-from .train import fit, resolve_precision, total_optimizer_steps
+from .train import fit, total_optimizer_steps
 
 
 def run_directory(recipe: Recipe, output: Path | None) -> RunDir:

@@ -10,7 +10,7 @@ from cli_runs import REPO_ROOT, TINY_RECIPE, run_cli, subprocess_env, write_reci
 from tiny import save_tiny_model, token_batch
 
 from lorafit.loading import load_adapter
-from lorafit.train import resolve_precision
+from lorafit.precision import resolve_precision
 
 TRAIN = ["--set", "train.max_steps=6", "--set", "train.save_every=0"]
 

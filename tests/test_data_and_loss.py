@@ -1,8 +1,11 @@
 """Tokenization masks, batching, and the exactness of the fast loss paths."""
 
+import pytest
 import torch
+import torch.nn.functional as F
 from tiny import tiny_bert, tiny_gpt2, tiny_llama, tiny_tokenizer
 
+from lorafit import loss as loss_module
 from lorafit.data import (
     IGNORE_INDEX,
     batch_order,
@@ -13,7 +16,7 @@ from lorafit.data import (
     iterate_batches,
 )
 from lorafit.lora import LoraSpec, add_lora
-from lorafit.loss import causal_lm_loss, causal_lm_loss_full_logits, classification_loss
+from lorafit.loss import causal_lm_loss, causal_lm_loss_full_logits, classification_loss, head_cross_entropy
 from lorafit.tasks.types import ClassificationExample, GenerationExample
 
 EXAMPLES = [
@@ -116,6 +119,58 @@ def test_completion_only_head_matches_full_logits_loss_and_gradients():
         for name in grads[0]:
             assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
     assert count_target_tokens(batch) == sum(len(tok(e.completion, add_special_tokens=False)["input_ids"]) + 1 for e in EXAMPLES)
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 1000])  # several chunks with a remainder, and one chunk
+def test_chunked_head_matches_cross_entropy_loss_and_gradients(monkeypatch, chunk):
+    monkeypatch.setattr(loss_module, "HEAD_CHUNK_ROWS", chunk)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(17, 24, generator=g, dtype=torch.float64).float()
+    weight = torch.randn(50, 24, generator=g) * 0.3
+    targets = torch.randint(0, 50, (17,), generator=g)
+    got, ref = {}, {}
+    for out, fn in ((got, head_cross_entropy), (ref, lambda r, w, t: F.cross_entropy(r @ w.T, t, reduction="sum"))):
+        r, w = rows.clone().requires_grad_(), weight.clone().requires_grad_()
+        loss = fn(r, w, targets)
+        (loss * 0.37).backward()  # a scale, as the loop divides by the step's target tokens
+        out.update(loss=loss.detach(), rows=r.grad, weight=w.grad)
+    torch.testing.assert_close(got["loss"], ref["loss"], rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got["rows"], ref["rows"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got["weight"], ref["weight"], rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(head_cross_entropy(rows, weight, targets), ref["loss"], rtol=1e-6, atol=1e-5)
+
+
+def test_chunked_head_under_bf16_autocast_matches_autocast_cross_entropy(monkeypatch):
+    monkeypatch.setattr(loss_module, "HEAD_CHUNK_ROWS", 4)
+    g = torch.Generator().manual_seed(1)
+    rows, weight = torch.randn(10, 32, generator=g), torch.randn(64, 32, generator=g) * 0.2
+    targets = torch.randint(0, 64, (10,), generator=g)
+    grads = []
+    for fn in (head_cross_entropy, lambda r, w, t: F.cross_entropy(F.linear(r, w).float(), t, reduction="sum")):
+        r = rows.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = fn(r, weight, targets)
+        assert loss.dtype == torch.float32
+        loss.backward()
+        grads.append((loss.detach(), r.grad))
+    assert grads[0][1].dtype == torch.float32
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-4)  # same bf16 logits, fp32 softmax
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=2e-2, atol=2e-3)  # bf16 matmul rounding
+
+
+def test_full_fine_tuning_with_a_tied_head_gets_the_same_gradients(monkeypatch):
+    monkeypatch.setattr(loss_module, "HEAD_CHUNK_ROWS", 5)
+    tok = tiny_tokenizer()
+    batch = collate(encode_generation(EXAMPLES, tok, 512)[0], 0)
+    grads = []
+    for loss_fn in (causal_lm_loss, causal_lm_loss_full_logits):
+        model = tiny_gpt2()  # ties lm_head to the token embeddings
+        assert model.lm_head.weight is model.transformer.wte.weight
+        loss_fn(model, batch).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_classification_batches_and_loss():

@@ -7,8 +7,8 @@ from tiny import tiny_llama, tiny_tokenizer
 from lorafit.data import collate, encode_generation
 from lorafit.lora import LoraSpec, add_lora
 from lorafit.loss import causal_lm_loss
+from lorafit.precision import FrozenWeightCasts, autocast_context, resolve_precision
 from lorafit.tasks.types import GenerationExample
-from lorafit.train import autocast_context, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -51,7 +51,7 @@ def test_bf16_training_loss_is_close_to_fp32_and_has_gradients():
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_bf16_matmuls(monkeypatch):
-    from lorafit import train
+    from lorafit import precision as train
 
     assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False})
@@ -61,3 +61,61 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_bf16_matmuls(monkeyp
     x, w = torch.randn(3, 16), torch.randn(5, 16)
     with train.autocast_context("auto", CPU):  # resolved inside too
         assert F.linear(x, w).dtype == torch.float32
+
+
+def _lora_llama_batch():
+    tok = tiny_tokenizer()
+    examples = [GenerationExample("name[A], food[Thai]\nDescription:", " A serves Thai food."),
+                GenerationExample("name[Bo]\nDescription:", " Bo.")]
+    batch = collate(encode_generation(examples, tok, 512)[0], 0)
+    torch.manual_seed(0)
+    model = tiny_llama()
+    add_lora(model, LoraSpec(rank=4, alpha=8, targets=("q_proj", "v_proj")))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)  # a non-zero update, so the LoRA gradients are non-trivial
+    return model, batch
+
+
+def _loss_and_grads(model, batch, casts):
+    model.zero_grad(set_to_none=True)
+    with autocast_context("bf16", CPU, casts):
+        loss = causal_lm_loss(model, batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_frozen_weight_casts_are_bitwise_autocast_and_made_once():
+    model, batch = _lora_llama_batch()
+    model.eval()  # no dropout: the two passes must see identical computations
+    loss_ref, grads_ref = _loss_and_grads(model, batch, None)
+    casts = FrozenWeightCasts()
+    loss_1, grads_1 = _loss_and_grads(model, batch, casts)
+    frozen_linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
+    # every frozen nn.Linear weight (the tied head too), plus the weights LoRA layers wrap
+    wrapped = [m.weight for m in model.modules() if hasattr(m, "lora_A")]
+    assert len(casts) == len({id(w) for w in frozen_linears + wrapped})
+    copies = {k: v[2] for k, v in casts._copies.items()}
+    loss_2, grads_2 = _loss_and_grads(model, batch, casts)
+    assert all(casts._copies[k][2] is c for k, c in copies.items())  # reused, not cast again
+    assert torch.equal(loss_1, loss_ref) and torch.equal(loss_2, loss_ref)
+    for name in grads_ref:
+        assert torch.equal(grads_1[name], grads_ref[name]), name
+        assert torch.equal(grads_2[name], grads_ref[name]), name
+
+
+def test_frozen_weight_cast_is_redone_after_an_in_place_change():
+    casts = FrozenWeightCasts()
+    w = torch.randn(5, 16)
+    x = torch.randn(3, 16)
+    with autocast_context("bf16", CPU, casts):
+        first = F.linear(x, w)
+    with torch.no_grad():
+        w.add_(1.0)  # what a merge does
+    with autocast_context("bf16", CPU, casts):
+        second = F.linear(x, weight=w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.linear(x, w)
+    assert not torch.equal(first, second) and torch.equal(second, expected)
+    trainable = torch.randn(5, 16, requires_grad=True)
+    assert not casts.cacheable(trainable) and not casts.cacheable(w.T)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import LoRADropout
+
 InitKind = Literal["kaiming", "gaussian"]
 
 
@@ -90,7 +92,8 @@ class LoRALinear(nn.Module):
         # nn.Linear submodules so the keys read `lora_A.weight` / `lora_B.weight`, as in PEFT's files.
         self.lora_A = nn.Linear(d_in, rank, bias=False, **factory)  # A: (rank, d_in)
         self.lora_B = nn.Linear(rank, d_out, bias=False, **factory)  # B: (d_out, rank)
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # A cheaper mask than nn.Dropout on CPU (dropout.py); same probability up to 1/65536.
+        self.lora_dropout = LoRADropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False  # True: behave as the base layer (to compare base vs adapted outputs)
         self._weight_before_merge: torch.Tensor | None = None
