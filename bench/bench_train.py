@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_train.py            # the full table (~25 min on 2 cores)
     .venv/bin/python bench/bench_train.py --quick    # a ~3-minute smoke run (numbers not meaningful)
+    .venv/bin/python bench/bench_train.py --tasks sst2 --precisions bf16 --steps 1000 --no-ablations
+                                                     # a longer paired run: the loss after more examples
 
 For each task (E2E on SmolLM2-135M, SST-2 on MiniLM-L6) and precision (fp32, bf16), each side trains
 in its own subprocess (so peak RSS is per side) on the same N examples (lorafit's seeded subsample,
@@ -399,6 +401,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs per side and precision, in ABBA order, seeds 0, 1, ... (1 with --quick)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run instead of the task's default "
+                        "(longer paired runs for the loss comparison)")
     parser.add_argument("--no-ablations", action="store_true", help="skip the lorafit variants (pad batching, usual head)")
     parser.add_argument("--retries", type=int, default=2, help="measure a run again when other processes used the CPU")
     parser.add_argument("--max-wait", type=float, default=900, help="seconds to wait for a quiet machine before each run")
@@ -430,7 +434,7 @@ def main() -> None:
 
     for task_name in args.tasks.split(","):
         cfg = TASKS[task_name]
-        steps = cfg["quick_steps"] if args.quick else cfg["steps"]
+        steps = cfg["quick_steps"] if args.quick else (args.steps or cfg["steps"])
         warmup = 2 if args.quick else WARMUP
         window = min(WINDOW, steps - warmup) if not args.quick else steps // 2
         batch = recipe_for({"task": task_name, "steps": steps, "examples": 1, "precision": "fp32"}).train.batch_size

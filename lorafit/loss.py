@@ -40,7 +40,10 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     input_ids, attention_mask, labels: (B, T). Hidden states (B, T, d) -> the N rows whose next
     token is a target -> head (N, V) -> cross entropy against labels shifted by one.
     """
-    hidden = _backbone(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    # use_cache=False: no key/value cache to build (a copy per layer) for a single forward pass.
+    hidden = _backbone(model)(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
     targets = batch["labels"][:, 1:]  # (B, T-1): the token each position must predict
     keep = targets != IGNORE_INDEX
     rows = hidden[:, :-1][keep]  # (N, d)

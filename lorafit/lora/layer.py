@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dropout import LoRADropout
+from .dropout import FastDropout
 
 InitKind = Literal["kaiming", "gaussian"]
 
@@ -93,7 +93,7 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Linear(d_in, rank, bias=False, **factory)  # A: (rank, d_in)
         self.lora_B = nn.Linear(rank, d_out, bias=False, **factory)  # B: (d_out, rank)
         # A cheaper mask than nn.Dropout on CPU (dropout.py); same probability up to 1/65536.
-        self.lora_dropout = LoRADropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = FastDropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False  # True: behave as the base layer (to compare base vs adapted outputs)
         self._weight_before_merge: torch.Tensor | None = None
