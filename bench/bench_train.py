@@ -154,6 +154,10 @@ def child_lorafit(spec: dict) -> dict:
     from lorafit.train import fit
 
     t0 = _t.perf_counter()
+    if spec.get("bucket_window"):  # experiment: how many batches each length-sorting window spans
+        import lorafit.data
+
+        lorafit.data.BUCKET_WINDOW_BATCHES = spec["bucket_window"]
     recipe = recipe_for(spec)
     task = load_task(recipe)
     prepared = prepare_model(recipe, task)
@@ -403,6 +407,9 @@ def main() -> None:
                         help="runs per side and precision, in ABBA order, seeds 0, 1, ... (1 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run instead of the task's default "
                         "(longer paired runs for the loss comparison)")
+    parser.add_argument("--bucket-windows", default="",
+                        help="also run lorafit with these length-sorting windows (batches per window, comma-separated), "
+                        "every seed, to compare the loss against PEFT's")
     parser.add_argument("--no-ablations", action="store_true", help="skip the lorafit variants (pad batching, usual head)")
     parser.add_argument("--retries", type=int, default=2, help="measure a run again when other processes used the CPU")
     parser.add_argument("--max-wait", type=float, default=900, help="seconds to wait for a quiet machine before each run")
@@ -459,6 +466,15 @@ def main() -> None:
                     if "error" in result:
                         print(f"  {side} {precision} seed {seed}: ERROR {result['error']}\n{result['stderr_tail']}")
             variants = ["lorafit", "peft"]
+            for window in filter(None, args.bucket_windows.split(",")):
+                name = f"lorafit-window{window}"
+                per_side[name] = []
+                for seed in range(repeats):
+                    result = measure({**base, "precision": precision, "side": "lorafit", "seed": seed,
+                                      "bucket_window": int(window)}, args)
+                    results["runs"][f"{key}/{name}/seed{seed}"] = result
+                    per_side[name].append(result)
+                variants.append(name)
             if not args.no_ablations and precision == "fp32":  # where lorafit's speed comes from, seed 0 only
                 ablations = {"lorafit-pad": {"batching": "pad"}}
                 if task_name == "e2e":

@@ -112,18 +112,23 @@ def encode_classification(
     return encoded, stats
 
 
+# bucket mode sorts by length within windows of this many batches: a wider window means less padding,
+# a narrower one more varied batches (docs/performance.md measures both).
+BUCKET_WINDOW_BATCHES = 64
+
+
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, mode: str) -> list[list[int]]:
     """Indices of each batch for one epoch; deterministic in (seed, epoch).
 
-    bucket: shuffle, cut into windows of 64 batches, sort each window by length, cut into batches,
-    then shuffle the batches, so every batch holds similar lengths but the order stays random.
-    pad: shuffle and cut.
+    bucket: shuffle, cut into windows of BUCKET_WINDOW_BATCHES batches, sort each window by length,
+    cut into batches, then shuffle the batches, so every batch holds similar lengths but the order
+    stays random. pad: shuffle and cut.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
     if mode == "bucket":
-        window = batch_size * 64
+        window = batch_size * BUCKET_WINDOW_BATCHES
         sorted_order = []
         for start in range(0, len(order), window):
             sorted_order += sorted(order[start : start + window], key=lambda i: lengths[i])

@@ -12,7 +12,7 @@ and the usual cross-entropy walks it five times (cast, log-softmax, its gradient
 gradient buffer, the cast back), each a fresh allocation. `HeadCrossEntropy` instead takes the rows a
 chunk at a time and computes each chunk's loss and its gradient (softmax - one-hot) in the forward
 pass, keeping only the (N, d) input gradient for the backward: same loss and gradients, no (N, V)
-tensor kept, about 30% of a bf16 E2E step saved (docs/performance.md).
+tensor kept (docs/performance.md measures the head's share of a step).
 """
 
 from __future__ import annotations

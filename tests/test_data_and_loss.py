@@ -192,3 +192,16 @@ def test_classification_batches_and_loss():
     model = tiny_bert(num_labels=1)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
     assert torch.allclose(classification_loss(model, batch), ((out - batch["labels"]) ** 2).sum())
+
+
+def test_bucket_window_bounds_how_far_lengths_are_sorted(monkeypatch):
+    from lorafit import data
+
+    lengths = [(i * 37) % 101 + 1 for i in range(960)]
+    spread = {}
+    for window in (64, 2):
+        monkeypatch.setattr(data, "BUCKET_WINDOW_BATCHES", window)
+        batches = batch_order(lengths, 8, seed=3, epoch=0, mode="bucket")
+        assert sorted(i for b in batches for i in b) == list(range(960))
+        spread[window] = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread[2] > 3 * spread[64]  # a narrower window: more varied lengths within a batch
