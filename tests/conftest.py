@@ -1,6 +1,7 @@
 """Shared fixtures: the real data directory (../shared/data) and an offline hub."""
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A shell starts background jobs (`cmd &`, nohup) with SIGINT ignored, and Python then installs no
+# Ctrl-C handler, in this process or the lorafit subprocesses it starts. The Ctrl-C tests need one.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
