@@ -115,8 +115,10 @@ def heldout_metrics(model, encoded, kind: str, pad_id: int) -> dict:
     return out
 
 
-def summarize(spec: dict, times: list[float], stats: list[dict], losses: list[float], fm: dict, final_loss: float) -> dict:
-    """Throughput over the steps after the warm-up ones; stats[i] is the batch of step i."""
+def summarize(spec: dict, times: list[float], stats: list[dict], losses: list[float], fm: dict, final_loss: float,
+              rss: list[float]) -> dict:
+    """Throughput over the steps after the warm-up ones; stats[i] is the batch of step i, rss[i] the
+    process's resident memory (MB) after step i."""
     w, steps = spec["warmup"], spec["steps"]
     timed = stats[w:steps]
     seconds = times[steps - 1] - times[w - 1]
@@ -142,6 +144,9 @@ def summarize(spec: dict, times: list[float], stats: list[dict], losses: list[fl
         "final_train_loss": final_loss,
         "losses": losses,
         "examples_seen": sum(s["rows"] for s in stats[:steps]),
+        # resident memory after each step: how it grows once the first steps have allocated the working set
+        "rss_trace_mb": [round(x, 1) for x in rss[:steps]],
+        "rss_growth_mb": rss[steps - 1] - rss[w - 1],
     }
 
 
@@ -158,6 +163,14 @@ def child_lorafit(spec: dict) -> dict:
         import lorafit.data
 
         lorafit.data.BUCKET_WINDOW_BATCHES = spec["bucket_window"]
+    if "trim_every" in spec:  # experiment: steps between malloc_trim calls (0: never)
+        import lorafit.memory
+
+        lorafit.memory.TRIM_EVERY_STEPS = spec["trim_every"]
+    if spec.get("pad_multiple"):  # experiment: batch widths rounded up to a multiple (fewer distinct shapes)
+        import lorafit.data
+
+        lorafit.data.PAD_TO_MULTIPLE = spec["pad_multiple"]
     recipe = recipe_for(spec)
     task = load_task(recipe)
     prepared = prepare_model(recipe, task)
@@ -180,7 +193,11 @@ def child_lorafit(spec: dict) -> dict:
 
         def scale(batch):
             return count_target_tokens(batch) / mean_targets
-    stats, times, losses = [], [], []
+    stats, times, losses, rss = [], [], [], []
+
+    def on_step(state, snapshot):
+        times.append(_t.perf_counter())
+        rss.append(benchlib.current_rss_mb())
 
     def loss_fn(model, batch):
         if model.training:
@@ -194,11 +211,11 @@ def child_lorafit(spec: dict) -> dict:
             losses.append(record["loss"])
 
     fit(prepared.model, train, [], loop_settings(recipe), loss_fn=loss_fn, pad_id=pad_id, on_log=on_log,
-        on_step=lambda state, snapshot: times.append(_t.perf_counter()))
+        on_step=on_step)
     train_rss = benchlib.peak_rss_mb()
     fm = benchlib.flop_model(prepared.model)
     final = statistics.fmean(losses[-spec["window"]:])
-    out = summarize(spec, times, stats, losses, fm, final)
+    out = summarize(spec, times, stats, losses, fm, final, rss)
     t1 = _t.perf_counter()
     out.update(heldout_metrics(prepared.model, heldout, task.kind, pad_id))
     out.update(setup_s=setup_s, eval_s=_t.perf_counter() - t1, peak_rss_mb=train_rss, flop_model=fm,
@@ -260,7 +277,7 @@ def child_peft(spec: dict) -> dict:
         task_type=task_type,
     )
     model = get_peft_model(model, config)
-    stats, times, losses = [], [], []
+    stats, times, losses, rss = [], [], [], []
 
     class Recording:
         """The collator, counting real tokens of every batch it builds (in training order)."""
@@ -273,6 +290,7 @@ def child_peft(spec: dict) -> dict:
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             times.append(_t.perf_counter())
+            rss.append(benchlib.current_rss_mb())
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -293,7 +311,7 @@ def child_peft(spec: dict) -> dict:
         trainer.train()
     train_rss = benchlib.peak_rss_mb()
     fm = benchlib.flop_model(model)
-    out = summarize(spec, times, stats, losses, fm, losses[-1])
+    out = summarize(spec, times, stats, losses, fm, losses[-1], rss)
     t1 = _t.perf_counter()
     out.update(heldout_metrics(model, heldout, task.kind, tokenizer.pad_token_id))
     out.update(setup_s=setup_s, eval_s=_t.perf_counter() - t1, peak_rss_mb=train_rss, flop_model=fm,
@@ -306,8 +324,11 @@ def run_child(spec: dict) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
     cmd = [sys.executable, __file__, "--child", json.dumps(spec), "--child-out", path]
+    env = dict(os.environ)
+    if spec.get("malloc_mmap_threshold"):  # experiment: glibc reads this at start-up; pins the mmap threshold
+        env["MALLOC_MMAP_THRESHOLD_"] = str(spec["malloc_mmap_threshold"])
     began = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     try:
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout)[-3000:]
@@ -331,7 +352,7 @@ def fmt_row(name: str, r: dict, peak: float) -> str:
     return (
         f"  {name:<24} {r['real_tokens_per_s']:6.0f} tok/s{spread}  {r['s_per_step']:6.3f} s/step  "
         f"pad {100 * r['pad_share']:4.1f}%  {r['useful_gflops']:6.1f} GFLOP/s ({100 * r['useful_gflops'] / peak:4.1f}% of peak)  "
-        f"RSS {r['peak_rss_mb']:6.0f} MB  train loss {r['final_train_loss']:.4f}  held-out {r['heldout_loss']:.4f}{acc}"
+        f"RSS {r['peak_rss_mb']:6.0f} MB (+{r['rss_growth_mb']:.0f} over the run)  train loss {r['final_train_loss']:.4f}  held-out {r['heldout_loss']:.4f}{acc}"
         + (f"  CONTENDED: others used {100 * r['others_cpu_share']:.0f}% of the CPU" if r.get("others_cpu_share", 0) > 0.03 else "")
     )
 
@@ -391,11 +412,27 @@ def combine(runs: list[dict]) -> dict:
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "others_cpu_share": max(r["others_cpu_share"] for r in runs),
         "tokens_per_s_each": [r["real_tokens_per_s"] for r in runs],
+        "rss_growth_mb": statistics.fmean(r["rss_growth_mb"] for r in runs),
     }
     for key in ("final_train_loss", "heldout_loss", "heldout_accuracy"):
         if key in runs[0]:
             out[key] = statistics.fmean(r[key] for r in runs)
     return out
+
+
+VARIANT_KEYS = ("bucket_window", "trim_every", "pad_multiple", "malloc_mmap_threshold")
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`trim50:trim_every=50,pad_multiple=8` -> ("lorafit-trim50", {"trim_every": 50, "pad_multiple": 8})."""
+    name, _, settings = text.partition(":")
+    extra = {}
+    for item in filter(None, settings.split(",")):
+        key, _, value = item.partition("=")
+        if key not in VARIANT_KEYS or not value.lstrip("-").isdigit():
+            raise SystemExit(f"--variant {text!r}: {item!r} is not KEY=INTEGER with KEY one of {', '.join(VARIANT_KEYS)}")
+        extra[key] = int(value)
+    return f"lorafit-{name}", extra
 
 
 def main() -> None:
@@ -405,11 +442,21 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs per side and precision, in ABBA order, seeds 0, 1, ... (1 with --quick)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + repeats - 1 (to add seeds to an earlier run)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run instead of the task's default "
                         "(longer paired runs for the loss comparison)")
     parser.add_argument("--bucket-windows", default="",
                         help="also run lorafit with these length-sorting windows (batches per window, comma-separated), "
                         "every seed, to compare the loss against PEFT's")
+    parser.add_argument("--trim-every", default="",
+                        help="also run lorafit with these steps between malloc_trim calls (comma-separated; 0: never), "
+                        "every seed, to compare memory growth and speed")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="also run lorafit with these settings, every seed (repeatable); keys: "
+                        f"{', '.join(VARIANT_KEYS)}")
+    parser.add_argument("--skip-peft", action="store_true",
+                        help="lorafit runs only (variant experiments; no lorafit/PEFT ratios)")
     parser.add_argument("--no-ablations", action="store_true", help="skip the lorafit variants (pad batching, usual head)")
     parser.add_argument("--retries", type=int, default=2, help="measure a run again when other processes used the CPU")
     parser.add_argument("--max-wait", type=float, default=900, help="seconds to wait for a quiet machine before each run")
@@ -451,27 +498,30 @@ def main() -> None:
             "kind": "generation" if task_name == "e2e" else "classification",
         }
         print(f"\n## {cfg['label']}: {steps} steps x batch {batch} ({steps * batch} examples), first {warmup} steps "
-              f"untimed, train loss over the last {window} steps; {repeats} run(s) per side (seeds 0..{repeats - 1})",
+              f"untimed, train loss over the last {window} steps; {repeats} run(s) per side (seeds {args.first_seed}..{args.first_seed + repeats - 1})",
               flush=True)
         for precision in args.precisions.split(","):
             key = f"{task_name}/{precision}"
             # ABBA: lorafit, PEFT, PEFT, lorafit, ... so a slow drift of the machine hits both sides alike.
             order = [("lorafit", "peft") if i % 2 == 0 else ("peft", "lorafit") for i in range(repeats)]
+            if args.skip_peft:
+                order = [("lorafit",)] * repeats
             per_side: dict[str, list] = {"lorafit": [], "peft": []}
-            for seed, pair in enumerate(order):
+            for seed, pair in enumerate(order, start=args.first_seed):
                 for side in pair:
                     result = measure({**base, "precision": precision, "side": side, "seed": seed}, args)
                     results["runs"][f"{key}/{side}/seed{seed}"] = result
                     per_side[side].append(result)
                     if "error" in result:
                         print(f"  {side} {precision} seed {seed}: ERROR {result['error']}\n{result['stderr_tail']}")
-            variants = ["lorafit", "peft"]
-            for window in filter(None, args.bucket_windows.split(",")):
-                name = f"lorafit-window{window}"
+            variants = ["lorafit"] if args.skip_peft else ["lorafit", "peft"]
+            experiments = [(f"lorafit-window{w}", {"bucket_window": int(w)}) for w in filter(None, args.bucket_windows.split(","))]
+            experiments += [(f"lorafit-trim{n}", {"trim_every": int(n)}) for n in filter(None, args.trim_every.split(","))]
+            experiments += [parse_variant(v) for v in args.variant]
+            for name, extra in experiments:
                 per_side[name] = []
-                for seed in range(repeats):
-                    result = measure({**base, "precision": precision, "side": "lorafit", "seed": seed,
-                                      "bucket_window": int(window)}, args)
+                for seed in range(args.first_seed, args.first_seed + repeats):
+                    result = measure({**base, "precision": precision, "side": "lorafit", "seed": seed, **extra}, args)
                     results["runs"][f"{key}/{name}/seed{seed}"] = result
                     per_side[name].append(result)
                 variants.append(name)
@@ -488,10 +538,11 @@ def main() -> None:
                 results["sides"][f"{key}/{name}"] = combined = combine(per_side[name])
                 print(fmt_row(f"{name} {precision}", combined, peak[precision]["peak_gflops"]), flush=True)
             sides = results["sides"]
-            q = ratios(sides[f"{key}/lorafit"], sides[f"{key}/peft"])
-            results["ratios"][f"{key} lorafit/peft"] = q
-            print(fmt_ratio(f"lorafit/PEFT {precision}", q))
-            for name in variants[2:]:
+            if not args.skip_peft:
+                q = ratios(sides[f"{key}/lorafit"], sides[f"{key}/peft"])
+                results["ratios"][f"{key} lorafit/peft"] = q
+                print(fmt_ratio(f"lorafit/PEFT {precision}", q))
+            for name in [v for v in variants if v not in ("lorafit", "peft")]:
                 q = ratios(sides[f"{key}/lorafit"], sides[f"{key}/{name}"])
                 results["ratios"][f"{key} lorafit/{name}"] = q
                 print(fmt_ratio(f"lorafit/{name} {precision}", q))

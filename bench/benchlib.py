@@ -157,6 +157,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def current_rss_mb() -> float:
+    """This process's resident set size now (the second field of /proc/self/statm, in pages)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:  # not Linux: no trace, the peak still comes from peak_rss_mb
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def header(title: str) -> dict:
     """Print and return the facts every bench output starts with."""
     info = {"title": title, "command": command_line(), "machine": machine(), "versions": versions(),

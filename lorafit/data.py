@@ -116,6 +116,9 @@ def encode_classification(
 # a narrower one more varied batches (docs/performance.md measures both).
 BUCKET_WINDOW_BATCHES = 64
 
+# collate rounds each batch's width up to a multiple of this (1: the longest row, no extra padding).
+PAD_TO_MULTIPLE = 1
+
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, mode: str) -> list[list[int]]:
     """Indices of each batch for one epoch; deterministic in (seed, epoch).
@@ -147,7 +150,7 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     Generation: labels (B, T) with IGNORE_INDEX on prompt and padding. Classification: labels (B,)
     as int64, or float32 for regression targets.
     """
-    width = max(len(item) for item in items)
+    width = -(-max(len(item) for item in items) // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
     for row, item in enumerate(items):

@@ -28,6 +28,7 @@ from torch import nn
 from .data import Encoded, count_target_tokens, iterate_batches, length_sorted_batches
 from .errors import DivergedError
 from .interrupts import interrupts_deferred
+from .memory import release_free_heap, trim_due
 from .precision import FrozenWeightCasts, autocast_context, resolve_precision
 
 
@@ -276,6 +277,8 @@ def fit(
                     state.step += 1
                     boundary.update(state=vars(state).copy(), rng=rng_state())
                 micro = []
+                if trim_due(state.step):
+                    release_free_heap()  # bound RSS growth from varying batch shapes (memory.py)
                 window["loss"] += loss * tokens
                 window["tokens"] += tokens
                 window["real"] += real
