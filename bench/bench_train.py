@@ -22,7 +22,9 @@ Timed: optimizer steps after the first `warmup` ones (wall clock between step en
 last `window` steps of the per-step loss (per target token on both sides: Trainer's causal-LM loss
 averages over non-masked shifted labels), and a held-out loss of the final weights computed by one
 function for both sides (fp32, eval mode, full logits), since the two sides see the examples in
-different orders. Results go to stdout and bench/out/bench_train-*.json.
+different orders. Memory: peak RSS of each side's process, and its resident memory after every step
+(`rss_trace_mb`). Experiments (`--bucket-windows`, `--trim-every`, `--variant`) run lorafit again with
+one setting changed, every seed. Results go to stdout and bench/out/bench_train-*.json.
 """
 
 from __future__ import annotations
@@ -163,10 +165,12 @@ def child_lorafit(spec: dict) -> dict:
         import lorafit.data
 
         lorafit.data.BUCKET_WINDOW_BATCHES = spec["bucket_window"]
-    if "trim_every" in spec:  # experiment: steps between malloc_trim calls (0: never)
+    if "trim_every" in spec or "trim_min_seconds" in spec:  # experiment: when fit() calls malloc_trim
         import lorafit.memory
 
-        lorafit.memory.TRIM_EVERY_STEPS = spec["trim_every"]
+        # trim_every alone means exactly every N steps (0: never), whatever the steps take
+        lorafit.memory.TRIM_EVERY_STEPS = spec.get("trim_every", lorafit.memory.TRIM_EVERY_STEPS)
+        lorafit.memory.TRIM_MIN_SECONDS = spec.get("trim_min_seconds", 0)
     if spec.get("pad_multiple"):  # experiment: batch widths rounded up to a multiple (fewer distinct shapes)
         import lorafit.data
 
@@ -420,7 +424,7 @@ def combine(runs: list[dict]) -> dict:
     return out
 
 
-VARIANT_KEYS = ("bucket_window", "trim_every", "pad_multiple", "malloc_mmap_threshold")
+VARIANT_KEYS = ("bucket_window", "trim_every", "trim_min_seconds", "pad_multiple", "malloc_mmap_threshold")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -450,7 +454,7 @@ def main() -> None:
                         help="also run lorafit with these length-sorting windows (batches per window, comma-separated), "
                         "every seed, to compare the loss against PEFT's")
     parser.add_argument("--trim-every", default="",
-                        help="also run lorafit with these steps between malloc_trim calls (comma-separated; 0: never), "
+                        help="also run lorafit with a malloc_trim exactly every N steps (comma-separated; 0: never), "
                         "every seed, to compare memory growth and speed")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                         help="also run lorafit with these settings, every seed (repeatable); keys: "

@@ -4,10 +4,14 @@ Why: torch's CPU allocator takes tensor memory from the C library's malloc. With
 batches every step has a different sequence length, so activations of many different sizes are
 allocated and freed; glibc keeps the freed pieces in its heap for reuse, and pieces that no later
 request fits stay resident. The process's resident memory (RSS) then climbs over a run even though the
-live tensors do not (a 250-step E2E/SmolLM2 run grew by ~1.2 GB). glibc's `malloc_trim(0)` returns
-every whole free page inside the heap to the OS (madvise), which bounds that growth; the price is that
-those pages fault back in when they are used again, so it runs every few steps, not every step
-(docs/performance.md measures the trade-off with `bench/bench_train.py --trim-every`).
+live tensors do not (a 250-step E2E/SmolLM2 bf16 run: +2.2 GB, peak 1.12x PEFT + Trainer's).
+glibc's `malloc_trim(0)` returns every whole free page inside the heap to the OS (madvise), which
+bounds that growth (same run: peak 0.96x PEFT's); the price is that those pages fault back in when
+they are next used, about one step's time per trim (every step: -28% speed; every 10 steps: -8% on
+E2E, -13% on SST-2, whose steps take 0.08 s). So fit() trims after TRIM_EVERY_STEPS steps and at
+least TRIM_MIN_SECONDS since the last trim: slow steps (large working sets, fast growth) are trimmed
+every 10 steps, fast ones about every 5 seconds (docs/performance.md, `bench/bench_train.py
+--trim-every`).
 
 Only glibc has `malloc_trim`; elsewhere (macOS, musl) `release_free_heap` does nothing.
 """
@@ -18,8 +22,10 @@ import ctypes
 import sys
 from functools import cache
 
-# Optimizer steps between two malloc_trim calls in fit(); 0 turns trimming off.
+# fit() calls malloc_trim after at least this many optimizer steps (0: never) ...
 TRIM_EVERY_STEPS = 10
+# ... and at least this many seconds since the last call (bounds the cost when steps are short).
+TRIM_MIN_SECONDS = 5.0
 
 
 @cache
@@ -45,7 +51,7 @@ def release_free_heap() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
-def trim_due(step: int, every: int | None = None) -> bool:
-    """Whether fit() should call release_free_heap after optimizer step `step` (1-based)."""
-    every = TRIM_EVERY_STEPS if every is None else every
-    return every > 0 and step % every == 0
+def trim_due(steps_since: int, seconds_since: float) -> bool:
+    """Whether fit() should call release_free_heap, `steps_since` optimizer steps and `seconds_since`
+    seconds after the last call (or the start of training)."""
+    return TRIM_EVERY_STEPS > 0 and steps_since >= TRIM_EVERY_STEPS and seconds_since >= TRIM_MIN_SECONDS

@@ -253,6 +253,7 @@ def fit(
 
     started = time.perf_counter()
     window = {"loss": 0.0, "tokens": 0, "real": 0, "start": started}  # the current logging window
+    trimmed = {"step": state.step, "time": started}  # the last heap trim (memory.py)
     last_train_loss, valid_loss = None, None
     steps_per_epoch = max(1, math.ceil(len(train) / s.batch_size))
     if state.step == 0 and valid:
@@ -277,8 +278,9 @@ def fit(
                     state.step += 1
                     boundary.update(state=vars(state).copy(), rng=rng_state())
                 micro = []
-                if trim_due(state.step):
+                if trim_due(state.step - trimmed["step"], time.perf_counter() - trimmed["time"]):
                     release_free_heap()  # bound RSS growth from varying batch shapes (memory.py)
+                    trimmed.update(step=state.step, time=time.perf_counter())
                 window["loss"] += loss * tokens
                 window["tokens"] += tokens
                 window["real"] += real

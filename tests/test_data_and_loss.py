@@ -205,3 +205,22 @@ def test_bucket_window_bounds_how_far_lengths_are_sorted(monkeypatch):
         assert sorted(i for b in batches for i in b) == list(range(960))
         spread[window] = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread[2] > 3 * spread[64]  # a narrower window: more varied lengths within a batch
+
+
+def test_pad_to_multiple_rounds_the_width_and_keeps_the_loss(monkeypatch):
+    from lorafit import data
+
+    tok = tiny_tokenizer()
+    encoded, _ = encode_generation(EXAMPLES, tok, 512)
+    model = tiny_llama()
+    longest = max(len(e) for e in encoded)
+    plain = collate(encoded, 0)
+    monkeypatch.setattr(data, "PAD_TO_MULTIPLE", 48)  # 128 -> 144 with these examples
+    rounded = collate(encoded, 0)
+    assert plain["input_ids"].shape[1] == longest
+    assert rounded["input_ids"].shape[1] == -(-longest // 48) * 48 > longest
+    assert int(rounded["attention_mask"].sum()) == int(plain["attention_mask"].sum())  # only pad added
+    assert int((rounded["labels"] != IGNORE_INDEX).sum()) == count_target_tokens(plain)
+    with torch.no_grad():
+        a, b = causal_lm_loss(model, plain).item(), causal_lm_loss(model, rounded).item()
+    assert abs(a - b) <= 1e-5 * abs(a)

@@ -20,10 +20,14 @@ def rss_mb() -> float:
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def test_trim_schedule():
-    assert [s for s in range(1, 31) if memory.trim_due(s, every=10)] == [10, 20, 30]
-    assert [s for s in range(1, 4) if memory.trim_due(s, every=1)] == [1, 2, 3]
-    assert not any(memory.trim_due(s, every=0) for s in range(1, 100))  # 0 turns it off
+def test_trim_needs_both_enough_steps_and_enough_seconds(monkeypatch):
+    monkeypatch.setattr(memory, "TRIM_EVERY_STEPS", 10)
+    monkeypatch.setattr(memory, "TRIM_MIN_SECONDS", 5.0)
+    assert memory.trim_due(10, 5.0) and memory.trim_due(40, 60.0)
+    assert not memory.trim_due(9, 60.0)  # slow steps: every 10 steps
+    assert not memory.trim_due(60, 4.9)  # fast steps: every 5 seconds
+    monkeypatch.setattr(memory, "TRIM_EVERY_STEPS", 0)
+    assert not memory.trim_due(1000, 1000.0)  # 0 turns it off
 
 
 @glibc
@@ -49,10 +53,8 @@ def test_free_pages_in_the_middle_of_the_heap_go_back_to_the_os():
     assert released > 0.8 * size * count / 2**20, f"only {released:.0f} MB went back"
 
 
-def test_fit_trims_every_trim_every_steps(monkeypatch):
-    calls = []
-    monkeypatch.setattr(train_module, "release_free_heap", lambda: calls.append(1) or True)
-    monkeypatch.setattr(memory, "TRIM_EVERY_STEPS", 3)
+def tiny_run():
+    """A 7-step fit on a tiny Llama (28 examples, batch 4), only its head trainable."""
     model = tiny_llama()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -67,6 +69,25 @@ def test_fit_trims_every_trim_every_steps(monkeypatch):
         max_grad_norm=None, batching="bucket", epochs=1, max_steps=None, log_every=100, eval_every=0,
         save_every=0, seed=0, precision="fp32",
     )
+    return model, examples, settings
+
+
+def test_fit_trims_every_trim_every_steps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_module, "release_free_heap", lambda: calls.append(1) or True)
+    monkeypatch.setattr(memory, "TRIM_EVERY_STEPS", 3)
+    monkeypatch.setattr(memory, "TRIM_MIN_SECONDS", 0.0)
+    model, examples, settings = tiny_run()
     result = fit(model, examples, [], settings, loss_fn=causal_lm_loss, pad_id=0)
     assert result.state.step == 7
     assert len(calls) == 2  # after steps 3 and 6
+
+
+def test_fit_waits_for_the_minimum_seconds_between_trims(monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_module, "release_free_heap", lambda: calls.append(1) or True)
+    monkeypatch.setattr(memory, "TRIM_EVERY_STEPS", 1)
+    monkeypatch.setattr(memory, "TRIM_MIN_SECONDS", 1000.0)  # the 7 steps take well under a second
+    model, examples, settings = tiny_run()
+    assert fit(model, examples, [], settings, loss_fn=causal_lm_loss, pad_id=0).state.step == 7
+    assert calls == []
