@@ -189,7 +189,8 @@ def child_lorafit(spec: dict) -> dict:
         def inner(model, batch):
             return model(**batch).loss * count_target_tokens(batch)
     scale = None
-    if spec.get("norm") == "epoch_mean":  # experiment: divide by the mean target tokens per batch, not this step's
+    if spec.get("norm") == "epoch_mean" or spec.get("norm_epoch_mean"):  # experiment: divide by the mean
+        # target tokens per batch, not this step's
         from lorafit.data import count_target_tokens
 
         batches = -(-len(train) // recipe.train.batch_size)
@@ -424,7 +425,8 @@ def combine(runs: list[dict]) -> dict:
     return out
 
 
-VARIANT_KEYS = ("bucket_window", "trim_every", "trim_min_seconds", "pad_multiple", "malloc_mmap_threshold")
+VARIANT_KEYS = ("bucket_window", "trim_every", "trim_min_seconds", "pad_multiple", "malloc_mmap_threshold",
+                "norm_epoch_mean")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
