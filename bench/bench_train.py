@@ -157,23 +157,19 @@ def child_lorafit(spec: dict) -> dict:
 
     import torch
 
+    import lorafit.data
+    import lorafit.memory
     from lorafit.pipeline import load_task, loop_settings, loss_function, prepare_data, prepare_model
     from lorafit.train import fit
 
     t0 = _t.perf_counter()
     if spec.get("bucket_window"):  # experiment: how many batches each length-sorting window spans
-        import lorafit.data
-
         lorafit.data.BUCKET_WINDOW_BATCHES = spec["bucket_window"]
     if "trim_every" in spec or "trim_min_seconds" in spec:  # experiment: when fit() calls malloc_trim
-        import lorafit.memory
-
         # trim_every alone means exactly every N steps (0: never), whatever the steps take
         lorafit.memory.TRIM_EVERY_STEPS = spec.get("trim_every", lorafit.memory.TRIM_EVERY_STEPS)
         lorafit.memory.TRIM_MIN_SECONDS = spec.get("trim_min_seconds", 0)
     if spec.get("pad_multiple"):  # experiment: batch widths rounded up to a multiple (fewer distinct shapes)
-        import lorafit.data
-
         lorafit.data.PAD_TO_MULTIPLE = spec["pad_multiple"]
     recipe = recipe_for(spec)
     task = load_task(recipe)
@@ -189,8 +185,7 @@ def child_lorafit(spec: dict) -> dict:
         def inner(model, batch):
             return model(**batch).loss * count_target_tokens(batch)
     scale = None
-    if spec.get("norm") == "epoch_mean" or spec.get("norm_epoch_mean"):  # experiment: divide by the mean
-        # target tokens per batch, not this step's
+    if spec.get("norm_epoch_mean"):  # experiment: divide by the mean target tokens per batch, not this step's
         from lorafit.data import count_target_tokens
 
         batches = -(-len(train) // recipe.train.batch_size)
@@ -357,7 +352,7 @@ def fmt_row(name: str, r: dict, peak: float) -> str:
     return (
         f"  {name:<24} {r['real_tokens_per_s']:6.0f} tok/s{spread}  {r['s_per_step']:6.3f} s/step  "
         f"pad {100 * r['pad_share']:4.1f}%  {r['useful_gflops']:6.1f} GFLOP/s ({100 * r['useful_gflops'] / peak:4.1f}% of peak)  "
-        f"RSS {r['peak_rss_mb']:6.0f} MB (+{r['rss_growth_mb']:.0f} over the run)  train loss {r['final_train_loss']:.4f}  held-out {r['heldout_loss']:.4f}{acc}"
+        f"RSS {r['peak_rss_mb']:6.0f} MB ({r['rss_growth_mb']:+.0f} over the run)  train loss {r['final_train_loss']:.4f}  held-out {r['heldout_loss']:.4f}{acc}"
         + (f"  CONTENDED: others used {100 * r['others_cpu_share']:.0f}% of the CPU" if r.get("others_cpu_share", 0) > 0.03 else "")
     )
 
