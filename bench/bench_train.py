@@ -169,6 +169,12 @@ def child_lorafit(spec: dict) -> dict:
         # trim_every alone means exactly every N steps (0: never), whatever the steps take
         lorafit.memory.TRIM_EVERY_STEPS = spec.get("trim_every", lorafit.memory.TRIM_EVERY_STEPS)
         lorafit.memory.TRIM_MIN_SECONDS = spec.get("trim_min_seconds", 0)
+    if spec.get("torch_attention_dropout"):  # experiment: attention dropout by torch's SDPA (bernoulli_ mask)
+        import contextlib
+
+        import lorafit.train
+
+        lorafit.train.FastAttentionDropout = contextlib.nullcontext
     if spec.get("pad_multiple"):  # experiment: batch widths rounded up to a multiple (fewer distinct shapes)
         lorafit.data.PAD_TO_MULTIPLE = spec["pad_multiple"]
     recipe = recipe_for(spec)
@@ -421,7 +427,7 @@ def combine(runs: list[dict]) -> dict:
 
 
 VARIANT_KEYS = ("bucket_window", "trim_every", "trim_min_seconds", "pad_multiple", "malloc_mmap_threshold",
-                "norm_epoch_mean")
+                "norm_epoch_mean", "random_batches", "torch_attention_dropout")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -433,6 +439,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
         if key not in VARIANT_KEYS or not value.lstrip("-").isdigit():
             raise SystemExit(f"--variant {text!r}: {item!r} is not KEY=INTEGER with KEY one of {', '.join(VARIANT_KEYS)}")
         extra[key] = int(value)
+    if extra.pop("random_batches", 0):  # train.batching: pad (shuffled, each batch padded to its longest)
+        extra["batching"] = "pad"
     return f"lorafit-{name}", extra
 
 

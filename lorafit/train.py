@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .attention import FastAttentionDropout
 from .data import Encoded, count_target_tokens, iterate_batches, length_sorted_batches
 from .errors import DivergedError
 from .interrupts import interrupts_deferred
@@ -222,7 +223,8 @@ def fit(
         step_loss, real_tokens = 0.0, 0
         for b in micro:
             b = {k: v.to(device) for k, v in b.items()}
-            with autocast_context(precision, device, casts):
+            # FastAttentionDropout outside autocast: under bf16 the attention reaches it already in fp32.
+            with FastAttentionDropout(), autocast_context(precision, device, casts):
                 loss = loss_fn(model, b) / max(step_tokens, 1)
             loss.backward()
             step_loss += loss.item()
