@@ -66,7 +66,7 @@ def recipe_for(spec: dict):
         "data.max_valid_examples=0",
         f"train.max_steps={steps}",
         f"train.warmup_steps={max(1, steps // 10)}",
-        f"train.batching={spec.get('batching', 'bucket')}",
+        f"train.batching={spec.get('batching', 'auto')}",
         f"precision={spec['precision']}",
         f"seed={spec.get('seed', 0)}",
         "train.log_every=1",
@@ -216,7 +216,7 @@ def child_lorafit(spec: dict) -> dict:
         if "loss" in record:
             losses.append(record["loss"])
 
-    fit(prepared.model, train, [], loop_settings(recipe), loss_fn=loss_fn, pad_id=pad_id, on_log=on_log,
+    fit(prepared.model, train, [], loop_settings(recipe, task), loss_fn=loss_fn, pad_id=pad_id, on_log=on_log,
         on_step=on_step)
     train_rss = benchlib.peak_rss_mb()
     fm = benchlib.flop_model(prepared.model)
@@ -426,21 +426,24 @@ def combine(runs: list[dict]) -> dict:
     return out
 
 
-VARIANT_KEYS = ("bucket_window", "trim_every", "trim_min_seconds", "pad_multiple", "malloc_mmap_threshold",
-                "norm_epoch_mean", "random_batches", "torch_attention_dropout")
+VARIANT_KEYS = ("batching", "bucket_window", "trim_every", "trim_min_seconds", "pad_multiple", "malloc_mmap_threshold",
+                "norm_epoch_mean", "torch_attention_dropout")
+BATCHING_MODES = ("bucket", "pad", "pack")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """`trim50:trim_every=50,pad_multiple=8` -> ("lorafit-trim50", {"trim_every": 50, "pad_multiple": 8})."""
+    """`trim50:trim_every=50,batching=bucket` -> ("lorafit-trim50", {"trim_every": 50, "batching": "bucket"})."""
     name, _, settings = text.partition(":")
-    extra = {}
+    extra: dict = {}
     for item in filter(None, settings.split(",")):
         key, _, value = item.partition("=")
-        if key not in VARIANT_KEYS or not value.lstrip("-").isdigit():
-            raise SystemExit(f"--variant {text!r}: {item!r} is not KEY=INTEGER with KEY one of {', '.join(VARIANT_KEYS)}")
-        extra[key] = int(value)
-    if extra.pop("random_batches", 0):  # train.batching: pad (shuffled, each batch padded to its longest)
-        extra["batching"] = "pad"
+        if key == "batching" and value in BATCHING_MODES:
+            extra[key] = value
+        elif key in VARIANT_KEYS and key != "batching" and value.lstrip("-").isdigit():
+            extra[key] = int(value)
+        else:
+            raise SystemExit(f"--variant {text!r}: {item!r} is not batching={'|'.join(BATCHING_MODES)} or KEY=INTEGER "
+                             f"with KEY one of {', '.join(VARIANT_KEYS[1:])}")
     return f"lorafit-{name}", extra
 
 

@@ -90,3 +90,38 @@ class FastAttentionDropout(TorchFunctionMode):
             if named.get("dropout_p", 0.0) > 0.0 and named["query"].device.type == "cpu":
                 return attention_with_fast_dropout(**named)
         return func(*args, **kwargs)
+
+
+class PackedAttention(TorchFunctionMode):
+    """Attention of a packed row (`data.collate_packed`) computed example by example.
+
+    For a packed row transformers builds a (1, 1, T, T) block-diagonal causal mask (from the restarting
+    position_ids), which already keeps every example to itself; SDPA with that mask still computes all
+    T x T scores, 8x the per-example work for 8 examples of equal length. This mode replaces each
+    `scaled_dot_product_attention` call on the row, query/key/value (1, H, T, E), by one causal call per
+    example on its piece of the sequence dimension and joins the outputs: the same result without the
+    off-diagonal blocks. Dropout, scale and grouped heads pass through (and reach `FastAttentionDropout`).
+    """
+
+    def __init__(self, segment_lengths: list[int]) -> None:
+        super().__init__()
+        self.lengths = list(segment_lengths)
+        self.total = sum(self.lengths)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        named = {**dict(zip(_SDPA_PARAMS, args, strict=False)), **kwargs}
+        query, key, value = named.pop("query"), named.pop("key"), named.pop("value")
+        if query.size(-2) != self.total or key.size(-2) != self.total:
+            raise ValueError(f"packed attention: sequence length {query.size(-2)} is not the packed row's {self.total}")
+        named.update(attn_mask=None, is_causal=True)  # within one example: plain causal attention
+        # split, not slicing: split's backward joins the pieces' gradients into one tensor, while each
+        # slice's backward would write its piece into a zero-filled gradient of the whole row.
+        pieces = [
+            F.scaled_dot_product_attention(q, k, v, **named)
+            for q, k, v in zip(*(t.split(self.lengths, dim=-2) for t in (query, key, value)), strict=True)
+        ]
+        return torch.cat(pieces, dim=-2)
+

@@ -6,7 +6,8 @@ feeds exactly `prompt_ids`, so training and inference see the same token boundar
 
 Batch order is a pure function of (seed, epoch): a run that resumes at batch k of epoch e rebuilds the
 same order and skips k batches. "bucket" batching groups examples of similar length (less padding),
-"pad" keeps a plain shuffled order and pads to the longest row of each batch, as the usual collators do.
+"pad" keeps a plain shuffled order and pads to the longest row of each batch, as the usual collators do;
+"pack" takes the same shuffled batches as "pad" and joins each into one unpadded row (causal LMs only).
 """
 
 from __future__ import annotations
@@ -120,12 +121,24 @@ BUCKET_WINDOW_BATCHES = 64
 PAD_TO_MULTIPLE = 1
 
 
+def resolve_batching(mode: str, task_kind: str) -> str:
+    """`auto` -> pack for causal-LM (generation) tasks, bucket for classifiers; other modes as given.
+
+    Why: on E2E/SmolLM2 both remove the padding, but bucketed batches of similar lengths trained to a
+    higher held-out loss than random batches (docs/performance.md), and a packed row keeps the random
+    batches; on SST-2 bucketing cost no loss, and classifiers cannot be packed here.
+    """
+    if mode == "auto":
+        return "pack" if task_kind == "generation" else "bucket"
+    return mode
+
+
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, mode: str) -> list[list[int]]:
     """Indices of each batch for one epoch; deterministic in (seed, epoch).
 
     bucket: shuffle, cut into windows of BUCKET_WINDOW_BATCHES batches, sort each window by length,
     cut into batches, then shuffle the batches, so every batch holds similar lengths but the order
-    stays random. pad: shuffle and cut.
+    stays random. pad and pack: shuffle and cut (pack then joins each batch into one row).
     """
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
@@ -136,8 +149,8 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, 
         for start in range(0, len(order), window):
             sorted_order += sorted(order[start : start + window], key=lambda i: lengths[i])
         order = sorted_order
-    elif mode != "pad":
-        raise DataError(f"train.batching: {mode!r} is not available; choose 'bucket' or 'pad'")
+    elif mode not in ("pad", "pack"):
+        raise DataError(f"train.batching: {mode!r} is not available; choose 'bucket', 'pad' or 'pack'")
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if mode == "bucket":
         rng.shuffle(batches)
@@ -173,13 +186,37 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
+def collate_packed(items: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    """Join generation examples end to end into one row, no padding: (1, T) with T = total length.
+
+    position_ids restart at 0 for each example and `segment_lengths` (n,) holds the example lengths,
+    so the model sees each example as if alone (`attention.PackedAttention` keeps attention inside
+    each example). The label of each example's first token is -100: the position before it belongs
+    to the previous example and must not learn to predict it. attention_mask is all ones: the real
+    tokens the loop counts.
+    """
+    if items[0].labels is None:
+        raise DataError("train.batching: 'pack' joins causal-LM examples; use 'bucket' or 'pad' for classification")
+    ids = torch.tensor([t for item in items for t in item.input_ids], dtype=torch.long).unsqueeze(0)
+    positions = torch.cat([torch.arange(len(item)) for item in items]).unsqueeze(0)
+    labels = torch.tensor([t for item in items for t in (IGNORE_INDEX, *item.labels[1:])], dtype=torch.long)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "position_ids": positions,
+        "labels": labels.unsqueeze(0),
+        "segment_lengths": torch.tensor([len(item) for item in items], dtype=torch.long),
+    }
+
+
 def iterate_batches(
     encoded: Sequence[Encoded], batch_size: int, pad_id: int, *, seed: int, epoch: int, mode: str, skip: int = 0
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Collated batches of one epoch, starting after `skip` batches (for resuming)."""
     lengths = [len(e) for e in encoded]
     for indices in batch_order(lengths, batch_size, seed, epoch, mode)[skip:]:
-        yield collate([encoded[i] for i in indices], pad_id)
+        items = [encoded[i] for i in indices]
+        yield collate_packed(items) if mode == "pack" else collate(items, pad_id)
 
 
 def length_sorted_batches(

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import PackedAttention
 from .data import IGNORE_INDEX
 from .precision import autocast_weight
 
@@ -37,13 +38,20 @@ def _backbone(model: nn.Module) -> nn.Module:
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over completion tokens (labels != -100).
 
-    input_ids, attention_mask, labels: (B, T). Hidden states (B, T, d) -> the N rows whose next
+    input_ids, attention_mask, labels: (B, T), or a packed row (`data.collate_packed`: position_ids and
+    segment_lengths instead of the mask). Hidden states (B, T, d) -> the N rows whose next
     token is a target -> head (N, V) -> cross entropy against labels shifted by one.
     """
     # use_cache=False: no key/value cache to build (a copy per layer) for a single forward pass.
-    hidden = _backbone(model)(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state
+    if "segment_lengths" in batch:  # a packed row (data.collate_packed): attention stays inside each example
+        with PackedAttention(batch["segment_lengths"].tolist()):
+            hidden = _backbone(model)(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False
+            ).last_hidden_state
+    else:
+        hidden = _backbone(model)(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
     targets = batch["labels"][:, 1:]  # (B, T-1): the token each position must predict
     keep = targets != IGNORE_INDEX
     rows = hidden[:, :-1][keep]  # (N, d)

@@ -13,8 +13,8 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_directory
-from .data import Encoded, EncodeStats, encode_classification, encode_generation, subsample
-from .errors import TargetError
+from .data import Encoded, EncodeStats, encode_classification, encode_generation, resolve_batching, subsample
+from .errors import DataError, TargetError
 from .generate import GenerationSettings
 from .lora import (
     InjectionReport,
@@ -134,6 +134,8 @@ def encode(task: Task, examples: list, tokenizer, max_length: int) -> tuple[list
 
 def prepare_data(recipe: Recipe, task: Task, tokenizer) -> tuple[list[Encoded], list[Encoded], dict]:
     """Encoded training and validation examples, and counts for the log."""
+    if resolve_batching(recipe.train.batching, task.kind) == "pack" and task.kind != "generation":
+        raise DataError(f"train.batching: 'pack' joins causal-LM examples; task {task.name} is {task.kind}, use 'bucket' or 'pad'")
     data_dir = task_data_dir(task, recipe.data_dir)
     options = data_options(recipe)
     train_split, valid_split = "train", recipe.eval.split
@@ -158,10 +160,11 @@ def loss_function(task: Task):
     return causal_lm_loss if task.kind == "generation" else classification_loss
 
 
-def loop_settings(recipe: Recipe) -> LoopSettings:
-    """The recipe's `train:` section, seed and precision, as the training loop takes them."""
+def loop_settings(recipe: Recipe, task: Task) -> LoopSettings:
+    """The recipe's `train:` section, seed and precision, as the training loop takes them
+    (`train.batching: auto` resolved for the task)."""
     return from_section(LoopSettings, recipe.train, seed=recipe.seed, precision=recipe.precision,
-                        task_eval_every=recipe.eval.every)
+                        task_eval_every=recipe.eval.every, batching=resolve_batching(recipe.train.batching, task.kind))
 
 
 def adapter_metadata(prepared: Prepared, recipe: Recipe, task: Task) -> dict[str, str]:

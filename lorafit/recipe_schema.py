@@ -79,8 +79,11 @@ class TrainConfig:
     warmup_steps: int = _opt(0, "optimizer steps of linear warm-up from 0 to lr", ge=0)
     schedule: Literal["linear", "cosine", "constant"] = _opt("linear", "learning-rate decay after warm-up")
     max_grad_norm: float | None = _opt(1.0, "clip the gradient norm to this; null: no clipping", gt=0)
-    batching: Literal["bucket", "pad"] = _opt(
-        "bucket", "bucket: batch examples of similar length (little padding); pad: random batches padded to their longest"
+    batching: Literal["auto", "bucket", "pad", "pack"] = _opt(
+        "auto",
+        "auto: pack for causal LMs, bucket for classifiers; bucket: batch examples of similar length (little "
+        "padding); pad: random batches padded to their longest; pack (causal LMs): random batches joined into "
+        "one unpadded row, attention kept within each example",
     )
     log_every: int = _opt(10, "log the training loss every N optimizer steps", gt=0)
     eval_every: int = _opt(0, "validation loss every N optimizer steps; 0: only at the end", ge=0)

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from .console import Reporter, format_train_record, format_train_status
+from .data import resolve_batching
 from .errors import RunDirError
 from .interrupts import sigterm_as_interrupt
 from .pipeline import (
@@ -92,7 +93,8 @@ def run_training(
     train_data, valid_data, data_counts = prepare_data(recipe, task, prepared.tokenizer)
     reporter.info(
         f"data: {data_counts['train_examples']} train / {data_counts['valid_examples']} validation examples "
-        f"({data_counts['train_truncated']} truncated, {data_counts['train_skipped']} skipped as too long)"
+        f"({data_counts['train_truncated']} truncated, {data_counts['train_skipped']} skipped as too long); "
+        f"batching {resolve_batching(recipe.train.batching, task.kind)}"
     )
 
     if not resume:
@@ -111,7 +113,7 @@ def run_training(
         if snapshot is None and run.metrics.exists():
             run.metrics.unlink()
 
-    settings = loop_settings(recipe)
+    settings = loop_settings(recipe, task)
     total = total_optimizer_steps(len(train_data), settings)
 
     def save_checkpoint(snapshot_fn) -> None:

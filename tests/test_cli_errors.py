@@ -186,7 +186,7 @@ def test_too_long_examples_are_truncated_or_skipped_and_counted(tmp_path, model_
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = run_cli(["train", text_recipe(tmp_path, model_dir, path, max_length=64), "-o", tmp_path / "run"])
     assert result.exit_code == 0, result.output
-    assert "data: 5 train / 0 validation examples (3 truncated, 2 skipped as too long)" in result.stdout
+    assert "data: 5 train / 0 validation examples (3 truncated, 2 skipped as too long); batching pack" in result.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["train_truncated"], summary["train_skipped"]) == (3, 2)
 

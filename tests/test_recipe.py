@@ -51,7 +51,7 @@ def test_minimal_recipe_takes_every_default_from_the_dataclasses():
     )
     t = recipe.train
     assert (t.epochs, t.max_steps, t.batch_size, t.grad_accum, t.lr) == (1.0, None, 8, 1, 2e-4)
-    assert (t.weight_decay, t.warmup_steps, t.schedule, t.max_grad_norm, t.batching) == (0.0, 0, "linear", 1.0, "bucket")
+    assert (t.weight_decay, t.warmup_steps, t.schedule, t.max_grad_norm, t.batching) == (0.0, 0, "linear", 1.0, "auto")
     assert (t.log_every, t.eval_every, t.save_every, t.keep_checkpoints, t.method) == (10, 0, 0, 2, "lora")
     d = recipe.data
     assert (d.max_length, d.max_train_examples, d.max_valid_examples, d.train_file, d.num_labels) == (512, None, 200, None, None)
