@@ -284,9 +284,10 @@ def step_flops(fm: dict, real_tokens: int, sum_len_sq: int, head_tokens: int) ->
 
 
 def batch_stats(batch: dict) -> dict:
-    """Counts of one collated batch: real (non-pad) tokens, padded positions, loss targets, sum of L^2."""
+    """Counts of one collated batch: real (non-pad) tokens, padded positions, loss targets, sum of L^2
+    over the examples, examples. A packed row (lorafit's `batching: pack`) counts each example's length."""
     mask = batch["attention_mask"]
-    lengths = mask.sum(dim=1)
+    lengths = batch["segment_lengths"] if "segment_lengths" in batch else mask.sum(dim=1)
     labels = batch.get("labels")
     if labels is not None and labels.dim() == 2:
         targets = int((labels[:, 1:] != -100).sum())
@@ -297,7 +298,7 @@ def batch_stats(batch: dict) -> dict:
         "padded": int(mask.numel()),
         "targets": targets,
         "sum_len_sq": int((lengths.long() ** 2).sum()),
-        "rows": int(mask.shape[0]),
+        "rows": int(lengths.numel()),
     }
 
 
