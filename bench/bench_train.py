@@ -11,8 +11,8 @@ tokenized once by lorafit's encoder so both sides see identical token ids), with
 LoRA config (rank, alpha, dropout, targets, modules_to_save), lr, weight decay, schedule, clipping,
 batch size and seed; steps and warm-up are shortened for the bench and equal on both sides.
 
-- lorafit: `prepare_model` / `prepare_data` / `fit` with the recipe (bucketed batches, completion-only
-  head, `precision` autocast).
+- lorafit: `prepare_model` / `prepare_data` / `fit` with the recipe (`batching: auto`: packed E2E rows,
+  bucketed SST-2 batches; completion-only head, `precision` autocast).
 - PEFT + Trainer: `get_peft_model` + `Trainer` with the collator a user would pick
   (DataCollatorForSeq2Seq(label_pad_token_id=-100) for the causal LM with a masked prompt,
   DataCollatorWithPadding for SST-2), `bf16=True` for bf16, defaults otherwise.

@@ -1,4 +1,5 @@
-"""Attention dropout on a CPU without torch's per-element `bernoulli_` draws.
+"""Attention while training: dropout without per-element `bernoulli_` draws on a CPU, and packed rows
+attended example by example (`PackedAttention`, for `train.batching: pack`).
 
 BERT (attention_probs_dropout_prob 0.1) and GPT-2 (attn_pdrop 0.1) pass their attention dropout to
 `F.scaled_dot_product_attention`. With `dropout_p > 0` torch 2.13's CPU dispatch cannot use its flash
@@ -107,6 +108,7 @@ class PackedAttention(TorchFunctionMode):
         super().__init__()
         self.lengths = list(segment_lengths)
         self.total = sum(self.lengths)
+        self.calls = 0  # attention calls split so far: 0 after a forward means the model bypassed SDPA
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -117,6 +119,7 @@ class PackedAttention(TorchFunctionMode):
         if query.size(-2) != self.total or key.size(-2) != self.total:
             raise ValueError(f"packed attention: sequence length {query.size(-2)} is not the packed row's {self.total}")
         named.update(attn_mask=None, is_causal=True)  # within one example: plain causal attention
+        self.calls += 1
         # split, not slicing: split's backward joins the pieces' gradients into one tensor, while each
         # slice's backward would write its piece into a zero-filled gradient of the whole row.
         pieces = [

@@ -23,6 +23,7 @@ from torch import nn
 
 from .attention import PackedAttention
 from .data import IGNORE_INDEX
+from .errors import DataError
 from .precision import autocast_weight
 
 # Rows of the (rows, V) logit chunk: 128 x 49k fp32 is 25 MB, small enough to reuse its memory
@@ -38,16 +39,23 @@ def _backbone(model: nn.Module) -> nn.Module:
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over completion tokens (labels != -100).
 
-    input_ids, attention_mask, labels: (B, T), or a packed row (`data.collate_packed`: position_ids and
-    segment_lengths instead of the mask). Hidden states (B, T, d) -> the N rows whose next
+    input_ids, attention_mask, labels: (B, T), or a packed row (`data.collate_packed`: B = 1, plus
+    position_ids and segment_lengths). Hidden states (B, T, d) -> the N rows whose next
     token is a target -> head (N, V) -> cross entropy against labels shifted by one.
     """
     # use_cache=False: no key/value cache to build (a copy per layer) for a single forward pass.
     if "segment_lengths" in batch:  # a packed row (data.collate_packed): attention stays inside each example
-        with PackedAttention(batch["segment_lengths"].tolist()):
+        packed = PackedAttention(batch["segment_lengths"].tolist())
+        with packed:  # the all-ones mask spares transformers the (T, T) mask PackedAttention would not use
             hidden = _backbone(model)(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], use_cache=False,
             ).last_hidden_state
+        if packed.calls == 0:  # another attention path would have let the examples see each other
+            raise DataError(
+                "train.batching: 'pack' needs the model's attention to run through torch's "
+                "scaled_dot_product_attention (attn_implementation 'sdpa'); use 'bucket' or 'pad'"
+            )
     else:
         hidden = _backbone(model)(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False

@@ -155,3 +155,10 @@ def test_auto_packs_causal_lms_and_buckets_classifiers():
     assert resolve_batching("auto", "generation") == "pack"
     assert resolve_batching("auto", "classification") == "bucket"
     assert [resolve_batching(m, "generation") for m in ("bucket", "pad", "pack")] == ["bucket", "pad", "pack"]
+
+
+def test_pack_refuses_a_model_whose_attention_bypasses_sdpa():
+    model = tiny_llama()
+    model.set_attn_implementation("eager")  # would attend across the examples of the row
+    with pytest.raises(DataError, match="'pack' needs the model's attention .* scaled_dot_product_attention"):
+        causal_lm_loss(model, collate_packed(encoded_examples()))
