@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import tiny_bert, tiny_gpt2, tiny_llama, tiny_tokenizer
+from tiny import tiny_bert, tiny_gpt2, tiny_llama, tiny_tokenizer, with_trained_looking_lora
 
 from lorafit import loss as loss_module
 from lorafit.data import (
@@ -15,7 +15,6 @@ from lorafit.data import (
     encode_generation,
     iterate_batches,
 )
-from lorafit.lora import LoraSpec, add_lora
 from lorafit.loss import causal_lm_loss, causal_lm_loss_full_logits, classification_loss, head_cross_entropy
 from lorafit.tasks.types import ClassificationExample, GenerationExample
 
@@ -105,12 +104,7 @@ def test_completion_only_head_matches_full_logits_loss_and_gradients():
         grads = []
         losses = []
         for loss_fn in (causal_lm_loss, causal_lm_loss_full_logits):
-            model = build()
-            add_lora(model, LoraSpec(rank=4, alpha=8, targets=("all-linear",)))
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    if "lora_B" in name:
-                        p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+            model = with_trained_looking_lora(build())
             loss = loss_fn(model, batch)
             loss.backward()
             losses.append(loss.item())

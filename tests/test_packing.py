@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
+from tiny import tiny_gpt2, tiny_llama, tiny_tokenizer, with_trained_looking_lora
 
 import lorafit.loss as loss_module
 from lorafit.attention import PackedAttention
@@ -19,7 +19,6 @@ from lorafit.data import (
     resolve_batching,
 )
 from lorafit.errors import DataError
-from lorafit.lora import LoraSpec, add_lora
 from lorafit.loss import causal_lm_loss
 from lorafit.pipeline import prepare_data
 from lorafit.tasks.types import GenerationExample
@@ -86,20 +85,10 @@ def test_each_packed_example_sees_only_itself(build, split_attention):
             start += len(e)
 
 
-def lora_model(build):
-    model = build()
-    add_lora(model, LoraSpec(rank=4, alpha=8, targets=("all-linear",)))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
-    return model
-
-
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
 def test_packed_loss_and_gradients_equal_the_examples_one_by_one(build):
     items = encoded_examples()
-    model = lora_model(build)
+    model = with_trained_looking_lora(build())
     one_by_one = [causal_lm_loss(model, collate([e], 0)) for e in items]
     sum(one_by_one).backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -132,7 +121,7 @@ def test_fit_with_pack_follows_fit_with_pad_step_for_step():
     items = encode_generation(EXAMPLES * 3, tiny_tokenizer(), 512)[0]
     runs = {}
     for mode in ("pad", "pack"):
-        model = lora_model(tiny_llama)
+        model = with_trained_looking_lora(tiny_llama())
         losses = []
         fit(model, items, [], settings(mode), loss_fn=causal_lm_loss, pad_id=0,
             on_log=lambda r, losses=losses: losses.append(r["loss"]) if "loss" in r else None)

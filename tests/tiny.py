@@ -56,6 +56,19 @@ def token_batch(seed: int = 1, batch: int = 2, length: int = 9) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, length), generator=g)
 
 
+def with_trained_looking_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with LoRA r=4 on every linear layer and non-zero lora_B (a fixed draw per parameter
+    name), so the adapters change the output and have gradients worth comparing."""
+    from lorafit.lora import LoraSpec, add_lora
+
+    add_lora(model, LoraSpec(rank=4, alpha=8, targets=("all-linear",)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    return model
+
+
 def randomize_lora(model: torch.nn.Module, seed: int = 2) -> None:
     """Give every lora_B non-zero values, as after training, so deltas are not trivially zero."""
     g = torch.Generator().manual_seed(seed)
