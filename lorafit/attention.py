@@ -4,7 +4,7 @@ attended example by example (`PackedAttention`, for `train.batching: pack`).
 BERT (attention_probs_dropout_prob 0.1) and GPT-2 (attn_pdrop 0.1) pass their attention dropout to
 `F.scaled_dot_product_attention`. With `dropout_p > 0` torch 2.13's CPU dispatch cannot use its flash
 kernel and runs the math fallback, which draws the (B, H, L, S) mask with `bernoulli_`, one generator
-call per element: on SST-2/MiniLM that draw alone took ~2.6% of a training step (docs/performance.md).
+call per element: torch.profiler put that draw alone at ~2.6% of an SST-2/MiniLM fp32 training step.
 `attention_with_fast_dropout` is the same math (scores, mask, softmax, dropout, weighted sum) with the
 mask from `lora.dropout.keep_mask` (one 64-bit draw per four elements, same seeded generator, p rounded
 to a multiple of 1/65536, kept weights scaled by 1 / (1 - p)).
