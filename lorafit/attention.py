@@ -81,13 +81,18 @@ def attention_with_fast_dropout(
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
 
 
+def sdpa_arguments(args: tuple, kwargs: dict) -> dict:
+    """A `scaled_dot_product_attention` call's arguments by name, however they were passed."""
+    return {**dict(zip(_SDPA_PARAMS, args, strict=False)), **kwargs}
+
+
 class FastAttentionDropout(TorchFunctionMode):
     """Routes CPU `scaled_dot_product_attention` calls with dropout_p > 0 to `attention_with_fast_dropout`."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            named = {**dict(zip(_SDPA_PARAMS, args, strict=False)), **kwargs}
+            named = sdpa_arguments(args, kwargs)
             if named.get("dropout_p", 0.0) > 0.0 and named["query"].device.type == "cpu":
                 return attention_with_fast_dropout(**named)
         return func(*args, **kwargs)
@@ -114,7 +119,7 @@ class PackedAttention(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
-        named = {**dict(zip(_SDPA_PARAMS, args, strict=False)), **kwargs}
+        named = sdpa_arguments(args, kwargs)
         query, key, value = named.pop("query"), named.pop("key"), named.pop("value")
         if query.size(-2) != self.total or key.size(-2) != self.total:
             raise ValueError(f"packed attention: sequence length {query.size(-2)} is not the packed row's {self.total}")

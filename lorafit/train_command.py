@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 
 from .console import Reporter, format_train_record, format_train_status
-from .data import resolve_batching
 from .errors import RunDirError
 from .interrupts import sigterm_as_interrupt
 from .pipeline import (
@@ -91,10 +90,11 @@ def run_training(
         f"{counts['adapted_layers']} LoRA layers; precision {precision}"
     )
     train_data, valid_data, data_counts = prepare_data(recipe, task, prepared.tokenizer)
+    settings = loop_settings(recipe, task)
     reporter.info(
         f"data: {data_counts['train_examples']} train / {data_counts['valid_examples']} validation examples "
         f"({data_counts['train_truncated']} truncated, {data_counts['train_skipped']} skipped as too long); "
-        f"batching {resolve_batching(recipe.train.batching, task.kind)}"
+        f"batching {settings.batching}"
     )
 
     if not resume:
@@ -113,7 +113,6 @@ def run_training(
         if snapshot is None and run.metrics.exists():
             run.metrics.unlink()
 
-    settings = loop_settings(recipe, task)
     total = total_optimizer_steps(len(train_data), settings)
 
     def save_checkpoint(snapshot_fn) -> None:
