@@ -31,6 +31,7 @@ test-slow: install
 
 bench: install
 	$(PY) bench/bench_train.py
+	$(PY) bench/profile_step.py
 
 # The paper's experiments at CPU scale (hours on 2 cores; resumable), then docs/results.md.
 results: install

@@ -119,6 +119,32 @@ def test_forward_matches_hand_computation_for_linear_and_conv1d():
         assert torch.allclose(layer(x), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["linear", "conv1d"])
+def test_gradients_match_hand_computation_with_bias_and_3d_input(transposed):
+    # The input, A and B gradients of W x + b + scale * B A x, for both weight orientations.
+    torch.manual_seed(0)
+    d_in, d_out, rank, scale = 12, 10, 3, 2.0
+    weight = torch.nn.Parameter(torch.randn(d_in, d_out) if transposed else torch.randn(d_out, d_in), requires_grad=False)
+    bias = torch.nn.Parameter(torch.randn(d_out), requires_grad=False)
+    layer = LoRALinear(weight, bias, transposed=transposed, rank=rank, alpha=rank * scale)
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+    x = torch.randn(2, 4, d_in, requires_grad=True)
+    upstream = torch.randn(2, 4, d_out)
+    layer(x).backward(upstream)
+    got = [x.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad]
+
+    x_ref = x.detach().clone().requires_grad_(True)
+    a = layer.lora_A.weight.detach().clone().requires_grad_(True)
+    b = layer.lora_B.weight.detach().clone().requires_grad_(True)
+    w = weight.T if transposed else weight
+    expected = x_ref @ w.T + bias + (x_ref @ a.T @ b.T) * scale
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+    expected.backward(upstream)
+    for g, ref in zip(got, [x_ref.grad, a.grad, b.grad], strict=True):
+        assert torch.allclose(g, ref, atol=1e-5)
+
+
 def test_rslora_scale_is_alpha_over_sqrt_rank():
     model = tiny_llama()
     add_lora(model, LoraSpec(rank=16, alpha=8, rslora=True))
