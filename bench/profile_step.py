@@ -90,8 +90,8 @@ def profile_task(task_name: str, precision: str, warmup: int, timed: int, profil
         if len(clock) == warmup + timed:
             profiler.start()  # profiles the steps after the timed ones
 
-    fit(prepared.model, train, [], loop_settings(recipe, task), loss_fn=loss_fn,
-        pad_id=prepared.tokenizer.pad_token_id, on_step=on_step)
+    settings = loop_settings(recipe, task)
+    fit(prepared.model, train, [], settings, loss_fn=loss_fn, pad_id=prepared.tokenizer.pad_token_id, on_step=on_step)
     profiler.stop()
 
     fm = benchlib.flop_model(prepared.model)
@@ -120,7 +120,7 @@ def profile_task(task_name: str, precision: str, warmup: int, timed: int, profil
                                        key=lambda kv: -kv[1])[:8]),
         "timed": timed,
         "profiled": profiled,
-        "batching": loop_settings(recipe, task).batching,
+        "batching": settings.batching,
     }
 
 
