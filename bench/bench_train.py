@@ -152,6 +152,11 @@ def summarize(spec: dict, times: list[float], stats: list[dict], losses: list[fl
     }
 
 
+def task_batch_size(task_name: str) -> int:
+    """The shipped recipe's batch size for a bench task (examples per run = steps x this)."""
+    return recipe_for({"task": task_name, "steps": 1, "examples": 1, "precision": "fp32"}).train.batch_size
+
+
 def child_lorafit(spec: dict) -> dict:
     import time as _t
 
@@ -503,7 +508,7 @@ def main() -> None:
         steps = cfg["quick_steps"] if args.quick else (args.steps or cfg["steps"])
         warmup = 2 if args.quick else WARMUP
         window = min(WINDOW, steps - warmup) if not args.quick else steps // 2
-        batch = recipe_for({"task": task_name, "steps": steps, "examples": 1, "precision": "fp32"}).train.batch_size
+        batch = task_batch_size(task_name)
         base = {
             "task": task_name, "steps": steps, "warmup": warmup, "window": window, "examples": steps * batch,
             "eval": 32 if args.quick else cfg["eval"],

@@ -69,8 +69,8 @@ def profile_task(task_name: str, precision: str, warmup: int, timed: int, profil
     from lorafit.train import fit
 
     steps = warmup + timed + profiled
-    recipe = bench_train.recipe_for({"task": task_name, "steps": steps, "examples": 1, "precision": precision})
-    spec = {"task": task_name, "steps": steps, "examples": steps * recipe.train.batch_size, "precision": precision}
+    spec = {"task": task_name, "steps": steps, "examples": steps * bench_train.task_batch_size(task_name),
+            "precision": precision}
     recipe = bench_train.recipe_for(spec)
     task = load_task(recipe)
     prepared = prepare_model(recipe, task)
