@@ -14,6 +14,7 @@ from .errors import DataError
 from .evaluate import predict, read_predictions, score
 from .generate import GenerationSettings
 from .loading import load_target
+from .models import looks_like_path
 from .pipeline import data_options, generation_settings
 from .recipe import Recipe, load_recipe
 from .runs import RECIPE_FILE, is_run_dir
@@ -54,6 +55,17 @@ def recipe_of_target(target: str | None) -> Recipe | None:
     return None
 
 
+def missing_task_message(target: str | None) -> str:
+    """Why --task is needed, naming TARGET when it is a path that is missing or not a run directory."""
+    if target is not None:
+        path = Path(target).expanduser()
+        if not path.exists() and looks_like_path(target):
+            return f"{target}: no such run directory"
+        if path.is_dir():
+            return f"{target}: not a run directory (no {RECIPE_FILE}); give --task to evaluate it as an adapter or model"
+    return "--task is required unless TARGET is a run directory"
+
+
 def eval_items(task: Task, data_dir: Path | None, split: str, options: DataOptions, limit: int | None) -> list:
     """The split's first `limit` (None: all) eval inputs; a split the task does not have is a DataError."""
     if split not in task.splits:
@@ -91,7 +103,7 @@ def run_eval(request: EvalRequest, reporter: Reporter) -> dict:
     recipe = recipe_of_target(request.target)
     task_name = request.task or (recipe.task if recipe else None)
     if task_name is None:
-        raise DataError("--task is required unless TARGET is a run directory")
+        raise DataError(missing_task_message(request.target))
     options = data_options(recipe) if recipe is not None else DataOptions()
     task = get_task(task_name, options)
     split = request.split or (recipe.eval.split if recipe else "dev")

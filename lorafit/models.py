@@ -69,12 +69,12 @@ def resolve_model(name: str) -> ModelRef:
     if name in ALIASES:
         return ModelRef(name, name, str(alias_checkpoint(name)))
     path = Path(name).expanduser()
-    if path.exists() or _looks_like_path(name):
+    if path.exists() or looks_like_path(name):
         return ModelRef(name, None, str(_local_model_dir(path, name)))
     return ModelRef(name, None, _hub_model(name))
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     """HF ids are `name` or `org/name`; anything else with a separator or a leading . or ~ is a path."""
     return name.startswith((".", "~", "/", "\\")) or name.count("/") > 1 or "\\" in name or name.endswith("/")
 

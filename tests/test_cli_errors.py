@@ -254,6 +254,14 @@ def test_merge_into_an_existing_output_needs_overwrite(tmp_path, trained):
     assert tree_bytes(tmp_path / "merged") == {"keep.txt": b"mine"}
 
 
+def test_eval_without_task_names_the_target_it_could_not_use(tmp_path):
+    """Without --task only a run directory says which task to score; a typo'd or plain directory is named."""
+    fails(["eval", tmp_path / "typo-run"], 2, str(tmp_path / "typo-run"), "no such run directory")
+    (tmp_path / "plain").mkdir()
+    fails(["eval", tmp_path / "plain"], 2, str(tmp_path / "plain"), "not a run directory", "recipe.yaml", "--task")
+    fails(["eval", "smollm2-135m"], 2, "--task is required")
+
+
 # ---- training -------------------------------------------------------------------------------------
 
 
