@@ -1,7 +1,10 @@
-"""memory.py: malloc_trim hands free heap pages back to the OS, and fit() calls it on schedule."""
+"""memory.py: malloc_trim hands free heap pages back to the OS, fit() calls it on schedule, and importing
+lorafit bounds oneDNN's primitive cache."""
 
 import ctypes
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -91,3 +94,49 @@ def test_fit_waits_for_the_minimum_seconds_between_trims(monkeypatch):
     model, examples, settings = tiny_run()
     assert fit(model, examples, [], settings, loss_fn=causal_lm_loss, pad_id=0).state.step == 7
     assert calls == []
+
+
+# ---- oneDNN's primitive cache -------------------------------------------------------------------------
+
+BF16_SHAPES_SCRIPT = """
+import torch
+import lorafit
+# K = 64 first, then 70 other shapes, then K = 64 again: a cache of 64 entries has evicted the first.
+for k in [64, *range(65, 135), 64]:
+    torch.ones(8, k, dtype=torch.bfloat16) @ torch.ones(k, 16, dtype=torch.bfloat16)
+"""
+
+
+def onednn_creations(tmp_path, env_extra: dict) -> list[str]:
+    """oneDNN's verbose 'create' records (cache_miss / cache_hit) of the repeated 8x64 @ 64x16 matmul."""
+    env = {k: v for k, v in os.environ.items() if k not in memory.ONEDNN_CACHE_VARIABLES}
+    env.update(ONEDNN_VERBOSE="all", **env_extra)
+    script = tmp_path / "shapes.py"
+    script.write_text(BF16_SHAPES_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, check=True)
+    records = [line.split(",") for line in done.stdout.splitlines() if line.startswith("onednn_verbose")]
+    if not any("brg_matmul" in ",".join(r) for r in records):
+        pytest.skip("bf16 matmuls do not run through oneDNN's kernels here")
+    return [r[3] for r in records if r[3].startswith("create") and r[-2] == "8x64:64x16"]
+
+
+def test_limit_sets_the_capacity_only_when_the_user_did_not(monkeypatch):
+    for name in memory.ONEDNN_CACHE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert memory.limit_onednn_primitive_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(memory.ONEDNN_PRIMITIVE_CACHE_CAPACITY)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
+    assert not memory.limit_onednn_primitive_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    monkeypatch.setenv("DNNL_PRIMITIVE_CACHE_CAPACITY", "9")  # oneDNN's older name counts as the user's choice
+    assert not memory.limit_onednn_primitive_cache()
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+
+
+def test_importing_lorafit_bounds_onednn_cache_and_keeps_a_users_size(tmp_path):
+    # 72 bf16 matmuls of 71 shapes: with lorafit's 64 entries the repeated first shape was evicted and is
+    # built again; with the size a user set (oneDNN's default, 1024) it is found in the cache.
+    assert onednn_creations(tmp_path, {}) == ["create:cache_miss", "create:cache_miss"]
+    kept = onednn_creations(tmp_path, {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"})
+    assert kept == ["create:cache_miss", "create:cache_hit"]
