@@ -19,12 +19,14 @@ Only glibc has `malloc_trim`; elsewhere (macOS, musl) `release_free_heap` does n
 oneDNN, which runs torch's bf16 matmuls on CPU, builds a "primitive" (a kernel specialised to one shape)
 per matmul shape and keeps up to 1024 of them in a process-wide cache, each holding memory of its
 own. Packed or bucketed batches change the sequence length every step, so every step adds ~20 new
-shapes that never recur and the cache grows for the first ~50 steps: on a 120-step E2E/SmolLM2 bf16
-run, peak RSS 3352 MB with the default cache, 2676 MB with 64 entries, same speed (a step uses ~20
-shapes, all reused across its layers; with no cache at all the same run is 1.5x slower).
-`limit_onednn_primitive_cache` sets 64 through the environment variable oneDNN reads when it creates
-its cache, i.e. before the process's first bf16 matmul; `import lorafit` calls it, and a value the
-user set (ONEDNN_ or DNNL_PRIMITIVE_CACHE_CAPACITY) is kept. fp32 matmuls do not go through oneDNN.
+shapes that never recur, and the cache keeps growing for the first ~50 steps of a run. With 64
+entries a step's shapes (all reused across its layers) still fit: on 250 E2E/SmolLM2 bf16 steps peak
+RSS fell to 0.74x of oneDNN's default and the speed did not drop (docs/performance.md, `bench/bench_train.py
+--variant NAME:onednn_primitive_cache=1024`); with no cache at all every matmul builds its kernel again
+(much slower). `limit_onednn_primitive_cache` sets 64 through the environment variable oneDNN reads
+when it creates its cache, i.e. before the process's first bf16 matmul; `import lorafit` calls it,
+and a size the user set (ONEDNN_ or DNNL_PRIMITIVE_CACHE_CAPACITY) is kept. fp32 matmuls do not go
+through oneDNN.
 """
 
 from __future__ import annotations
