@@ -45,12 +45,18 @@ import benchlib  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LORAFIT_DATA", str(benchlib.REPO.parent / "shared" / "data"))
-# oneDNN's primitive cache size as the user left it, read before anything imports lorafit (whose import
-# sets it for lorafit's side; lorafit/memory.py). PEFT + Trainer's side runs with the user's setting or
-# oneDNN's default, as a PEFT user would.
-ONEDNN_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+# oneDNN's primitive cache size as the user left it (either of the names oneDNN reads), taken before
+# anything imports lorafit, whose import sets it for lorafit's side (lorafit/memory.py; the names are
+# spelled out here because importing that module would set them). PEFT + Trainer's side runs with the
+# user's setting or oneDNN's default, as a PEFT user would.
+ONEDNN_CACHE, DNNL_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"
 ONEDNN_DEFAULT_CACHE = "1024"
-USER_ONEDNN_CACHE = os.environ.get(ONEDNN_CACHE)
+USER_ONEDNN_CACHE = {name: os.environ[name] for name in (ONEDNN_CACHE, DNNL_CACHE) if name in os.environ}
+
+
+def onednn_cache_setting() -> str | None:
+    """The primitive cache size this process's oneDNN reads (recorded with each side's result)."""
+    return os.environ.get(ONEDNN_CACHE, os.environ.get(DNNL_CACHE))
 
 # steps: timed steps + warm-up; examples = steps * batch_size, so each example is seen once.
 TASKS = {
@@ -236,7 +242,7 @@ def child_lorafit(spec: dict) -> dict:
     t1 = _t.perf_counter()
     out.update(heldout_metrics(prepared.model, heldout, task.kind, pad_id))
     out.update(setup_s=setup_s, eval_s=_t.perf_counter() - t1, peak_rss_mb=train_rss, flop_model=fm,
-               torch_threads=torch.get_num_threads(), onednn_primitive_cache=os.environ.get(ONEDNN_CACHE))
+               torch_threads=torch.get_num_threads(), onednn_primitive_cache=onednn_cache_setting())
     return out
 
 
@@ -332,7 +338,7 @@ def child_peft(spec: dict) -> dict:
     t1 = _t.perf_counter()
     out.update(heldout_metrics(model, heldout, task.kind, tokenizer.pad_token_id))
     out.update(setup_s=setup_s, eval_s=_t.perf_counter() - t1, peak_rss_mb=train_rss, flop_model=fm,
-               optim=str(args.optim), torch_threads=torch.get_num_threads(), onednn_primitive_cache=os.environ.get(ONEDNN_CACHE))
+               optim=str(args.optim), torch_threads=torch.get_num_threads(), onednn_primitive_cache=onednn_cache_setting())
     return out
 
 
@@ -344,8 +350,9 @@ def run_child(spec: dict) -> dict:
     env = dict(os.environ)
     if spec.get("malloc_mmap_threshold"):  # experiment: glibc reads this at start-up; pins the mmap threshold
         env["MALLOC_MMAP_THRESHOLD_"] = str(spec["malloc_mmap_threshold"])
-    if spec["side"] == "peft":
-        env[ONEDNN_CACHE] = USER_ONEDNN_CACHE or ONEDNN_DEFAULT_CACHE
+    if spec["side"] == "peft":  # explicit: the child imports lorafit's data code, which would set 64
+        env.pop(ONEDNN_CACHE, None)
+        env.update(USER_ONEDNN_CACHE or {ONEDNN_CACHE: ONEDNN_DEFAULT_CACHE})
     elif spec.get("onednn_primitive_cache"):  # experiment: another cache size for lorafit's side
         env[ONEDNN_CACHE] = str(spec["onednn_primitive_cache"])
     began = time.perf_counter()
