@@ -42,4 +42,4 @@ lint: install
 	$(VENV)/bin/ruff check lorafit tests bench
 
 docs: install
-	$(PY) -m lorafit.recipe_docs > docs/recipes.md
+	$(PY) -m lorafit.recipe.docs > docs/recipes.md

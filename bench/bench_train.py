@@ -68,8 +68,8 @@ WINDOW = 20  # final training loss: mean of the last WINDOW steps
 
 
 def recipe_for(spec: dict):
-    from lorafit.recipe import parse_recipe
-    from lorafit.shipped import recipe_text
+    from lorafit.recipe.parse import parse_recipe
+    from lorafit.recipe.shipped import recipe_text
 
     name = TASKS[spec["task"]]["recipe"]
     steps = spec["steps"]
@@ -91,9 +91,9 @@ def recipe_for(spec: dict):
 
 
 def heldout_examples(recipe, task, tokenizer, limit: int):
-    from lorafit.data import subsample
-    from lorafit.pipeline import data_options, encode
+    from lorafit.data.batches import subsample
     from lorafit.tasks import task_data_dir
+    from lorafit.train.setup import data_options, encode
 
     options = data_options(recipe)
     examples = task.load_train(task_data_dir(task, recipe.data_dir), recipe.eval.split, options)
@@ -106,8 +106,8 @@ def heldout_metrics(model, encoded, kind: str, pad_id: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from lorafit.data import count_target_tokens, length_sorted_batches
-    from lorafit.loss import causal_lm_loss
+    from lorafit.data.batches import count_target_tokens, length_sorted_batches
+    from lorafit.train.loss import causal_lm_loss
 
     model.eval()
     get_base = getattr(model, "get_base_model", None)  # PEFT: the transformers model with LoRA layers inside
@@ -174,26 +174,26 @@ def child_lorafit(spec: dict) -> dict:
 
     import torch
 
-    import lorafit.data
-    import lorafit.memory
-    from lorafit.pipeline import load_task, loop_settings, loss_function, prepare_data, prepare_model
-    from lorafit.train import fit
+    import lorafit.data.batches
+    import lorafit.fast.memory
+    from lorafit.train.loop import fit
+    from lorafit.train.setup import load_task, loop_settings, loss_function, prepare_data, prepare_model
 
     t0 = _t.perf_counter()
     if spec.get("bucket_window"):  # experiment: how many batches each length-sorting window spans
-        lorafit.data.BUCKET_WINDOW_BATCHES = spec["bucket_window"]
+        lorafit.data.batches.BUCKET_WINDOW_BATCHES = spec["bucket_window"]
     if "trim_every" in spec or "trim_min_seconds" in spec:  # experiment: when fit() calls malloc_trim
         # trim_every alone means exactly every N steps (0: never), whatever the steps take
-        lorafit.memory.TRIM_EVERY_STEPS = spec.get("trim_every", lorafit.memory.TRIM_EVERY_STEPS)
-        lorafit.memory.TRIM_MIN_SECONDS = spec.get("trim_min_seconds", 0)
+        lorafit.fast.memory.TRIM_EVERY_STEPS = spec.get("trim_every", lorafit.fast.memory.TRIM_EVERY_STEPS)
+        lorafit.fast.memory.TRIM_MIN_SECONDS = spec.get("trim_min_seconds", 0)
     if spec.get("torch_attention_dropout"):  # experiment: attention dropout by torch's SDPA (bernoulli_ mask)
         import contextlib
 
-        import lorafit.train
+        import lorafit.train.loop
 
-        lorafit.train.FastAttentionDropout = contextlib.nullcontext
+        lorafit.train.loop.FastAttentionDropout = contextlib.nullcontext
     if spec.get("pad_multiple"):  # experiment: batch widths rounded up to a multiple (fewer distinct shapes)
-        lorafit.data.PAD_TO_MULTIPLE = spec["pad_multiple"]
+        lorafit.data.batches.PAD_TO_MULTIPLE = spec["pad_multiple"]
     recipe = recipe_for(spec)
     task = load_task(recipe)
     prepared = prepare_model(recipe, task)
@@ -203,13 +203,13 @@ def child_lorafit(spec: dict) -> dict:
     setup_s = _t.perf_counter() - t0
     inner = loss_function(task)
     if spec.get("head") == "hf":  # ablation: the usual head, transformers' own loss over full (B, T, V) logits
-        from lorafit.data import count_target_tokens
+        from lorafit.data.batches import count_target_tokens
 
         def inner(model, batch):
             return model(**batch).loss * count_target_tokens(batch)
     scale = None
     if spec.get("norm_epoch_mean"):  # experiment: divide by the mean target tokens per batch, not this step's
-        from lorafit.data import count_target_tokens
+        from lorafit.data.batches import count_target_tokens
 
         batches = -(-len(train) // recipe.train.batch_size)
         mean_targets = sum(sum(1 for t in e.labels[1:] if t != -100) for e in train) / batches
@@ -264,7 +264,7 @@ def child_peft(spec: dict) -> dict:
     from transformers.utils import logging as hf_logging
 
     from lorafit.models import load_tokenizer, resolve_model
-    from lorafit.pipeline import load_task, prepare_data
+    from lorafit.train.setup import load_task, prepare_data
 
     hf_logging.set_verbosity_error()
     t0 = _t.perf_counter()
@@ -512,8 +512,8 @@ def main() -> None:
     peak = benchlib.matmul_peak()
     print("matmul peak GFLOP/s: " + ", ".join(f"{k} {v['peak_gflops']:.0f} {v['by_size']}" for k, v in peak.items()))
     results: dict = {"info": info, "matmul_peak": peak, "runs": {}, "sides": {}, "ratios": {}}
-    from lorafit.precision import resolve_precision
-    from lorafit.recipe import Recipe
+    from lorafit.fast.precision import resolve_precision
+    from lorafit.recipe.parse import Recipe
 
     default = Recipe.__dataclass_fields__["precision"].default
     default_precision = resolve_precision(default, torch.device("cpu"))

@@ -54,8 +54,8 @@ def merged_copy(adapted):
 def measure(run_dir: Path, rounds: int, new_tokens: int) -> dict:
     import torch
 
-    from lorafit.loading import load_adapter
     from lorafit.models import load_base
+    from lorafit.models.loader import load_adapter
     from lorafit.tasks.e2e import format_prompt
 
     prompts = [format_prompt(mr) for mr in MRS]

@@ -65,8 +65,8 @@ def profile_task(task_name: str, precision: str, warmup: int, timed: int, profil
     of the profiled ones, with each group's batch statistics."""
     from torch.profiler import ProfilerActivity, profile
 
-    from lorafit.pipeline import load_task, loop_settings, loss_function, prepare_data, prepare_model
-    from lorafit.train import fit
+    from lorafit.train.loop import fit
+    from lorafit.train.setup import load_task, loop_settings, loss_function, prepare_data, prepare_model
 
     steps = warmup + timed + profiled
     spec = {"task": task_name, "steps": steps, "examples": steps * bench_train.task_batch_size(task_name),

@@ -1,6 +1,6 @@
 """lorafit: fine-tune language models with LoRA from YAML recipes."""
 
-from .memory import limit_onednn_primitive_cache
+from lorafit.fast.memory import limit_onednn_primitive_cache
 
 __version__ = "0.1.0"
 

@@ -15,9 +15,9 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
-from .console import Reporter
-from .errors import EXIT_INTERRUPTED, EXIT_OTHER, LorafitError
+from lorafit import __version__
+from lorafit.console import Reporter
+from lorafit.errors import EXIT_INTERRUPTED, EXIT_OTHER, LorafitError
 
 app = typer.Typer(
     add_completion=False,
@@ -106,10 +106,10 @@ def train(
     Ctrl-C or SIGTERM writes a checkpoint and exits 130; --resume continues it (docs/trust.md).
     """
     if recipe.is_file():
-        from .recipe import load_recipe
+        from lorafit.recipe.parse import load_recipe
 
         load_recipe(recipe, set_)  # a bad recipe fails in a blink, before torch and transformers load
-    from .train_command import run_training
+    from lorafit.workflows.train import run_training
 
     reporter = Reporter(quiet, json_out)
     summary = run_training(recipe, set_, output, overwrite=overwrite, resume=resume, reporter=reporter)
@@ -132,8 +132,8 @@ def inspect(
       lorafit inspect recipes/e2e-smollm2.yaml
       lorafit inspect recipes/quickstart.yaml --set lora.targets=all-linear
     """
-    from .pipeline import load_task, parameter_summary, prepare_model
-    from .recipe import load_recipe
+    from lorafit.recipe.parse import load_recipe
+    from lorafit.train.setup import load_task, parameter_summary, prepare_model
 
     reporter = Reporter(False, json_out)
     loaded = load_recipe(recipe, set_)
@@ -174,7 +174,7 @@ def merge(
       lorafit merge runs/quickstart -o merged/quickstart
       lorafit merge runs/quickstart/adapter -o merged/quickstart --overwrite
     """
-    from .merge_command import merge_adapter
+    from lorafit.workflows.merge import merge_adapter
 
     reporter = Reporter(quiet, json_out)
     result = merge_adapter(adapter, output, overwrite=overwrite)
@@ -209,7 +209,7 @@ def eval_(
       lorafit eval smollm2-135m --task e2e --limit 30 -o zero-shot.json
       lorafit eval --task e2e --predictions my-system-outputs.txt
     """
-    from .eval_command import EvalRequest, run_eval
+    from lorafit.workflows.evaluate import EvalRequest, run_eval
 
     request = EvalRequest(
         target=target, task=task, split=split, limit=limit, output=output, predictions=predictions,
@@ -232,7 +232,7 @@ def models(json_out: JsonOpt = False) -> None:
       lorafit models
       lorafit models --json
     """
-    from .aliases import list_aliases  # not via models.py: that imports torch
+    from lorafit.models.aliases import list_aliases  # not via models.py: that imports torch
 
     reporter = Reporter(False, json_out)
     rows = list_aliases()
@@ -261,7 +261,7 @@ def recipes_list(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from .shipped import shipped_recipes
+    from lorafit.recipe.shipped import shipped_recipes
 
     reporter = Reporter(False, json_out)
     rows = shipped_recipes()
@@ -282,7 +282,7 @@ def recipes_show(
       lorafit recipes show quickstart
       lorafit recipes show sst2-minilm > my-sst2.yaml && lorafit train my-sst2.yaml
     """
-    from .shipped import recipe_text
+    from lorafit.recipe.shipped import recipe_text
 
     text = recipe_text(name)
     if json_out:
@@ -309,8 +309,8 @@ def report(
       lorafit report runs/sst2-r4 runs/sst2-r8 runs/sst2-r16 -o sst2-ranks.png
       lorafit report runs/* --json
     """
-    from .plots import plot_runs
-    from .report import comparison_table, read_run, report_data, run_labels
+    from lorafit.runs.plots import plot_runs
+    from lorafit.runs.report import comparison_table, read_run, report_data, run_labels
 
     reporter = Reporter(False, json_out)
     records = [read_run(path) for path in runs]

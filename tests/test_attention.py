@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 from tiny import HIDDEN, LAYERS, VOCAB, tiny_bert
 
-import lorafit.attention as attention
-from lorafit.attention import FastAttentionDropout, attention_with_fast_dropout, may_mask_whole_rows
-from lorafit.data import Encoded
-from lorafit.lora.dropout import keep_mask
-from lorafit.loss import classification_loss
-from lorafit.precision import autocast_context
-from lorafit.train import LoopSettings, fit
+import lorafit.fast.attention as attention
+from lorafit.data.batches import Encoded
+from lorafit.fast.attention import FastAttentionDropout, attention_with_fast_dropout, may_mask_whole_rows
+from lorafit.fast.dropout import keep_mask
+from lorafit.fast.precision import autocast_context
+from lorafit.train.loop import LoopSettings, fit
+from lorafit.train.loss import classification_loss
 
 
 def qkv(batch=2, heads=4, length=7, source=7, dim=8, kv_heads=None, seed=0):

@@ -31,9 +31,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import lorafit.lora.adapter as adapter_module
 from lorafit import errors
 from lorafit.errors import WriteError
-from lorafit.loading import load_adapter
 from lorafit.lora import LoraSpec, add_lora, read_adapter_tensors, save_adapter
-from lorafit.runs import RunDir
+from lorafit.models.loader import load_adapter
+from lorafit.runs.rundir import RunDir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHORT = {"max_steps: 40": "max_steps: 4", "save_every: 5": "save_every: 2"}

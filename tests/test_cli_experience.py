@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 from lorafit.cli import app
 from lorafit.console import Reporter, format_train_status
 from lorafit.errors import RecipeError
-from lorafit.recipe import load_recipe
-from lorafit.runs import read_metrics
-from lorafit.shipped import recipe_paths
+from lorafit.recipe.parse import load_recipe
+from lorafit.recipe.shipped import recipe_paths
+from lorafit.runs.rundir import read_metrics
 
 TRAIN_KEYS = {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"}
 PLAIN_STEP_LINE = re.compile(
@@ -175,7 +175,7 @@ def test_tensorboard_event_files(trained):
 def test_tensorboard_resume_drops_redone_steps(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lorafit.tensorboard_log import TensorBoardLog
+    from lorafit.runs.tensorboard import TensorBoardLog
 
     first = TensorBoardLog(tmp_path)
     for step in (1, 2, 3, 4):  # interrupted after step 4; the newest checkpoint is step 2
@@ -191,7 +191,7 @@ def test_tensorboard_resume_drops_redone_steps(tmp_path):
 
 
 def test_tensorboard_missing_is_one_line(monkeypatch):
-    from lorafit.tensorboard_log import summary_writer_class
+    from lorafit.runs.tensorboard import summary_writer_class
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
     with pytest.raises(RecipeError, match=r"pip install lorafit\[tensorboard\]") as error:
@@ -371,7 +371,7 @@ def test_version(cli):
 
 
 def alias_installed(alias: str) -> bool:
-    from lorafit.models import list_aliases
+    from lorafit.models.aliases import list_aliases
 
     return any(row["alias"] == alias and row["installed"] for row in list_aliases())
 

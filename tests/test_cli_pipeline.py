@@ -9,8 +9,8 @@ import torch
 from cli_runs import REPO_ROOT, TINY_RECIPE, run_cli, subprocess_env, write_recipe
 from tiny import save_tiny_model, token_batch
 
-from lorafit.loading import load_adapter
-from lorafit.precision import resolve_precision
+from lorafit.fast.precision import resolve_precision
+from lorafit.models.loader import load_adapter
 
 TRAIN = ["--set", "train.max_steps=6", "--set", "train.save_every=0"]
 
@@ -201,7 +201,7 @@ def test_chat_template_wraps_prompts_and_is_refused_without_one(tmp_path):
     from tiny import tiny_llama, tiny_tokenizer
 
     from lorafit.errors import ModelError
-    from lorafit.generate import GenerationSettings, generate
+    from lorafit.eval.generate import GenerationSettings, generate
 
     model, tokenizer = tiny_llama(), tiny_tokenizer()
     settings = GenerationSettings(max_new_tokens=3, chat_template=True)

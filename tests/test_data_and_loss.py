@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_bert, tiny_gpt2, tiny_llama, tiny_tokenizer, with_trained_looking_lora
 
-from lorafit import loss as loss_module
-from lorafit.data import (
+from lorafit.train import loss as loss_module
+from lorafit.data.batches import (
     IGNORE_INDEX,
     batch_order,
     collate,
@@ -15,8 +15,13 @@ from lorafit.data import (
     encode_generation,
     iterate_batches,
 )
-from lorafit.loss import causal_lm_loss, causal_lm_loss_full_logits, classification_loss, head_cross_entropy
 from lorafit.tasks.types import ClassificationExample, GenerationExample
+from lorafit.train.loss import (
+    causal_lm_loss,
+    causal_lm_loss_full_logits,
+    classification_loss,
+    head_cross_entropy,
+)
 
 EXAMPLES = [
     GenerationExample("name[A], food[Thai]\nDescription:", " A serves Thai food."),
@@ -189,7 +194,7 @@ def test_classification_batches_and_loss():
 
 
 def test_bucket_window_bounds_how_far_lengths_are_sorted(monkeypatch):
-    from lorafit import data
+    from lorafit.data import batches as data
 
     lengths = [(i * 37) % 101 + 1 for i in range(960)]
     spread = {}
@@ -202,7 +207,7 @@ def test_bucket_window_bounds_how_far_lengths_are_sorted(monkeypatch):
 
 
 def test_pad_to_multiple_rounds_the_width_and_keeps_the_loss(monkeypatch):
-    from lorafit import data
+    from lorafit.data import batches as data
 
     tok = tiny_tokenizer()
     encoded, _ = encode_generation(EXAMPLES, tok, 512)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_bert, tiny_gpt2
 
-from lorafit.lora.dropout import FastDropout, keep_mask, use_fast_dropout
+from lorafit.fast.dropout import FastDropout, keep_mask, use_fast_dropout
 from lorafit.lora.layer import LoRALinear
 
 

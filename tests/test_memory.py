@@ -10,11 +10,11 @@ import pytest
 import torch
 from tiny import tiny_llama
 
-import lorafit.memory as memory
-import lorafit.train as train_module
-from lorafit.data import Encoded
-from lorafit.loss import causal_lm_loss
-from lorafit.train import LoopSettings, fit
+import lorafit.fast.memory as memory
+import lorafit.train.loop as train_module
+from lorafit.data.batches import Encoded
+from lorafit.train.loop import LoopSettings, fit
+from lorafit.train.loss import causal_lm_loss
 
 glibc = pytest.mark.skipif(memory._malloc_trim() is None, reason="malloc_trim is glibc's")
 

@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from lorafit.errors import DataError
-from lorafit.metrics import coco_caption, e2e, mteval
+from lorafit.eval.metrics import coco_caption, e2e, mteval
 
 needs_java = pytest.mark.skipif(
     coco_caption.find_java() is None or coco_caption.find_pycocoevalcap() is None,
@@ -168,7 +168,7 @@ def test_java_timeouts_and_no_temp_files_left(monkeypatch, tmp_path):
 
 def test_metric_modules_import_nothing_heavy():
     code = (
-        "import sys, lorafit.metrics, lorafit.metrics.e2e, lorafit.metrics.glue, lorafit.metrics.wikisql\n"
+        "import sys, lorafit.eval.metrics, lorafit.eval.metrics.e2e, lorafit.eval.metrics.glue, lorafit.eval.metrics.wikisql\n"
         "heavy = ['torch', 'sacrebleu', 'sklearn', 'scipy', 'numpy', 'pycocoevalcap']\n"
         "print([name for name in heavy if name in sys.modules])"
     )

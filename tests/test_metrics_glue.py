@@ -5,7 +5,7 @@ import math
 import pytest
 
 from lorafit.errors import DataError
-from lorafit.metrics.glue import MAIN_METRIC, METRICS, score_classification
+from lorafit.eval.metrics.glue import MAIN_METRIC, METRICS, score_classification
 
 # A 2x2 confusion matrix: TP=3 (0, 4, 6), FP=1 (1), FN=1 (5), TN=3 (2, 3, 7).
 PREDS = [1, 1, 0, 0, 1, 0, 1, 0]

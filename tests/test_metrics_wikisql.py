@@ -7,7 +7,7 @@ import re
 import pytest
 
 from lorafit.errors import DataError
-from lorafit.metrics.wikisql import (
+from lorafit.eval.metrics.wikisql import (
     AGG_OPS,
     COND_OPS,
     logical_form_accuracy,

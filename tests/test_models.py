@@ -1,4 +1,4 @@
-"""lorafit.models and lorafit.aliases: resolving aliases / local dirs / HF ids, loading, and the one-time
+"""lorafit.models.base and lorafit.models.aliases: resolving aliases / local dirs / HF ids, loading, and the one-time
 GGUF conversion.
 
 Offline (conftest sets HF_HUB_OFFLINE=1). The alias tests need the two model packages installed
@@ -16,19 +16,19 @@ import torch
 from safetensors import safe_open
 from tiny import VOCAB, tiny_bert, tiny_gpt2, tiny_llama
 
-from lorafit import aliases, models
 from lorafit.errors import ModelError
 from lorafit.lora import LoraSpec, add_lora
 from lorafit.models import (
-    ALIASES,
     ModelRef,
-    list_aliases,
+    aliases,
     load_causal_lm,
     load_classifier,
     load_tokenizer,
     model_identity,
     resolve_model,
 )
+from lorafit.models import resolve as models
+from lorafit.models.aliases import ALIASES, list_aliases
 
 
 def needs_alias(alias):
@@ -304,7 +304,7 @@ def test_concurrent_conversions_convert_once(cache):
 
     def worker():
         try:
-            results.append(models.ensure_converted("smollm2-135m", convert=slow))
+            results.append(aliases.ensure_converted("smollm2-135m", convert=slow))
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 

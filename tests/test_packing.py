@@ -6,9 +6,8 @@ import pytest
 import torch
 from tiny import tiny_gpt2, tiny_llama, tiny_tokenizer, with_trained_looking_lora
 
-import lorafit.loss as loss_module
-from lorafit.attention import PackedAttention
-from lorafit.data import (
+import lorafit.train.loss as loss_module
+from lorafit.data.batches import (
     IGNORE_INDEX,
     Encoded,
     batch_order,
@@ -19,10 +18,11 @@ from lorafit.data import (
     resolve_batching,
 )
 from lorafit.errors import DataError
-from lorafit.loss import causal_lm_loss
-from lorafit.pipeline import prepare_data
+from lorafit.fast.attention import PackedAttention
 from lorafit.tasks.types import GenerationExample
-from lorafit.train import LoopSettings, fit
+from lorafit.train.loop import LoopSettings, fit
+from lorafit.train.loss import causal_lm_loss
+from lorafit.train.setup import prepare_data
 
 EXAMPLES = [
     GenerationExample("name[A], food[Thai]\nDescription:", " A serves Thai food."),

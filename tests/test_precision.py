@@ -4,11 +4,11 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_llama, tiny_tokenizer
 
-from lorafit.data import collate, encode_generation
+from lorafit.data.batches import collate, encode_generation
+from lorafit.fast.precision import FrozenWeightCasts, autocast_context, resolve_precision
 from lorafit.lora import LoraSpec, add_lora
-from lorafit.loss import causal_lm_loss
-from lorafit.precision import FrozenWeightCasts, autocast_context, resolve_precision
 from lorafit.tasks.types import GenerationExample
+from lorafit.train.loss import causal_lm_loss
 
 CPU = torch.device("cpu")
 
@@ -51,7 +51,7 @@ def test_bf16_training_loss_is_close_to_fp32_and_has_gradients():
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_bf16_matmuls(monkeypatch):
-    from lorafit import precision as train
+    from lorafit.fast import precision as train
 
     assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False})

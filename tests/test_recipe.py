@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lorafit.errors import EXIT_BAD_INPUT, RecipeError
-from lorafit.recipe import (
+from lorafit.recipe.parse import (
     LoraConfig,
     Recipe,
     TrainConfig,
@@ -498,6 +498,6 @@ def test_recipe_hash_is_stable_and_changes_with_any_value():
 
 
 def test_recipe_module_imports_neither_torch_nor_transformers():
-    code = "import sys, lorafit.recipe, lorafit.recipe_docs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    code = "import sys, lorafit.recipe.parse, lorafit.recipe.docs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

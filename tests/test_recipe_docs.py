@@ -3,8 +3,8 @@
 import dataclasses
 from pathlib import Path
 
-from lorafit.recipe import Recipe, all_keys, parse_recipe
-from lorafit.recipe_docs import COMMAND, EXAMPLE, render_docs, type_name, write_docs
+from lorafit.recipe.docs import COMMAND, EXAMPLE, render_docs, type_name, write_docs
+from lorafit.recipe.parse import Recipe, all_keys, parse_recipe
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorafit.errors import RecipeError
-from lorafit.recipe import Recipe, all_keys, dump_recipe, parse_recipe, recipe_from_dict, recipe_hash
+from lorafit.recipe.parse import Recipe, all_keys, dump_recipe, parse_recipe, recipe_from_dict, recipe_hash
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ_SLOW = settings(FUZZ, max_examples=150)  # big generated inputs: generating them is most of the time

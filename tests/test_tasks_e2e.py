@@ -24,7 +24,7 @@ def task():
 
 def test_record(task):
     assert (task.kind, task.num_labels, task.splits) == ("generation", 0, ("train", "dev", "test"))
-    assert task.main_metric == "BLEU"  # a key of lorafit.metrics.e2e.score_e2e's result
+    assert task.main_metric == "BLEU"  # a key of lorafit.eval.metrics.e2e.score_e2e's result
 
 
 @pytest.mark.parametrize(("split", "rows", "mrs"), [("train", 42061, 4862), ("dev", 4672, 547)])

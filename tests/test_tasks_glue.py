@@ -50,7 +50,7 @@ def test_task_records():
 
 
 def test_main_metric_matches_metrics_module():
-    glue_metrics = pytest.importorskip("lorafit.metrics.glue")
+    glue_metrics = pytest.importorskip("lorafit.eval.metrics.glue")
     for spec in SPECS.values():
         assert get_task(spec.task_name).main_metric == glue_metrics.MAIN_METRIC[spec.name]
 
@@ -178,7 +178,7 @@ def test_crlf_and_bom_are_tolerated(tmp_path):
 
 @pytest.mark.parametrize("name", ["glue/cola", "glue/mrpc", "glue/stsb"])
 def test_score_gold_labels(data_dir, name):
-    pytest.importorskip("lorafit.metrics.glue")
+    pytest.importorskip("lorafit.eval.metrics.glue")
     task = get_task(name)
     dev = task.load_eval(data_dir, "dev", None)
     assert task.score([x.label for x in dev], dev)[task.main_metric] == pytest.approx(1.0)

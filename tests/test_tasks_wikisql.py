@@ -99,7 +99,7 @@ def test_errors(task, data_dir, tmp_path):
 
 
 def test_score_has_main_metric(task, data_dir):
-    pytest.importorskip("lorafit.metrics.wikisql")
+    pytest.importorskip("lorafit.eval.metrics.wikisql")
     items = task.load_eval(data_dir, "dev", None)[:3]
     result = task.score([item.references[0] for item in items], items)
     assert result[task.main_metric] == 1.0

@@ -1,6 +1,6 @@
 """The LoRA core: layer, injection, merging and PEFT-format adapter files (torch + safetensors only)."""
 
-from .adapter import (
+from lorafit.lora.adapter import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     adapter_tensors,
@@ -11,9 +11,16 @@ from .adapter import (
     save_adapter,
     spec_from_config,
 )
-from .inject import ALL_LINEAR, InjectionReport, LoraSpec, add_lora, count_parameters, mark_all_trainable
-from .layer import LoRALinear, lora_delta_output, lora_delta_weight, lora_scale
-from .merge import lora_disabled, lora_layers, merge_lora, unload_lora, unmerge_lora
+from lorafit.lora.inject import (
+    ALL_LINEAR,
+    InjectionReport,
+    LoraSpec,
+    add_lora,
+    count_parameters,
+    mark_all_trainable,
+)
+from lorafit.lora.layer import LoRALinear, lora_delta_output, lora_delta_weight, lora_scale
+from lorafit.lora.merge import lora_disabled, lora_layers, merge_lora, unload_lora, unmerge_lora
 
 __all__ = [
     "ALL_LINEAR",

@@ -25,11 +25,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import atomic_directory
-from ..errors import AdapterError
-from .inject import ALL_LINEAR, LoraSpec, find_saved_modules, output_head_names
-from .layer import LoRALinear
-from .merge import lora_layers
+from lorafit.errors import AdapterError
+from lorafit.lora.inject import ALL_LINEAR, LoraSpec, find_saved_modules, output_head_names
+from lorafit.lora.layer import LoRALinear
+from lorafit.lora.merge import lora_layers
+from lorafit.runs.atomic import atomic_directory
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

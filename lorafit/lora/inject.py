@@ -15,8 +15,8 @@ from typing import Literal
 
 from torch import nn
 
-from ..errors import TargetError
-from .layer import LoRALinear, is_linear
+from lorafit.errors import TargetError
+from lorafit.lora.layer import LoRALinear, is_linear
 
 ALL_LINEAR = "all-linear"
 BiasMode = Literal["none", "all", "lora_only"]

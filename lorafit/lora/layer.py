@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dropout import FastDropout
+from lorafit.fast.dropout import FastDropout
 
 InitKind = Literal["kaiming", "gaussian"]
 

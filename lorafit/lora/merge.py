@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..errors import MergeError
-from .layer import LoRALinear
+from lorafit.errors import MergeError
+from lorafit.lora.layer import LoRALinear
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:

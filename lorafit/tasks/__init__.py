@@ -14,10 +14,10 @@ import difflib
 import os
 from pathlib import Path
 
-from ..errors import DataError
-from . import e2e, glue, quickstart, wikisql
-from .text import text_task
-from .types import DataOptions, Task
+from lorafit.errors import DataError
+from lorafit.tasks import e2e, glue, quickstart, wikisql
+from lorafit.tasks.text import text_task
+from lorafit.tasks.types import DataOptions, Task
 
 DATA_ENV = "LORAFIT_DATA"
 TASK_NAMES: tuple[str, ...] = tuple(

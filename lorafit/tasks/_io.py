@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ..errors import DataError
+from lorafit.errors import DataError
 
 
 def check_split(task: str, split: str, splits: Sequence[str], note: str = "") -> None:

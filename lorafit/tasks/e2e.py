@@ -22,10 +22,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import DataError
-from ..metrics.e2e import score_e2e
-from ._io import check_lengths, check_split, column_index, find_file, read_csv
-from .types import DataOptions, EvalItem, GenerationExample, Task
+from lorafit.errors import DataError
+from lorafit.eval.metrics.e2e import score_e2e
+from lorafit.tasks._io import check_lengths, check_split, column_index, find_file, read_csv
+from lorafit.tasks.types import DataOptions, EvalItem, GenerationExample, Task
 
 NAME = "e2e"
 SPLITS = ("train", "dev", "test")

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ..errors import DataError
-from ..metrics.glue import score_classification
-from ._io import check_lengths, check_split, column_index, find_file, read_tsv
-from .types import ClassificationExample, DataOptions, Task
+from lorafit.errors import DataError
+from lorafit.eval.metrics.glue import score_classification
+from lorafit.tasks._io import check_lengths, check_split, column_index, find_file, read_tsv
+from lorafit.tasks.types import ClassificationExample, DataOptions, Task
 
 ENTAILMENT_LABELS = ("entailment", "not_entailment")  # id = position, as in GLUE / HF datasets
 
@@ -58,7 +58,7 @@ class GlueSpec:
         return f"glue/{self.name}"
 
 
-# main_metric: the key of `lorafit.metrics.glue.MAIN_METRIC[name]` (a test checks they agree).
+# main_metric: the key of `lorafit.eval.metrics.glue.MAIN_METRIC[name]` (a test checks they agree).
 SPECS: dict[str, GlueSpec] = {
     spec.name: spec
     for spec in (
@@ -171,7 +171,7 @@ def load(spec: GlueSpec, data_dir: Path, split: str, options: DataOptions | None
 
 
 def score(spec: GlueSpec, predictions: Sequence, items: Sequence[ClassificationExample]) -> dict:
-    """The GLUE metrics of the task (see lorafit.metrics.glue)."""
+    """The GLUE metrics of the task (see lorafit.eval.metrics.glue)."""
     check_lengths(spec.task_name, predictions, items)
     return score_classification(spec.name, list(predictions), [item.label for item in items])
 

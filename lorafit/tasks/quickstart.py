@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from .types import DataOptions, EvalItem, GenerationExample, Task
+from lorafit.tasks.types import DataOptions, EvalItem, GenerationExample, Task
 
 NAMES = (
     "Biscuit Luna Milo Pepper Ziggy Hazel Otis Clover Mochi Juniper Rufus Nala Pickles Willow Toffee "

@@ -34,9 +34,17 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ..errors import DataError
-from ._io import check_lengths, check_split, column_index, read_csv, read_jsonl, read_text, read_tsv
-from .types import ClassificationExample, DataOptions, EvalItem, GenerationExample, Task
+from lorafit.errors import DataError
+from lorafit.tasks._io import (
+    check_lengths,
+    check_split,
+    column_index,
+    read_csv,
+    read_jsonl,
+    read_text,
+    read_tsv,
+)
+from lorafit.tasks.types import ClassificationExample, DataOptions, EvalItem, GenerationExample, Task
 
 NAME = "text"
 SPLIT_FILES = {"train": "train_file", "dev": "valid_file", "test": "test_file"}

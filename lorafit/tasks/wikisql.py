@@ -19,10 +19,10 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import DataError
-from ..metrics.wikisql import score_wikisql
-from ._io import check_lengths, check_split, find_file, read_jsonl
-from .types import DataOptions, EvalItem, GenerationExample, Task
+from lorafit.errors import DataError
+from lorafit.eval.metrics.wikisql import score_wikisql
+from lorafit.tasks._io import check_lengths, check_split, find_file, read_jsonl
+from lorafit.tasks.types import DataOptions, EvalItem, GenerationExample, Task
 
 NAME = "wikisql"
 SPLITS = ("train", "dev", "test")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .lora.dropout import keep_mask
+from lorafit.fast.dropout import keep_mask
 
 
 def may_mask_whole_rows(attn_mask: torch.Tensor | None, is_causal: bool) -> bool:

@@ -27,9 +27,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .atomic import atomic_directory
-from .errors import ModelError
+from lorafit import __version__
+from lorafit.errors import ModelError
+from lorafit.runs.atomic import atomic_directory
 
 try:
     import fcntl
@@ -229,11 +229,10 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     differ from the original fp32 SmolLM2 by the quantization error.
     """
     # Imported here: torch and transformers take seconds to import, and only a conversion needs them;
-    # models.py imports this module, so its helper is imported here too (no import cycle).
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import quiet_transformers
+    from lorafit.models.quiet import quiet_transformers
 
     folder, name = gguf_path.parent, gguf_path.name
     with quiet_transformers(progress=True):

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import RecipeError
-from .recipe_schema import (  # noqa: F401 - re-exported: callers import the schema from here
+from lorafit.errors import RecipeError
+from lorafit.recipe.schema import (  # noqa: F401 - re-exported: callers import the schema from here
     DataConfig,
     EvalConfig,
     LogConfig,

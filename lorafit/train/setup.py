@@ -11,12 +11,19 @@ from pathlib import Path
 
 from torch import nn
 
-from . import __version__
-from .atomic import atomic_directory
-from .data import Encoded, EncodeStats, encode_classification, encode_generation, resolve_batching, subsample
-from .errors import DataError, TargetError
-from .generate import GenerationSettings
-from .lora import (
+from lorafit import __version__
+from lorafit.data.batches import (
+    Encoded,
+    EncodeStats,
+    encode_classification,
+    encode_generation,
+    resolve_batching,
+    subsample,
+)
+from lorafit.errors import DataError, TargetError
+from lorafit.eval.generate import GenerationSettings
+from lorafit.fast.dropout import use_fast_dropout
+from lorafit.lora import (
     InjectionReport,
     LoraSpec,
     add_lora,
@@ -25,14 +32,14 @@ from .lora import (
     safetensors_os_errors,
     save_adapter,
 )
-from .lora.dropout import use_fast_dropout
-from .lora.inject import find_saved_modules
-from .loss import causal_lm_loss, classification_loss
-from .models import HEAD_MODULES, ModelRef, load_base, model_identity, resolve_model
-from .recipe import Recipe, recipe_hash
-from .tasks import get_task, task_data_dir
-from .tasks.types import DataOptions, Task
-from .train import LoopSettings, seed_everything
+from lorafit.lora.inject import find_saved_modules
+from lorafit.models import HEAD_MODULES, ModelRef, load_base, model_identity, resolve_model
+from lorafit.recipe.parse import Recipe, recipe_hash
+from lorafit.runs.atomic import atomic_directory
+from lorafit.tasks import get_task, task_data_dir
+from lorafit.tasks.types import DataOptions, Task
+from lorafit.train.loop import LoopSettings, seed_everything
+from lorafit.train.loss import causal_lm_loss, classification_loss
 
 
 @dataclass

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .atomic import atomic_directory
-from .errors import RunDirError
-from .loading import load_target, target_kind
-from .lora import merge_lora, safetensors_os_errors, unload_lora
+from lorafit.errors import RunDirError
+from lorafit.lora import merge_lora, safetensors_os_errors, unload_lora
+from lorafit.models.loader import load_target, target_kind
+from lorafit.runs.atomic import atomic_directory
 
 
 def merge_adapter(adapter: str, output: Path, *, overwrite: bool) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import ModelError
+from lorafit.errors import ModelError
 
 
 @dataclass(frozen=True)

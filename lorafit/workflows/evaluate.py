@@ -7,19 +7,19 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from . import __version__
-from .atomic import write_text_atomic
-from .console import Reporter
-from .errors import DataError
-from .evaluate import predict, read_predictions, score
-from .generate import GenerationSettings
-from .loading import load_target
-from .models import looks_like_path
-from .pipeline import data_options, generation_settings
-from .recipe import Recipe, load_recipe
-from .runs import RECIPE_FILE, is_run_dir
-from .tasks import get_task, task_data_dir
-from .tasks.types import DataOptions, Task
+from lorafit import __version__
+from lorafit.console import Reporter
+from lorafit.errors import DataError
+from lorafit.eval.generate import GenerationSettings
+from lorafit.eval.predict import predict, read_predictions, score
+from lorafit.models import looks_like_path
+from lorafit.models.loader import load_target
+from lorafit.recipe.parse import Recipe, load_recipe
+from lorafit.runs.atomic import write_text_atomic
+from lorafit.runs.rundir import RECIPE_FILE, is_run_dir
+from lorafit.tasks import get_task, task_data_dir
+from lorafit.tasks.types import DataOptions, Task
+from lorafit.train.setup import data_options, generation_settings
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import RecipeError
+from lorafit.errors import RecipeError
 
 # metrics.jsonl key -> TensorBoard tag; task metrics logged during training arrive as eval_<name>.
 TAGS = {

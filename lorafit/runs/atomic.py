@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import WriteError
+from lorafit.errors import WriteError
 
 
 def write_error(path: Path, error: OSError) -> WriteError:

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import PackedAttention
-from .data import IGNORE_INDEX
-from .errors import DataError
-from .precision import autocast_weight
+from lorafit.data.batches import IGNORE_INDEX
+from lorafit.errors import DataError
+from lorafit.fast.attention import PackedAttention
+from lorafit.fast.precision import autocast_weight
 
 # Rows of the (rows, V) logit chunk: 128 x 49k fp32 is 25 MB, small enough to reuse its memory
 # from chunk to chunk, large enough for an efficient matmul against the (V, d) head.

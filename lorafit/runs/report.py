@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RecipeError, RunDirError
-from .recipe import Recipe, load_recipe
-from .runs import EVAL_FILE, METRICS_FILE, RECIPE_FILE, SUMMARY_FILE, is_run_dir, read_metrics
+from lorafit.errors import RecipeError, RunDirError
+from lorafit.recipe.parse import Recipe, load_recipe
+from lorafit.runs.rundir import EVAL_FILE, METRICS_FILE, RECIPE_FILE, SUMMARY_FILE, is_run_dir, read_metrics
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """docs/recipes.md, generated from the recipe dataclasses (their defaults and `help` metadata).
 
-    python -m lorafit.recipe_docs > docs/recipes.md
+    python -m lorafit.recipe.docs > docs/recipes.md
 
 tests/test_recipe_docs.py fails when the file in the repository differs from what this prints.
 """
@@ -12,9 +12,9 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from .recipe import Recipe
+from lorafit.recipe.parse import Recipe
 
-COMMAND = "python -m lorafit.recipe_docs > docs/recipes.md"
+COMMAND = "python -m lorafit.recipe.docs > docs/recipes.md"
 
 EXAMPLE = """\
 name: e2e-smollm2-r4

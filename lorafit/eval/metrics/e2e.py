@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lorafit.errors import DataError
-from lorafit.metrics import coco_caption, mteval
+from lorafit.eval.metrics import coco_caption, mteval
 
 METRIC_NAMES = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -89,7 +89,7 @@ def bleu_score(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -
     treats that order's precision as 1; with no matching unigram at all sacrebleu returns 0 where
     mteval's smoothing gives a tiny positive value.
     """
-    import sacrebleu  # imported here: keeps `import lorafit.metrics.e2e` cheap
+    import sacrebleu  # imported here: keeps `import lorafit.eval.metrics.e2e` cheap
 
     hyps = [_mteval_case(h) for h in hypotheses]
     # sacrebleu wants one stream per reference slot; None marks "this segment has fewer references".

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attention import FastAttentionDropout
-from .data import Encoded, count_target_tokens, iterate_batches, length_sorted_batches
-from .errors import DivergedError
-from .interrupts import interrupts_deferred
-from .memory import release_free_heap, trim_due
-from .precision import FrozenWeightCasts, autocast_context, resolve_precision
+from lorafit.data.batches import Encoded, count_target_tokens, iterate_batches, length_sorted_batches
+from lorafit.errors import DivergedError
+from lorafit.fast.attention import FastAttentionDropout
+from lorafit.fast.memory import release_free_heap, trim_due
+from lorafit.fast.precision import FrozenWeightCasts, autocast_context, resolve_precision
+from lorafit.runs.interrupts import interrupts_deferred
 
 
 @dataclass

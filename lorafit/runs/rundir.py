@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_directory, recover_directory, write_text_atomic
-from .errors import RunDirError
+from lorafit.runs.atomic import atomic_directory, recover_directory, write_text_atomic
+from lorafit.errors import RunDirError
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DataError
-from .tasks.types import ClassificationExample, GenerationExample
+from lorafit.errors import DataError
+from lorafit.tasks.types import ClassificationExample, GenerationExample
 
 IGNORE_INDEX = -100  # label value that cross_entropy skips
 

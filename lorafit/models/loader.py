@@ -13,8 +13,8 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import AdapterError
-from .lora import (
+from lorafit.errors import AdapterError
+from lorafit.lora import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     LoraSpec,
@@ -24,9 +24,9 @@ from .lora import (
     read_adapter_tensors,
     spec_from_config,
 )
-from .models import ModelRef, load_base, model_identity, resolve_model
-from .runs import ADAPTER_DIR, is_run_dir
-from .tasks.types import Task
+from lorafit.models import ModelRef, load_base, model_identity, resolve_model
+from lorafit.runs.rundir import ADAPTER_DIR, is_run_dir
+from lorafit.tasks.types import Task
 
 
 @dataclass

@@ -11,10 +11,15 @@ import time
 import warnings
 from pathlib import Path
 
-from .console import Reporter, format_train_record, format_train_status
-from .errors import RunDirError
-from .interrupts import sigterm_as_interrupt
-from .pipeline import (
+from lorafit.console import Reporter, format_train_record, format_train_status
+from lorafit.errors import RunDirError
+from lorafit.fast.precision import resolve_precision
+from lorafit.recipe.parse import Recipe, dump_recipe, load_recipe, recipe_hash
+from lorafit.runs.interrupts import sigterm_as_interrupt
+from lorafit.runs.rundir import TENSORBOARD_DIR, RunDir
+from lorafit.runs.tensorboard import TensorBoardLog, summary_writer_class
+from lorafit.train.loop import fit, total_optimizer_steps
+from lorafit.train.setup import (
     load_task,
     loop_settings,
     loss_function,
@@ -23,12 +28,7 @@ from .pipeline import (
     prepare_model,
     save_trained,
 )
-from .precision import resolve_precision
-from .recipe import Recipe, dump_recipe, load_recipe, recipe_hash
-from .run_outputs import finish_run, periodic_eval_record
-from .runs import TENSORBOARD_DIR, RunDir
-from .tensorboard_log import TensorBoardLog, summary_writer_class
-from .train import fit, total_optimizer_steps
+from lorafit.workflows.train_outputs import finish_run, periodic_eval_record
 
 
 def run_directory(recipe: Recipe, output: Path | None) -> RunDir:

@@ -11,18 +11,18 @@ from dataclasses import asdict
 import psutil
 import torch
 
-from . import __version__
-from .console import Reporter
-from .eval_command import eval_items, evaluate_model, print_metrics
-from .generate import generate
-from .lora import lora_disabled
-from .pipeline import Prepared, data_options, generation_settings
-from .plots import plot_runs
-from .recipe import Recipe
-from .runs import EVAL_FILE, SUMMARY_FILE, RunDir
-from .tasks import task_data_dir
-from .tasks.types import Task
-from .train import FitResult
+from lorafit import __version__
+from lorafit.console import Reporter
+from lorafit.eval.generate import generate
+from lorafit.lora import lora_disabled
+from lorafit.recipe.parse import Recipe
+from lorafit.runs.plots import plot_runs
+from lorafit.runs.rundir import EVAL_FILE, SUMMARY_FILE, RunDir
+from lorafit.tasks import task_data_dir
+from lorafit.tasks.types import Task
+from lorafit.train.loop import FitResult
+from lorafit.train.setup import Prepared, data_options, generation_settings
+from lorafit.workflows.evaluate import eval_items, evaluate_model, print_metrics
 
 
 def split_items(recipe: Recipe, task: Task, limit: int | None) -> list:

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import encode_classification, length_sorted_batches
-from .errors import DataError
-from .generate import GenerationSettings, generate
-from .tasks.types import Task
+from lorafit.data.batches import encode_classification, length_sorted_batches
+from lorafit.errors import DataError
+from lorafit.eval.generate import GenerationSettings, generate
+from lorafit.tasks.types import Task
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """Evaluation metrics with the official scripts' semantics: E2E NLG (`e2e`), GLUE (`glue`), WikiSQL (`wikisql`).
 
-Import the submodule you need; this package imports nothing itself, so `import lorafit.metrics`
+Import the submodule you need; this package imports nothing itself, so `import lorafit.eval.metrics`
 stays cheap (no torch, sacrebleu, scikit-learn or pycocoevalcap until a score is computed).
 """

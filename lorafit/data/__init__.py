@@ -1,0 +1,1 @@
+"""Examples -> token ids + loss masks -> batches (pad, bucket, pack)."""
