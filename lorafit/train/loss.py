@@ -13,6 +13,18 @@ gradient buffer, the cast back), each a fresh allocation. `HeadCrossEntropy` ins
 chunk at a time and computes each chunk's loss and its gradient (softmax - one-hot) in the forward
 pass, keeping only the (N, d) input gradient for the backward: same loss and gradients, no (N, V)
 tensor kept (docs/performance.md measures the head's share of a step).
+
+Only for models whose logits ARE lm_head(last hidden state). Skipping the model's forward after the
+backbone also skips whatever that forward does to the logits: Gemma 2 soft-caps them
+(cap * tanh(logits / cap), `final_logit_softcapping`), Cohere multiplies them by `logit_scale`, Granite
+divides them by `logits_scaling`. The head path would train those models on a different loss, with no
+error. So the head path is an allowlist (`PLAIN_HEAD_MODELS`): a config.model_type and the transformers
+class whose forward is checked, by tests/test_loss_matches_model.py, to compute logits = lm_head(hidden)
+and nothing after; a config of that type that still carries a logit transform attribute (any set
+attribute named like *logit*, e.g. a Llama config with `logit_scale`) is refused too. Every other model
+(`uses_plain_head` False) takes `full_forward_loss`: the model's own forward to its (B, T, V) logits,
+transforms included, then the same summed masked cross-entropy. Slower and larger for a big vocabulary,
+never wrong: for any causal LM the loss / target tokens equals `model(..., labels=labels).loss`.
 """
 
 from __future__ import annotations
@@ -31,6 +43,36 @@ from lorafit.fast.precision import autocast_weight
 HEAD_CHUNK_ROWS = 128
 
 
+# config.model_type -> the transformers class whose forward computes logits = lm_head(last_hidden_state)
+# with nothing after it (transformers 5.x; each pair is checked against the model's own loss by
+# tests/test_loss_matches_model.py). A model not listed here trains through its own forward.
+PLAIN_HEAD_MODELS = {
+    "llama": "LlamaForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+# Config attributes that transform logits after the head in some architecture (Gemma 2, Cohere,
+# Granite, ...); any set attribute whose name contains "logit" counts as well.
+LOGIT_TRANSFORM_ATTRIBUTES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def uses_plain_head(model: nn.Module) -> bool:
+    """Whether `model`'s logits are exactly lm_head(last hidden state), so the head path may replace its forward.
+
+    True only for an allowlisted model_type whose class is the listed transformers class (not a
+    remote-code or user subclass with another forward), and whose config sets no logit transform.
+    """
+    config = getattr(model, "config", None)
+    expected = PLAIN_HEAD_MODELS.get(getattr(config, "model_type", None))
+    cls = type(model)
+    if expected is None or cls.__name__ != expected or not cls.__module__.startswith("transformers.models."):
+        return False
+    names = {*LOGIT_TRANSFORM_ATTRIBUTES, *(k for k in vars(config) if "logit" in k.lower())}
+    return all(getattr(config, name, None) is None for name in names)
+
+
 def _backbone(model: nn.Module) -> nn.Module:
     """The transformer body under a *ForCausalLM model (Llama: .model, GPT-2: .transformer)."""
     return model.base_model if hasattr(model, "base_model") else model.model
@@ -40,26 +82,13 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     """Summed next-token cross-entropy over completion tokens (labels != -100).
 
     input_ids, attention_mask, labels: (B, T), or a packed row (`data.collate_packed`: B = 1, plus
-    position_ids and segment_lengths). Hidden states (B, T, d) -> the N rows whose next
-    token is a target -> head (N, V) -> cross entropy against labels shifted by one.
+    position_ids and segment_lengths). Allowlisted models (`uses_plain_head`): hidden states (B, T, d)
+    -> the N rows whose next token is a target -> head (N, V) -> cross entropy against labels shifted
+    by one. Any other model: `full_forward_loss`.
     """
-    # use_cache=False: no key/value cache to build (a copy per layer) for a single forward pass.
-    if "segment_lengths" in batch:  # a packed row (data.collate_packed): attention stays inside each example
-        packed = PackedAttention(batch["segment_lengths"].tolist())
-        with packed:  # the all-ones mask spares transformers the (T, T) mask PackedAttention would not use
-            hidden = _backbone(model)(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False,
-            ).last_hidden_state
-        if packed.calls == 0:  # another attention path would have let the examples see each other
-            raise DataError(
-                "train.batching: 'pack' needs the model's attention to run through torch's "
-                "scaled_dot_product_attention (attn_implementation 'sdpa'); use 'bucket' or 'pad'"
-            )
-    else:
-        hidden = _backbone(model)(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state
+    if not uses_plain_head(model):
+        return full_forward_loss(model, batch)
+    hidden = _run_packed_or_padded(_backbone(model), batch).last_hidden_state
     targets = batch["labels"][:, 1:]  # (B, T-1): the token each position must predict
     keep = targets != IGNORE_INDEX
     rows = hidden[:, :-1][keep]  # (N, d)
@@ -67,6 +96,35 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     if type(head) is not nn.Linear or head.bias is not None:  # e.g. LoRA on the head: the module's own forward
         return F.cross_entropy(head(rows).float(), targets[keep], reduction="sum")
     return head_cross_entropy(rows, head.weight, targets[keep])
+
+
+def full_forward_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`causal_lm_loss` through the model's own forward: its logits (B, T, V), with whatever it does
+    after the head (soft-capping, scaling), then the summed cross-entropy of the target positions."""
+    logits = _run_packed_or_padded(model, batch).logits  # (B, T, V)
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    return F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum")
+
+
+def _run_packed_or_padded(module: nn.Module, batch: dict[str, torch.Tensor]):
+    """module(...) on a padded batch, or on a packed row with its examples attended one by one."""
+    # use_cache=False: no key/value cache to build (a copy per layer) for a single forward pass.
+    if "segment_lengths" not in batch:
+        return module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    # a packed row (data.collate_packed): attention stays inside each example
+    packed = PackedAttention(batch["segment_lengths"].tolist())
+    with packed:  # the all-ones mask spares transformers the (T, T) mask PackedAttention would not use
+        out = module(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"], use_cache=False,
+        )
+    if packed.calls == 0:  # another attention path would have let the examples see each other
+        raise DataError(
+            "train.batching: 'pack' needs the model's attention to run through torch's "
+            "scaled_dot_product_attention (attn_implementation 'sdpa'); use 'bucket' or 'pad'"
+        )
+    return out
 
 
 def head_cross_entropy(rows: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
