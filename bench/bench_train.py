@@ -11,7 +11,7 @@ tokenized once by lorafit's encoder so both sides see identical token ids), with
 LoRA config (rank, alpha, dropout, targets, modules_to_save), lr, weight decay, schedule, clipping,
 batch size and seed; steps and warm-up are shortened for the bench and equal on both sides.
 
-- lorafit: `prepare_model` / `prepare_data` / `fit` with the recipe (`batching: auto`: packed E2E rows,
+- lorafit: `load_for_training` / `prepare_data` / `fit` with the recipe (`batching: auto`: packed E2E rows,
   bucketed SST-2 batches; completion-only head, `precision` autocast).
 - PEFT + Trainer: `get_peft_model` + `Trainer` with the collator a user would pick
   (DataCollatorForSeq2Seq(label_pad_token_id=-100) for the causal LM with a masked prompt,
@@ -45,13 +45,10 @@ import benchlib  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LORAFIT_DATA", str(benchlib.REPO.parent / "shared" / "data"))
-# oneDNN's primitive cache size as the user left it (either of the names oneDNN reads), taken before
-# anything imports lorafit, whose import sets it for lorafit's side (lorafit/memory.py; the names are
-# spelled out here because importing that module would set them). PEFT + Trainer's side runs with the
-# user's setting or oneDNN's default, as a PEFT user would.
+# oneDNN's primitive cache: lorafit's fit() sets 64 unless the user chose a size (lorafit/fast/memory.py);
+# importing lorafit sets nothing, so PEFT + Trainer's side runs with the user's setting or oneDNN's
+# default (1024), as a PEFT user would. A variant can give lorafit's side another size.
 ONEDNN_CACHE, DNNL_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"
-ONEDNN_DEFAULT_CACHE = "1024"
-USER_ONEDNN_CACHE = {name: os.environ[name] for name in (ONEDNN_CACHE, DNNL_CACHE) if name in os.environ}
 
 
 def onednn_cache_setting() -> str | None:
@@ -93,10 +90,9 @@ def recipe_for(spec: dict):
 def heldout_examples(recipe, task, tokenizer, limit: int):
     from lorafit.data.batches import subsample
     from lorafit.tasks import task_data_dir
-    from lorafit.train.setup import data_options, encode
+    from lorafit.train.setup import encode
 
-    options = data_options(recipe)
-    examples = task.load_train(task_data_dir(task, recipe.data_dir), recipe.eval.split, options)
+    examples = task.load_train(task_data_dir(task, recipe.data_dir), recipe.eval.split, recipe.data)
     examples = subsample(examples, limit, recipe.seed)
     return encode(task, examples, tokenizer, recipe.data.max_length)[0]
 
@@ -169,34 +165,40 @@ def task_batch_size(task_name: str) -> int:
     return recipe_for({"task": task_name, "steps": 1, "examples": 1, "precision": "fp32"}).train.batch_size
 
 
+def fast_options(spec: dict):
+    """The experiment knobs of a variant spec as lorafit's FastOptions (defaults: what `lorafit train` runs)."""
+    from dataclasses import replace
+
+    from lorafit.fast.options import FastOptions
+
+    fast = FastOptions()
+    if spec.get("bucket_window"):  # experiment: how many batches each length-sorting window spans
+        fast = replace(fast, bucket_window_batches=spec["bucket_window"])
+    if "trim_every" in spec or "trim_min_seconds" in spec:  # experiment: when fit() calls malloc_trim
+        # trim_every alone means exactly every N steps (0: never), whatever the steps take
+        fast = replace(fast, trim_every_steps=spec.get("trim_every", fast.trim_every_steps),
+                       trim_min_seconds=spec.get("trim_min_seconds", 0))
+    if spec.get("torch_attention_dropout"):  # experiment: attention dropout by torch's SDPA (bernoulli_ mask)
+        fast = replace(fast, attention_dropout=False)
+    if spec.get("pad_multiple"):  # experiment: batch widths rounded up to a multiple (fewer distinct shapes)
+        fast = replace(fast, pad_to_multiple=spec["pad_multiple"])
+    return fast
+
+
 def child_lorafit(spec: dict) -> dict:
     import time as _t
 
     import torch
 
-    import lorafit.data.batches
-    import lorafit.fast.memory
+    from lorafit.models.loader import load_for_training
     from lorafit.train.loop import fit
-    from lorafit.train.setup import load_task, loop_settings, loss_function, prepare_data, prepare_model
+    from lorafit.train.setup import load_task, loss_function, prepare_data
 
     t0 = _t.perf_counter()
-    if spec.get("bucket_window"):  # experiment: how many batches each length-sorting window spans
-        lorafit.data.batches.BUCKET_WINDOW_BATCHES = spec["bucket_window"]
-    if "trim_every" in spec or "trim_min_seconds" in spec:  # experiment: when fit() calls malloc_trim
-        # trim_every alone means exactly every N steps (0: never), whatever the steps take
-        lorafit.fast.memory.TRIM_EVERY_STEPS = spec.get("trim_every", lorafit.fast.memory.TRIM_EVERY_STEPS)
-        lorafit.fast.memory.TRIM_MIN_SECONDS = spec.get("trim_min_seconds", 0)
-    if spec.get("torch_attention_dropout"):  # experiment: attention dropout by torch's SDPA (bernoulli_ mask)
-        import contextlib
-
-        import lorafit.train.loop
-
-        lorafit.train.loop.FastAttentionDropout = contextlib.nullcontext
-    if spec.get("pad_multiple"):  # experiment: batch widths rounded up to a multiple (fewer distinct shapes)
-        lorafit.data.batches.PAD_TO_MULTIPLE = spec["pad_multiple"]
+    fast = fast_options(spec)
     recipe = recipe_for(spec)
     task = load_task(recipe)
-    prepared = prepare_model(recipe, task)
+    prepared = load_for_training(recipe, task.num_labels)
     train, _, _ = prepare_data(recipe, task, prepared.tokenizer)
     pad_id = prepared.tokenizer.pad_token_id
     heldout = heldout_examples(recipe, task, prepared.tokenizer, spec["eval"])
@@ -233,8 +235,8 @@ def child_lorafit(spec: dict) -> dict:
         if "loss" in record:
             losses.append(record["loss"])
 
-    fit(prepared.model, train, [], loop_settings(recipe, task), loss_fn=loss_fn, pad_id=pad_id, on_log=on_log,
-        on_step=on_step)
+    fit(prepared.model, train, [], recipe.train, seed=recipe.seed, precision=recipe.precision, loss_fn=loss_fn,
+        pad_id=pad_id, fast=fast, on_log=on_log, on_step=on_step)
     train_rss = benchlib.peak_rss_mb()
     fm = benchlib.flop_model(prepared.model)
     final = statistics.fmean(losses[-spec["window"]:])
@@ -350,10 +352,7 @@ def run_child(spec: dict) -> dict:
     env = dict(os.environ)
     if spec.get("malloc_mmap_threshold"):  # experiment: glibc reads this at start-up; pins the mmap threshold
         env["MALLOC_MMAP_THRESHOLD_"] = str(spec["malloc_mmap_threshold"])
-    if spec["side"] == "peft":  # explicit: the child imports lorafit's data code, which would set 64
-        env.pop(ONEDNN_CACHE, None)
-        env.update(USER_ONEDNN_CACHE or {ONEDNN_CACHE: ONEDNN_DEFAULT_CACHE})
-    elif spec.get("onednn_primitive_cache"):  # experiment: another cache size for lorafit's side
+    if spec["side"] == "lorafit" and spec.get("onednn_primitive_cache"):  # experiment: another cache size for lorafit's side
         env[ONEDNN_CACHE] = str(spec["onednn_primitive_cache"])
     began = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -65,15 +65,17 @@ def profile_task(task_name: str, precision: str, warmup: int, timed: int, profil
     of the profiled ones, with each group's batch statistics."""
     from torch.profiler import ProfilerActivity, profile
 
+    from lorafit.data.batches import resolve_batching
+    from lorafit.models.loader import load_for_training
     from lorafit.train.loop import fit
-    from lorafit.train.setup import load_task, loop_settings, loss_function, prepare_data, prepare_model
+    from lorafit.train.setup import load_task, loss_function, prepare_data
 
     steps = warmup + timed + profiled
     spec = {"task": task_name, "steps": steps, "examples": steps * bench_train.task_batch_size(task_name),
             "precision": precision}
     recipe = bench_train.recipe_for(spec)
     task = load_task(recipe)
-    prepared = prepare_model(recipe, task)
+    prepared = load_for_training(recipe, task.num_labels)
     train, _, _ = prepare_data(recipe, task, prepared.tokenizer)
     inner = loss_function(task)
     stats: list[dict] = []
@@ -90,8 +92,8 @@ def profile_task(task_name: str, precision: str, warmup: int, timed: int, profil
         if len(clock) == warmup + timed:
             profiler.start()  # profiles the steps after the timed ones
 
-    settings = loop_settings(recipe, task)
-    fit(prepared.model, train, [], settings, loss_fn=loss_fn, pad_id=prepared.tokenizer.pad_token_id, on_step=on_step)
+    fit(prepared.model, train, [], recipe.train, seed=recipe.seed, precision=recipe.precision, loss_fn=loss_fn,
+        pad_id=prepared.tokenizer.pad_token_id, on_step=on_step)
     profiler.stop()
 
     fm = benchlib.flop_model(prepared.model)
@@ -120,7 +122,7 @@ def profile_task(task_name: str, precision: str, warmup: int, timed: int, profil
                                        key=lambda kv: -kv[1])[:8]),
         "timed": timed,
         "profiled": profiled,
-        "batching": settings.batching,
+        "batching": resolve_batching(recipe.train.batching, task.kind),
     }
 
 

@@ -1,8 +1,7 @@
-"""lorafit: fine-tune language models with LoRA from YAML recipes."""
+"""lorafit: fine-tune language models with LoRA from YAML recipes.
 
-from lorafit.fast.memory import limit_onednn_primitive_cache
+Importing lorafit changes nothing in the process (no environment variables, no torch settings): the
+CLI entry point and `fit` apply what they need where work starts.
+"""
 
 __version__ = "0.1.0"
-
-# Before any bf16 matmul can run: oneDNN reads its cache size once (memory.py says why).
-limit_onednn_primitive_cache()

@@ -105,14 +105,16 @@ def train(
 
     Ctrl-C or SIGTERM writes a checkpoint and exits 130; --resume continues it (docs/trust.md).
     """
-    if recipe.is_file():
-        from lorafit.recipe.parse import load_recipe
+    from lorafit.runs.rundir import locate_run
 
-        load_recipe(recipe, set_)  # a bad recipe fails in a blink, before torch and transformers load
+    # A bad recipe or run directory fails in a blink, before torch and transformers load.
+    loaded_recipe, run, note = locate_run(recipe, set_, output, resume=resume, overwrite=overwrite)
     from lorafit.workflows.train import run_training
 
     reporter = Reporter(quiet, json_out)
-    summary = run_training(recipe, set_, output, overwrite=overwrite, resume=resume, reporter=reporter)
+    if note:
+        reporter.info(note)
+    summary = run_training(loaded_recipe, run, overwrite=overwrite, resume=resume, reporter=reporter)
     reporter.summary(summary)
 
 
@@ -132,15 +134,16 @@ def inspect(
       lorafit inspect recipes/e2e-smollm2.yaml
       lorafit inspect recipes/quickstart.yaml --set lora.targets=all-linear
     """
-    from lorafit.recipe.parse import load_recipe
-    from lorafit.train.setup import load_task, parameter_summary, prepare_model
+    from lorafit.models.loader import load_for_training
+    from lorafit.recipe import load_recipe
+    from lorafit.train.setup import load_task, parameter_summary
 
     reporter = Reporter(False, json_out)
-    loaded = load_recipe(recipe, set_)
-    task = load_task(loaded)
-    prepared = prepare_model(loaded, task)
+    parsed = load_recipe(recipe, set_)
+    task = load_task(parsed)
+    prepared = load_for_training(parsed, task.num_labels)
     counts = parameter_summary(prepared.report)
-    reporter.info(f"recipe {recipe}: model {loaded.model} ({prepared.ref.path_or_id}), task {task.name} ({task.kind})")
+    reporter.info(f"recipe {recipe}: model {parsed.model} ({prepared.base.path_or_id}), task {task.name} ({task.kind})")
     for target, names in prepared.report.matched_by_target.items():
         reporter.info(f"target {target!r} matches {len(names)} module(s):")
         for name in names:
@@ -333,6 +336,10 @@ def report(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: where lorafit starts work, so process-wide settings go here, not
+    in `import lorafit` (fast/memory.py: oneDNN reads its cache size once, before its first matmul)."""
+    from lorafit.fast.memory import limit_onednn_primitive_cache
+
+    limit_onednn_primitive_cache()
     app()
 

@@ -167,3 +167,14 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def print_metrics(reporter: Reporter, result: dict) -> None:
+    """An evaluation result's metrics as a table titled by task, split and size, then why any is missing."""
+    metrics = result["metrics"]
+    rows = [[k, f"{v:.4f}" if isinstance(v, float) else ("n/a" if v is None else str(v))]
+            for k, v in metrics.items() if not k.endswith("_unavailable")]
+    reporter.table(f"{result['task']} {result['split']} ({result['num_examples']} inputs)", ["metric", "value"], rows)
+    for key, reason in metrics.items():
+        if key.endswith("_unavailable"):
+            reporter.info(f"{key[: -len('_unavailable')]} unavailable: {reason}")

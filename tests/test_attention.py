@@ -10,7 +10,8 @@ from lorafit.data.batches import Encoded
 from lorafit.fast.attention import FastAttentionDropout, attention_with_fast_dropout, may_mask_whole_rows
 from lorafit.fast.dropout import keep_mask
 from lorafit.fast.precision import autocast_context
-from lorafit.train.loop import LoopSettings, fit
+from lorafit.recipe.schema import TrainConfig
+from lorafit.train.loop import fit
 from lorafit.train.loss import classification_loss
 
 
@@ -136,12 +137,12 @@ def bert_run(precision: str):
         Encoded(input_ids=tuple(ids[: 4 + i % 5]), labels=None, target=i % 2)
         for i, ids in enumerate(torch.randint(3, VOCAB, (12, 9), generator=g).tolist())
     ]
-    settings = LoopSettings(
+    settings = TrainConfig(
         batch_size=4, grad_accum=1, lr=1e-3, weight_decay=0.0, warmup_steps=0, schedule="constant",
         max_grad_norm=None, batching="bucket", epochs=1, max_steps=None, log_every=100, eval_every=0,
-        save_every=0, seed=0, precision=precision,
+        save_every=0,
     )
-    return fit(model, examples, [], settings, loss_fn=classification_loss, pad_id=0)
+    return fit(model, examples, [], settings, seed=0, precision=precision, loss_fn=classification_loss, pad_id=0)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

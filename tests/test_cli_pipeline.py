@@ -201,10 +201,11 @@ def test_chat_template_wraps_prompts_and_is_refused_without_one(tmp_path):
     from tiny import tiny_llama, tiny_tokenizer
 
     from lorafit.errors import ModelError
-    from lorafit.eval.generate import GenerationSettings, generate
+    from lorafit.eval.generate import generate
+    from lorafit.recipe.schema import EvalConfig
 
     model, tokenizer = tiny_llama(), tiny_tokenizer()
-    settings = GenerationSettings(max_new_tokens=3, chat_template=True)
+    settings = EvalConfig(max_new_tokens=3, chat_template=True)
     with pytest.raises(ModelError, match="no chat template"):
         generate(model, tokenizer, ["hi"], settings)
     tokenizer.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_bert, tiny_gpt2, tiny_llama, tiny_tokenizer, with_trained_looking_lora
 
-from lorafit.train import loss as loss_module
 from lorafit.data.batches import (
     IGNORE_INDEX,
     batch_order,
@@ -16,6 +15,7 @@ from lorafit.data.batches import (
     iterate_batches,
 )
 from lorafit.tasks.types import ClassificationExample, GenerationExample
+from lorafit.train import loss as loss_module
 from lorafit.train.loss import (
     causal_lm_loss,
     causal_lm_loss_full_logits,
@@ -193,29 +193,23 @@ def test_classification_batches_and_loss():
     assert torch.allclose(classification_loss(model, batch), ((out - batch["labels"]) ** 2).sum())
 
 
-def test_bucket_window_bounds_how_far_lengths_are_sorted(monkeypatch):
-    from lorafit.data import batches as data
-
+def test_bucket_window_bounds_how_far_lengths_are_sorted():
     lengths = [(i * 37) % 101 + 1 for i in range(960)]
     spread = {}
     for window in (64, 2):
-        monkeypatch.setattr(data, "BUCKET_WINDOW_BATCHES", window)
-        batches = batch_order(lengths, 8, seed=3, epoch=0, mode="bucket")
+        batches = batch_order(lengths, 8, seed=3, epoch=0, mode="bucket", window=window)
         assert sorted(i for b in batches for i in b) == list(range(960))
         spread[window] = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread[2] > 3 * spread[64]  # a narrower window: more varied lengths within a batch
 
 
-def test_pad_to_multiple_rounds_the_width_and_keeps_the_loss(monkeypatch):
-    from lorafit.data import batches as data
-
+def test_pad_to_multiple_rounds_the_width_and_keeps_the_loss():
     tok = tiny_tokenizer()
     encoded, _ = encode_generation(EXAMPLES, tok, 512)
     model = tiny_llama()
     longest = max(len(e) for e in encoded)
     plain = collate(encoded, 0)
-    monkeypatch.setattr(data, "PAD_TO_MULTIPLE", 48)  # 128 -> 144 with these examples
-    rounded = collate(encoded, 0)
+    rounded = collate(encoded, 0, pad_to_multiple=48)  # 128 -> 144 with these examples
     assert plain["input_ids"].shape[1] == longest
     assert rounded["input_ids"].shape[1] == -(-longest // 48) * 48 > longest
     assert int(rounded["attention_mask"].sum()) == int(plain["attention_mask"].sum())  # only pad added

@@ -19,8 +19,9 @@ from lorafit.data.batches import (
 )
 from lorafit.errors import DataError
 from lorafit.fast.attention import PackedAttention
+from lorafit.recipe.schema import TrainConfig
 from lorafit.tasks.types import GenerationExample
-from lorafit.train.loop import LoopSettings, fit
+from lorafit.train.loop import fit
 from lorafit.train.loss import causal_lm_loss
 from lorafit.train.setup import prepare_data
 
@@ -108,11 +109,11 @@ def test_packed_attention_refuses_a_row_of_another_length():
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
 
 
-def settings(batching: str) -> LoopSettings:
-    return LoopSettings(
+def settings(batching: str) -> TrainConfig:
+    return TrainConfig(
         batch_size=3, grad_accum=2, lr=1e-2, weight_decay=0.0, warmup_steps=0, schedule="constant",
         max_grad_norm=1.0, batching=batching, epochs=1, max_steps=None, log_every=1, eval_every=0,
-        save_every=0, seed=0, precision="fp32",
+        save_every=0,
     )
 
 
@@ -123,7 +124,7 @@ def test_fit_with_pack_follows_fit_with_pad_step_for_step():
     for mode in ("pad", "pack"):
         model = with_trained_looking_lora(tiny_llama())
         losses = []
-        fit(model, items, [], settings(mode), loss_fn=causal_lm_loss, pad_id=0,
+        fit(model, items, [], settings(mode), seed=0, precision="fp32", loss_fn=causal_lm_loss, pad_id=0,
             on_log=lambda r, losses=losses: losses.append(r["loss"]) if "loss" in r else None)
         runs[mode] = (losses, {n: p.detach() for n, p in model.named_parameters() if p.requires_grad})
     assert len(runs["pack"][0]) == 2

@@ -30,9 +30,9 @@ from cli_runs import (
 )
 from tiny import save_tiny_model
 
+from lorafit.rng import rng_state, set_rng_state
 from lorafit.runs.interrupts import interrupts_deferred, sigterm_as_interrupt
 from lorafit.runs.rundir import RunDir
-from lorafit.train.loop import rng_state, set_rng_state
 
 # The bar of the issue. On one thread the runs are in fact bit-identical (diff 0.0 here), but a test
 # that ran earlier in this process could change a global torch setting, so only the bar is asserted.

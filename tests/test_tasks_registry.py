@@ -3,8 +3,8 @@
 import pytest
 
 from lorafit.errors import DataError
+from lorafit.recipe.schema import DataConfig
 from lorafit.tasks import DATA_ENV, TASK_NAMES, get_task, resolve_data_dir
-from lorafit.tasks.types import DataOptions
 
 
 def test_task_names():
@@ -15,7 +15,7 @@ def test_task_names():
     for name in TASK_NAMES:
         if name != "text":
             assert get_task(name).name == name
-            assert get_task(name, DataOptions(train_file="ignored.jsonl")).name == name
+            assert get_task(name, DataConfig(train_file="ignored.jsonl")).name == name
 
 
 def test_unknown_task_lists_names_and_suggests():
@@ -31,10 +31,10 @@ def test_unknown_task_lists_names_and_suggests():
 def test_text_needs_options():
     with pytest.raises(DataError, match=r"task text needs a data: section"):
         get_task("text")
-    task = get_task("text", DataOptions(train_file="t.jsonl", completion_field="out", prompt_template="{inp}"))
+    task = get_task("text", DataConfig(train_file="t.jsonl", completion_field="out", prompt_template="{inp}"))
     assert (task.name, task.kind, task.splits) == ("text", "generation", ("train",))
     assert task.needs_data_dir  # a relative path: resolved against the data directory
-    absolute = DataOptions(train_file="/abs/t.jsonl", valid_file="/abs/v.csv", label_field="y", text_field="x",
+    absolute = DataConfig(train_file="/abs/t.jsonl", valid_file="/abs/v.csv", label_field="y", text_field="x",
                            num_labels=2)
     assert not get_task("text", absolute).needs_data_dir
     assert get_task("text", absolute).splits == ("train", "dev")

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from lorafit.errors import DataError
+from lorafit.recipe.schema import DataConfig
 from lorafit.tasks import get_task, text_task
 from lorafit.tasks.text import label_names
-from lorafit.tasks.types import ClassificationExample, DataOptions, EvalItem, GenerationExample
+from lorafit.tasks.types import ClassificationExample, EvalItem, GenerationExample
 
 QA = [
     {"question": "Capital of France?", "answer": " Paris", "id": 1},
@@ -25,12 +26,12 @@ def jsonl(path: Path, rows) -> Path:
 def test_generation_jsonl(tmp_path):
     jsonl(tmp_path / "train.jsonl", QA)
     jsonl(tmp_path / "valid.jsonl", [{"question": "Blue + yellow?", "answer": [" green", " Green"]}])
-    task = get_task("text", DataOptions(train_file="train.jsonl", valid_file="valid.jsonl", **GEN))
+    task = get_task("text", DataConfig(train_file="train.jsonl", valid_file="valid.jsonl", **GEN))
     assert (task.kind, task.num_labels, task.splits, task.main_metric) == ("generation", 0, ("train", "dev"), "bleu")
-    options = DataOptions(train_file="train.jsonl", valid_file="valid.jsonl", **GEN)
+    options = DataConfig(train_file="train.jsonl", valid_file="valid.jsonl", **GEN)
     assert task.load_train(tmp_path, "train", None) == task.load_train(tmp_path, "train", options)
     with pytest.raises(ValueError, match=r"built for other data options"):
-        task.load_train(tmp_path, "train", DataOptions(train_file="other.jsonl", **GEN))
+        task.load_train(tmp_path, "train", DataConfig(train_file="other.jsonl", **GEN))
     assert task.load_train(tmp_path, "train", options) == [
         GenerationExample("Q: Capital of France?\nA:", " Paris"),
         GenerationExample("Q: 2 + 2?\nA:", " 4"),
@@ -54,75 +55,75 @@ def test_generation_csv_tsv_and_json_array(tmp_path):
         ("a.tsv", GenerationExample('Q: Say "hi"\nA:', " hello")),
         ("a.json", GenerationExample("Q: Capital of France?\nA:", " Paris")),
     ]:
-        options = DataOptions(train_file=name, **GEN)
+        options = DataConfig(train_file=name, **GEN)
         examples = text_task(options).load_train(tmp_path, "train", options)
         assert examples[0] == first
-    options = DataOptions(train_file="a.csv", **GEN)
+    options = DataConfig(train_file="a.csv", **GEN)
     assert text_task(options).load_train(tmp_path, "train", options)[1].prompt == "Q: two\nlines\nA:"
 
 
 def test_absolute_and_relative_paths(tmp_path):
     jsonl(tmp_path / "train.jsonl", QA)
-    options = DataOptions(train_file=str(tmp_path / "train.jsonl"), **GEN)
+    options = DataConfig(train_file=str(tmp_path / "train.jsonl"), **GEN)
     elsewhere = tmp_path / "other"
     elsewhere.mkdir()
     assert len(text_task(options).load_train(elsewhere, "train", options)) == 2
-    relative = DataOptions(train_file="train.jsonl", **GEN)
+    relative = DataConfig(train_file="train.jsonl", **GEN)
     with pytest.raises(DataError, match=rf"data\.train_file not found: {elsewhere / 'train.jsonl'}"):
         text_task(relative).load_train(elsewhere, "train", relative)
 
 
 def test_template_errors(tmp_path):
     jsonl(tmp_path / "train.jsonl", [QA[0], {"answer": " x", "id": 3}])
-    options = DataOptions(train_file="train.jsonl", **GEN)
+    options = DataConfig(train_file="train.jsonl", **GEN)
     with pytest.raises(DataError) as err:
         text_task(options).load_train(tmp_path, "train", options)
     message = str(err.value)
     assert str(tmp_path / "train.jsonl") in message and "train.jsonl line 2:" in message
     assert "{question}" in message and "(fields: answer, id)" in message
     with pytest.raises(DataError, match=r"positional field \{\}"):
-        text_task(DataOptions(train_file="t.jsonl", completion_field="a", prompt_template="Q: {}"))
+        text_task(DataConfig(train_file="t.jsonl", completion_field="a", prompt_template="Q: {}"))
     with pytest.raises(DataError, match=r"not a valid format string"):
-        text_task(DataOptions(train_file="t.jsonl", completion_field="a", prompt_template="Q: {question"))
+        text_task(DataConfig(train_file="t.jsonl", completion_field="a", prompt_template="Q: {question"))
     jsonl(tmp_path / "train.jsonl", [{"question": "q"}])
     with pytest.raises(DataError, match=r"train\.jsonl line 1 has no field 'answer' \(fields: question\)"):
         text_task(options).load_train(tmp_path, "train", options)
     (tmp_path / "a.json").write_text(json.dumps([QA[0], {"answer": " x"}]), encoding="utf-8")
-    array = DataOptions(train_file="a.json", **GEN)
+    array = DataConfig(train_file="a.json", **GEN)
     with pytest.raises(DataError, match=r"a\.json record 2: data\.prompt_template uses \{question\}"):
         text_task(array).load_train(tmp_path, "train", array)
     (tmp_path / "t.csv").write_text("question,reply\nq,a\n")
-    csv_options = DataOptions(train_file="t.csv", **GEN)
+    csv_options = DataConfig(train_file="t.csv", **GEN)
     with pytest.raises(DataError, match=r"t\.csv has no column 'answer' \(columns: question, reply\)"):
         text_task(csv_options).load_train(tmp_path, "train", csv_options)
 
 
 def test_option_errors():
     with pytest.raises(DataError, match=r"set data\.train_file"):
-        text_task(DataOptions(**GEN))
+        text_task(DataConfig(**GEN))
     with pytest.raises(DataError, match=r"exactly one of data\.completion_field .* or data\.label_field"):
-        text_task(DataOptions(train_file="t.jsonl"))
+        text_task(DataConfig(train_file="t.jsonl"))
     with pytest.raises(DataError, match=r"data\.prompt_template is needed"):
-        text_task(DataOptions(train_file="t.jsonl", completion_field="a"))
+        text_task(DataConfig(train_file="t.jsonl", completion_field="a"))
     with pytest.raises(DataError, match=r"data\.text_field is needed"):
-        text_task(DataOptions(train_file="t.jsonl", label_field="y", num_labels=2))
+        text_task(DataConfig(train_file="t.jsonl", label_field="y", num_labels=2))
     with pytest.raises(DataError, match=r"data\.num_labels is needed"):
-        text_task(DataOptions(train_file="t.jsonl", label_field="y", text_field="x"))
+        text_task(DataConfig(train_file="t.jsonl", label_field="y", text_field="x"))
     with pytest.raises(DataError, match=r"data\.train_file 't\.parquet' should end in one of"):
-        text_task(DataOptions(train_file="t.parquet", **GEN))
+        text_task(DataConfig(train_file="t.parquet", **GEN))
 
 
 def test_non_utf8(tmp_path):
     (tmp_path / "train.jsonl").write_bytes(b'{"question": "ok", "answer": " a"}\n{"question": "caf\xe9"}\n')
-    options = DataOptions(train_file="train.jsonl", **GEN)
+    options = DataConfig(train_file="train.jsonl", **GEN)
     with pytest.raises(DataError) as err:
         text_task(options).load_train(tmp_path, "train", options)
     assert str(tmp_path / "train.jsonl") in str(err.value)
     assert "is not UTF-8: byte 0xe9 at offset 52 (line 2)" in str(err.value)
 
 
-def cls_options(**kw) -> DataOptions:
-    return DataOptions(**{"train_file": "train.jsonl", "text_field": "text", "label_field": "label", **kw})
+def cls_options(**kw) -> DataConfig:
+    return DataConfig(**{"train_file": "train.jsonl", "text_field": "text", "label_field": "label", **kw})
 
 
 def test_classification_string_labels_sorted(tmp_path):
@@ -179,7 +180,7 @@ def test_regression(tmp_path):
 
 
 def test_scores():
-    gen = text_task(DataOptions(train_file="t.jsonl", **GEN))
+    gen = text_task(DataConfig(train_file="t.jsonl", **GEN))
     items = [EvalItem("p", ("the cat sat on the mat",)), EvalItem("q", ("a dog", "The dog runs fast today"))]
     result = gen.score(["the cat sat on the mat ", "the dog runs fast today"], items)
     assert result["exact_match"] == 0.5  # exact match is case-sensitive; BLEU is lowercased

@@ -114,11 +114,8 @@ def encode_classification(
 
 
 # bucket mode sorts by length within windows of this many batches: a wider window means less padding,
-# a narrower one more varied batches (docs/performance.md measures both).
+# a narrower one more varied batches (docs/performance.md measures both; FastOptions.bucket_window_batches).
 BUCKET_WINDOW_BATCHES = 64
-
-# collate rounds each batch's width up to a multiple of this (1: the longest row, no extra padding).
-PAD_TO_MULTIPLE = 1
 
 
 def resolve_batching(mode: str, task_kind: str) -> str:
@@ -133,10 +130,12 @@ def resolve_batching(mode: str, task_kind: str) -> str:
     return mode
 
 
-def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, mode: str) -> list[list[int]]:
+def batch_order(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, mode: str, window: int = BUCKET_WINDOW_BATCHES
+) -> list[list[int]]:
     """Indices of each batch for one epoch; deterministic in (seed, epoch).
 
-    bucket: shuffle, cut into windows of BUCKET_WINDOW_BATCHES batches, sort each window by length,
+    bucket: shuffle, cut into windows of `window` batches, sort each window by length,
     cut into batches, then shuffle the batches, so every batch holds similar lengths but the order
     stays random. pad and pack: shuffle and cut (pack then joins each batch into one row).
     """
@@ -144,10 +143,10 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, 
     order = list(range(len(lengths)))
     rng.shuffle(order)
     if mode == "bucket":
-        window = batch_size * BUCKET_WINDOW_BATCHES
+        span = batch_size * window
         sorted_order = []
-        for start in range(0, len(order), window):
-            sorted_order += sorted(order[start : start + window], key=lambda i: lengths[i])
+        for start in range(0, len(order), span):
+            sorted_order += sorted(order[start : start + span], key=lambda i: lengths[i])
         order = sorted_order
     elif mode not in ("pad", "pack"):
         raise DataError(f"train.batching: {mode!r} is not available; choose 'bucket', 'pad' or 'pack'")
@@ -157,13 +156,14 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, 
     return batches
 
 
-def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a list of examples to the longest one: input_ids/attention_mask (B, T) and labels.
+def collate(items: Sequence[Encoded], pad_id: int, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad a list of examples to the longest one (rounded up to `pad_to_multiple`, an experiment knob):
+    input_ids/attention_mask (B, T) and labels.
 
     Generation: labels (B, T) with IGNORE_INDEX on prompt and padding. Classification: labels (B,)
     as int64, or float32 for regression targets.
     """
-    width = -(-max(len(item) for item in items) // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE
+    width = -(-max(len(item) for item in items) // pad_to_multiple) * pad_to_multiple
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
     for row, item in enumerate(items):
@@ -210,13 +210,14 @@ def collate_packed(items: Sequence[Encoded]) -> dict[str, torch.Tensor]:
 
 
 def iterate_batches(
-    encoded: Sequence[Encoded], batch_size: int, pad_id: int, *, seed: int, epoch: int, mode: str, skip: int = 0
+    encoded: Sequence[Encoded], batch_size: int, pad_id: int, *, seed: int, epoch: int, mode: str, skip: int = 0,
+    window: int = BUCKET_WINDOW_BATCHES, pad_to_multiple: int = 1,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Collated batches of one epoch, starting after `skip` batches (for resuming)."""
     lengths = [len(e) for e in encoded]
-    for indices in batch_order(lengths, batch_size, seed, epoch, mode)[skip:]:
+    for indices in batch_order(lengths, batch_size, seed, epoch, mode, window)[skip:]:
         items = [encoded[i] for i in indices]
-        yield collate_packed(items) if mode == "pack" else collate(items, pad_id)
+        yield collate_packed(items) if mode == "pack" else collate(items, pad_id, pad_to_multiple)
 
 
 def length_sorted_batches(
@@ -236,6 +237,13 @@ def count_target_tokens(batch: dict[str, torch.Tensor]) -> int:
     if labels.dim() == 2:
         return int((labels[:, 1:] != IGNORE_INDEX).sum())
     return labels.shape[0]
+
+
+def count_examples(batch: dict[str, torch.Tensor]) -> int:
+    """Examples in a batch: its rows, or for a packed row (collate_packed) the examples joined in it."""
+    if "segment_lengths" in batch:
+        return int(batch["segment_lengths"].numel())
+    return int(batch["input_ids"].shape[0])
 
 
 def subsample(items: list, limit: int | None, seed: int) -> list:

@@ -8,24 +8,29 @@ batch: every row's last prompt token then sits at the same position, where gener
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lorafit.errors import ModelError
+from lorafit.recipe.schema import EvalConfig
+
+# The `eval:` keys (and `lorafit eval` flags of the same names) that decoding reads.
+DECODING_KEYS = ("batch_size", "beam_size", "length_penalty", "no_repeat_ngram_size", "max_new_tokens", "chat_template")
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Decoding settings (the recipe's `eval:` section or `lorafit eval` flags)."""
+def decoding_settings(settings: EvalConfig) -> dict:
+    """The decoding keys of `settings`, for results files."""
+    return {key: getattr(settings, key) for key in DECODING_KEYS}
 
-    batch_size: int = 16
-    beam_size: int = 1
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    max_new_tokens: int = 64
-    chat_template: bool = False  # wrap each prompt as a user turn of the tokenizer's chat template
+
+def search_arguments(settings: EvalConfig) -> dict:
+    """model.generate's search arguments: the beam-only ones only with beams, so transformers does not
+    warn that flags "may be ignored" on greedy decoding."""
+    if settings.beam_size == 1:
+        return {"num_beams": 1, "do_sample": False}
+    return {"num_beams": settings.beam_size, "do_sample": False, "length_penalty": settings.length_penalty,
+            "early_stopping": True}
 
 
 def left_padded(prompt_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +58,7 @@ def generate(
     model: nn.Module,
     tokenizer,
     prompts: Sequence[str],
-    settings: GenerationSettings,
+    settings: EvalConfig,
     *,
     on_batch: Callable[[int], None] = lambda n: None,
     postprocess: Callable[[str], str] = first_line,
@@ -87,11 +92,8 @@ def generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=settings.max_new_tokens,
-            num_beams=settings.beam_size,
-            length_penalty=settings.length_penalty,
             no_repeat_ngram_size=settings.no_repeat_ngram_size,
-            do_sample=False,
-            early_stopping=settings.beam_size > 1,
+            **search_arguments(settings),
             pad_token_id=pad_id,
             eos_token_id=tokenizer.eos_token_id,
         )

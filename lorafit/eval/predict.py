@@ -15,7 +15,8 @@ from torch import nn
 
 from lorafit.data.batches import encode_classification, length_sorted_batches
 from lorafit.errors import DataError
-from lorafit.eval.generate import GenerationSettings, generate
+from lorafit.eval.generate import generate
+from lorafit.recipe.schema import DataConfig, EvalConfig
 from lorafit.tasks.types import Task
 
 
@@ -40,13 +41,33 @@ def classify(
 
 
 def predict(
-    model: nn.Module, tokenizer, task: Task, items: Sequence, settings: GenerationSettings, max_length: int,
+    model: nn.Module, tokenizer, task: Task, items: Sequence, settings: EvalConfig, max_length: int,
     on_batch: Callable[[int], None] = lambda n: None,
 ) -> list:
     """Predictions of `model` for the task's eval items."""
     if task.kind == "generation":
         return generate(model, tokenizer, [item.prompt for item in items], settings, on_batch=on_batch)
     return classify(model, tokenizer, items, max_length, settings.batch_size, on_batch=on_batch)
+
+
+def eval_items(task: Task, data_dir: Path | None, split: str, options: DataConfig, limit: int | None) -> list:
+    """The split's first `limit` (None: all) eval inputs; a split the task does not have is a DataError."""
+    if split not in task.splits:
+        raise DataError(f"task {task.name} has no split {split!r}; valid splits: {', '.join(task.splits)}")
+    items = task.load_eval(data_dir, split, options)
+    return items[:limit] if limit else items
+
+
+def evaluate(
+    model: nn.Module, tokenizer, task: Task, items: Sequence, settings: EvalConfig, max_length: int,
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> dict:
+    """Predictions of a loaded model on `items` and the task's metrics: {"predictions", "metrics",
+    "seconds"} (seconds: predicting only)."""
+    started = time.perf_counter()
+    predictions = predict(model, tokenizer, task, items, settings, max_length, on_batch=on_batch)
+    seconds = time.perf_counter() - started
+    return {"predictions": predictions, "metrics": score(task, predictions, items)["metrics"], "seconds": round(seconds, 2)}
 
 
 def read_predictions(path: Path, task: Task, expected: int) -> list:

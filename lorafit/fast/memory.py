@@ -9,8 +9,8 @@ live tensors do not (a 250-step E2E/SmolLM2 bf16 run: +2.2 GB, peak 1.12x PEFT +
 glibc's `malloc_trim(0)` returns every whole free page inside the heap to the OS (madvise), which
 bounds that growth (same run: peak 0.96x PEFT's); the price is that those pages fault back in when
 they are next used, about one step's time per trim (every step: -28% speed; every 10 steps: -8% on
-E2E, -13% on SST-2, whose steps take 0.08 s). So fit() trims after TRIM_EVERY_STEPS steps and at
-least TRIM_MIN_SECONDS since the last trim: slow steps (large working sets, fast growth) are trimmed
+E2E, -13% on SST-2, whose steps take 0.08 s). So fit() trims after `FastOptions.trim_every_steps`
+steps and at least `trim_min_seconds` since the last trim: slow steps (large working sets, fast growth) are trimmed
 every 10 steps, fast ones about every 5 seconds (docs/performance.md, `bench/bench_train.py
 --trim-every`).
 
@@ -24,8 +24,10 @@ entries a step's shapes (all reused across its layers) still fit: on 250 E2E/Smo
 RSS fell to 0.74x of oneDNN's default and the speed did not drop (docs/performance.md, `bench/bench_train.py
 --variant NAME:onednn_primitive_cache=1024`); with no cache at all every matmul builds its kernel again
 (much slower). `limit_onednn_primitive_cache` sets 64 through the environment variable oneDNN reads
-when it creates its cache, i.e. before the process's first bf16 matmul; `import lorafit` calls it,
-and a size the user set (ONEDNN_ or DNNL_PRIMITIVE_CACHE_CAPACITY) is kept. fp32 matmuls do not go
+when it creates its cache, i.e. before the process's first bf16 matmul. lorafit calls it where it starts
+work (the CLI entry point and the start of `fit`), never at import: a library import must not change
+the environment that child processes inherit. A size the user set (ONEDNN_ or
+DNNL_PRIMITIVE_CACHE_CAPACITY) is kept. fp32 matmuls do not go
 through oneDNN.
 """
 
@@ -36,12 +38,6 @@ import os
 import sys
 from functools import cache
 
-# fit() calls malloc_trim after at least this many optimizer steps (0: never) ...
-TRIM_EVERY_STEPS = 10
-# ... and at least this many seconds since the last call (bounds the cost when steps are short).
-TRIM_MIN_SECONDS = 5.0
-# oneDNN primitives (one per matmul shape) kept for reuse; oneDNN's own default is 1024.
-ONEDNN_PRIMITIVE_CACHE_CAPACITY = 64
 ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY")
 
 
@@ -68,16 +64,17 @@ def release_free_heap() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
-def trim_due(steps_since: int, seconds_since: float) -> bool:
+def trim_due(steps_since: int, seconds_since: float, every_steps: int, min_seconds: float) -> bool:
     """Whether fit() should call release_free_heap, `steps_since` optimizer steps and `seconds_since`
-    seconds after the last call (or the start of training)."""
-    return TRIM_EVERY_STEPS > 0 and steps_since >= TRIM_EVERY_STEPS and seconds_since >= TRIM_MIN_SECONDS
+    seconds after the last call (or the start of training): at least `every_steps` steps (0: never)
+    and `min_seconds` seconds (bounds the cost when steps are short)."""
+    return every_steps > 0 and steps_since >= every_steps and seconds_since >= min_seconds
 
 
-def limit_onednn_primitive_cache() -> bool:
-    """Set oneDNN's primitive cache to ONEDNN_PRIMITIVE_CACHE_CAPACITY entries unless the user chose a
+def limit_onednn_primitive_cache(capacity: int | None = 64) -> bool:
+    """Set oneDNN's primitive cache to `capacity` entries (None: leave it) unless the user chose a
     size; True when it set it. Takes effect only before the process's first oneDNN matmul."""
-    if any(name in os.environ for name in ONEDNN_CACHE_VARIABLES):
+    if capacity is None or any(name in os.environ for name in ONEDNN_CACHE_VARIABLES):
         return False
-    os.environ[ONEDNN_CACHE_VARIABLES[0]] = str(ONEDNN_PRIMITIVE_CACHE_CAPACITY)
+    os.environ[ONEDNN_CACHE_VARIABLES[0]] = str(capacity)
     return True

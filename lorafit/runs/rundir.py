@@ -21,8 +21,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from lorafit.runs.atomic import atomic_directory, recover_directory, write_text_atomic
 from lorafit.errors import RunDirError
 
@@ -124,6 +122,8 @@ class RunDir:
         step = snapshot["state"]["step"]
         target = self.path / CHECKPOINTS_DIR / f"step-{step:06d}"
         with atomic_directory(target) as tmp:
+            import torch  # here, not at import: `lorafit train` checks the run directory before torch loads
+
             torch.save(snapshot, tmp / STATE_FILE)
             (tmp / RECIPE_FILE).write_text(recipe_text, encoding="utf-8")
         for old in self.checkpoint_dirs()[:-keep]:
@@ -139,6 +139,8 @@ class RunDir:
         """
         for path in reversed(self.checkpoint_dirs()):
             try:
+                import torch
+
                 snapshot = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
                 if not isinstance(snapshot, dict) or "state" not in snapshot:
                     raise ValueError("not a lorafit checkpoint")
@@ -162,3 +164,39 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def run_directory(recipe, output: Path | None) -> RunDir:
+    """--output, else the recipe's output_dir, else runs/<name>."""
+    return RunDir(output or (Path(recipe.output_dir) if recipe.output_dir else Path("runs") / recipe.name))
+
+
+def locate_run(recipe_path: Path, overrides: list[str], output: Path | None, *, resume: bool, overwrite: bool = False):
+    """(recipe, RunDir, note) to train with; `note` says why a given recipe is not used, else "".
+
+    RECIPE is a recipe file (the run goes to --output, else its output_dir, else runs/<name>) or, with
+    --resume, a run directory (`lorafit train --resume runs/x`). On --resume the recipe saved in the run
+    directory is the one trained with; a recipe file or --set that differs from it is noted, not used.
+    """
+    from lorafit.recipe import load_recipe, recipe_hash
+
+    if recipe_path.is_dir():
+        if not resume:
+            raise RunDirError(f"{recipe_path}: is a directory; give a recipe file, or add --resume to continue the run in it")
+        if output is not None and output.resolve() != recipe_path.resolve():
+            raise RunDirError(f"--output {output}: differs from the run directory {recipe_path} given to --resume")
+        run = RunDir(recipe_path)
+        run.check(overwrite=False, resume=True)  # it must hold a run before its recipe is read
+        given = load_recipe(run.recipe, overrides)
+    else:
+        given = load_recipe(recipe_path, overrides)
+        run = run_directory(given, output)
+    run.check(overwrite=overwrite, resume=resume)  # fail fast, before any model is loaded
+    if not resume:
+        return given, run, ""
+    saved = load_recipe(run.recipe)
+    if recipe_hash(saved) == recipe_hash(given):
+        return saved, run, ""
+    note = (f"note: resuming with the recipe saved in {run.recipe}; {recipe_path} "
+            f"{'with --set ' if overrides else ''}differs from it and is not used")
+    return saved, run, note

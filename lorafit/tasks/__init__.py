@@ -15,9 +15,10 @@ import os
 from pathlib import Path
 
 from lorafit.errors import DataError
+from lorafit.recipe.schema import DataConfig
 from lorafit.tasks import e2e, glue, quickstart, wikisql
 from lorafit.tasks.text import text_task
-from lorafit.tasks.types import DataOptions, Task
+from lorafit.tasks.types import Task
 
 DATA_ENV = "LORAFIT_DATA"
 TASK_NAMES: tuple[str, ...] = tuple(
@@ -25,11 +26,11 @@ TASK_NAMES: tuple[str, ...] = tuple(
 )
 
 __all__ = [
-    "DATA_ENV", "TASK_NAMES", "DataOptions", "Task", "get_task", "resolve_data_dir", "task_data_dir", "text_task",
+    "DATA_ENV", "TASK_NAMES", "Task", "get_task", "resolve_data_dir", "task_data_dir", "text_task",
 ]
 
 
-def get_task(name: str, options: DataOptions | None = None) -> Task:
+def get_task(name: str, options: DataConfig | None = None) -> Task:
     """The task called `name`; `text` needs `options` (the recipe's `data:` section), others ignore them."""
     if name == "text":
         if options is None:

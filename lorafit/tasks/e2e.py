@@ -24,8 +24,9 @@ from pathlib import Path
 
 from lorafit.errors import DataError
 from lorafit.eval.metrics.e2e import score_e2e
+from lorafit.recipe.schema import DataConfig
 from lorafit.tasks._io import check_lengths, check_split, column_index, find_file, read_csv
-from lorafit.tasks.types import DataOptions, EvalItem, GenerationExample, Task
+from lorafit.tasks.types import EvalItem, GenerationExample, Task
 
 NAME = "e2e"
 SPLITS = ("train", "dev", "test")
@@ -65,14 +66,14 @@ def read_pairs(data_dir: Path, split: str) -> list[tuple[str, str]]:
     return [(fields[mr_at], fields[ref_at]) for _, fields in rows]
 
 
-def load_train(data_dir: Path, split: str, options: DataOptions | None = None) -> list[GenerationExample]:
+def load_train(data_dir: Path, split: str, options: DataConfig | None = None) -> list[GenerationExample]:
     """One example per (MR, reference) row."""
     pairs = read_pairs(data_dir, split)
     prompts = {mr: format_prompt(mr) for mr in {mr for mr, _ in pairs}}  # ~9 rows per MR: format each once
     return [GenerationExample(prompts[mr], " " + ref.strip()) for mr, ref in pairs]
 
 
-def load_eval(data_dir: Path, split: str, options: DataOptions | None = None) -> list[EvalItem]:
+def load_eval(data_dir: Path, split: str, options: DataConfig | None = None) -> list[EvalItem]:
     """One item per distinct MR, in order of first appearance, with all its references."""
     refs: dict[str, list[str]] = {}
     for mr, ref in read_pairs(data_dir, split):

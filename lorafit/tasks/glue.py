@@ -28,8 +28,9 @@ from pathlib import Path
 
 from lorafit.errors import DataError
 from lorafit.eval.metrics.glue import score_classification
+from lorafit.recipe.schema import DataConfig
 from lorafit.tasks._io import check_lengths, check_split, column_index, find_file, read_tsv
-from lorafit.tasks.types import ClassificationExample, DataOptions, Task
+from lorafit.tasks.types import ClassificationExample, Task
 
 ENTAILMENT_LABELS = ("entailment", "not_entailment")  # id = position, as in GLUE / HF datasets
 
@@ -162,7 +163,7 @@ def load_mrpc_rows(data_dir: Path, split: str) -> list[tuple[str, str, Classific
     ]
 
 
-def load(spec: GlueSpec, data_dir: Path, split: str, options: DataOptions | None = None) -> list:
+def load(spec: GlueSpec, data_dir: Path, split: str, options: DataConfig | None = None) -> list:
     """The split's examples (the same list for training, validation loss and evaluation)."""
     _check_split(spec, split)
     if spec.name == "mrpc":

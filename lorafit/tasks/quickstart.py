@@ -17,7 +17,8 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from lorafit.tasks.types import DataOptions, EvalItem, GenerationExample, Task
+from lorafit.recipe.schema import DataConfig
+from lorafit.tasks.types import EvalItem, GenerationExample, Task
 
 NAMES = (
     "Biscuit Luna Milo Pepper Ziggy Hazel Otis Clover Mochi Juniper Rufus Nala Pickles Willow Toffee "
@@ -103,12 +104,12 @@ def examples(split: str) -> list[GenerationExample]:
     return out
 
 
-def load_train(data_dir: Path | None, split: str, options: DataOptions) -> list[GenerationExample]:
+def load_train(data_dir: Path | None, split: str, options: DataConfig) -> list[GenerationExample]:
     """The split's examples (quickstart needs no data directory or options)."""
     return examples(split)
 
 
-def load_eval(data_dir: Path | None, split: str, options: DataOptions) -> list[EvalItem]:
+def load_eval(data_dir: Path | None, split: str, options: DataConfig) -> list[EvalItem]:
     """One item per example, its listing the single reference."""
     return [EvalItem(prompt=e.prompt, references=(e.completion.strip(),)) for e in examples(split)]
 

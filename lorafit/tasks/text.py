@@ -35,6 +35,7 @@ from functools import partial
 from pathlib import Path
 
 from lorafit.errors import DataError
+from lorafit.recipe.schema import DataConfig
 from lorafit.tasks._io import (
     check_lengths,
     check_split,
@@ -44,7 +45,7 @@ from lorafit.tasks._io import (
     read_text,
     read_tsv,
 )
-from lorafit.tasks.types import ClassificationExample, DataOptions, EvalItem, GenerationExample, Task
+from lorafit.tasks.types import ClassificationExample, EvalItem, GenerationExample, Task
 
 NAME = "text"
 SPLIT_FILES = {"train": "train_file", "dev": "valid_file", "test": "test_file"}
@@ -85,7 +86,7 @@ def template_fields(template: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def validate(options: DataOptions) -> None:
+def validate(options: DataConfig) -> None:
     """Check the `data:` settings the text task needs, before any file is read."""
     o = options
     if not (o.train_file or o.valid_file or o.test_file):
@@ -115,7 +116,7 @@ def validate(options: DataOptions) -> None:
             raise DataError(f"task {NAME}: data.{key} {name!r} should end in one of: {', '.join(SUFFIXES)}")
 
 
-def file_for(data_dir: Path, split: str, options: DataOptions) -> Path:
+def file_for(data_dir: Path, split: str, options: DataConfig) -> Path:
     """The file of `split` named in the `data:` section, relative to the data directory unless absolute."""
     splits = tuple(s for s, key in SPLIT_FILES.items() if getattr(options, key))
     check_split(NAME, split, tuple(SPLIT_FILES), "")
@@ -191,20 +192,20 @@ def completions_of(row: Row, field: str) -> list[str]:
     return [str(r) for r in refs]
 
 
-def generation_rows(data_dir: Path, split: str, options: DataOptions) -> list[tuple[str, list[str]]]:
+def generation_rows(data_dir: Path, split: str, options: DataConfig) -> list[tuple[str, list[str]]]:
     """(prompt, completions) for each row of the split's file."""
     path = file_for(data_dir, split, options)
     rows = read_rows(path, [options.completion_field])
     return [(prompt_of(r, options.prompt_template), completions_of(r, options.completion_field)) for r in rows]
 
 
-def load_generation_train(data_dir: Path, split: str, options: DataOptions) -> list[GenerationExample]:
+def load_generation_train(data_dir: Path, split: str, options: DataConfig) -> list[GenerationExample]:
     """One example per (prompt, completion): a row with several completions gives several."""
     rows = generation_rows(data_dir, split, options)
     return [GenerationExample(prompt, ref) for prompt, refs in rows for ref in refs]
 
 
-def load_generation_eval(data_dir: Path, split: str, options: DataOptions) -> list[EvalItem]:
+def load_generation_eval(data_dir: Path, split: str, options: DataConfig) -> list[EvalItem]:
     """One item per row, with all its completions as references."""
     return [EvalItem(prompt, tuple(refs)) for prompt, refs in generation_rows(data_dir, split, options)]
 
@@ -230,7 +231,7 @@ def score_generation(predictions: Sequence[str], items: Sequence[EvalItem]) -> d
 # -- classification --------------------------------------------------------------------------------
 
 
-def raw_labels(data_dir: Path, split: str, options: DataOptions) -> tuple[list[Row], list]:
+def raw_labels(data_dir: Path, split: str, options: DataConfig) -> tuple[list[Row], list]:
     """The split's rows and their labels as written in the file."""
     needed = [options.text_field, options.label_field] + ([options.text_pair_field] if options.text_pair_field else [])
     rows = read_rows(file_for(data_dir, split, options), needed)
@@ -242,7 +243,7 @@ def is_int_label(v) -> bool:
     return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and bool(_INT.fullmatch(v.strip())))
 
 
-def label_names(data_dir: Path, options: DataOptions) -> list[str] | None:
+def label_names(data_dir: Path, options: DataConfig) -> list[str] | None:
     """Class names by id for string labels (the sorted set of the train file's labels); None when the
     labels are ints or floats (regression)."""
     if options.num_labels == 1:
@@ -264,7 +265,7 @@ def _names(labels: list, num_labels: int) -> list[str] | None:
     return names
 
 
-def label_of(row: Row, v, options: DataOptions, names: list[str] | None) -> int | float:
+def label_of(row: Row, v, options: DataConfig, names: list[str] | None) -> int | float:
     """A row's label as a class id (or a float for regression), checked against the task's labels."""
     where = f"task {NAME}: {row.where}: label {v!r}"
     if options.num_labels == 1:
@@ -283,7 +284,7 @@ def label_of(row: Row, v, options: DataOptions, names: list[str] | None) -> int 
     return int(v)
 
 
-def load_classification(data_dir: Path, split: str, options: DataOptions) -> list[ClassificationExample]:
+def load_classification(data_dir: Path, split: str, options: DataConfig) -> list[ClassificationExample]:
     """The split's examples, with labels mapped to ids as the module docstring describes."""
     rows, labels = raw_labels(data_dir, split, options)
     if options.num_labels == 1 or (not options.train_file and all(is_int_label(v) for v in labels)):
@@ -326,10 +327,10 @@ def score_classification(num_labels: int, predictions: Sequence, items: Sequence
     return {"accuracy": accuracy, "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0))}
 
 
-def _bound(load, bound: DataOptions):
+def _bound(load, bound: DataConfig):
     """`load` with the options the task was built for (a Task's kind and label count come from them)."""
 
-    def load_split(data_dir: Path, split: str, options: DataOptions | None = None) -> list:
+    def load_split(data_dir: Path, split: str, options: DataConfig | None = None) -> list:
         if options is not None and options != bound:
             raise ValueError("this text task was built for other data options: call text_task(options) again")
         return load(data_dir, split, bound)
@@ -337,7 +338,7 @@ def _bound(load, bound: DataOptions):
     return load_split
 
 
-def text_task(options: DataOptions) -> Task:
+def text_task(options: DataConfig) -> Task:
     """The text task for these `data:` settings (its kind and label count depend on them).
 
     Its loaders use these options; they accept the same options again (or None) as their third argument.

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lorafit.recipe.schema import DataConfig
+
 TaskKind = Literal["generation", "classification", "regression"]
 
 
@@ -48,24 +50,6 @@ class ClassificationExample:
 
 
 @dataclass(frozen=True)
-class DataOptions:
-    """Settings that tell the generic `text` task where its files are and which fields to use.
-
-    Built from the recipe's `data:` section; the named tasks (glue, e2e, wikisql) ignore them.
-    """
-
-    train_file: str | None = None
-    valid_file: str | None = None
-    test_file: str | None = None
-    prompt_template: str | None = None
-    completion_field: str | None = None
-    text_field: str | None = None
-    text_pair_field: str | None = None
-    label_field: str | None = None
-    num_labels: int | None = None
-
-
-@dataclass(frozen=True)
 class Task:
     """A task: what kind it is, how to load each split, and how to score predictions.
 
@@ -83,8 +67,8 @@ class Task:
     kind: TaskKind
     num_labels: int  # 0 for generation, 1 for regression
     splits: tuple[str, ...]
-    load_train: Callable[[Path, str, DataOptions], list]
-    load_eval: Callable[[Path, str, DataOptions], list]
+    load_train: Callable[[Path, str, DataConfig], list]
+    load_eval: Callable[[Path, str, DataConfig], list]
     score: Callable[[Sequence, Sequence], dict]
     main_metric: str
     eval_only: bool = False  # e.g. glue/qnli: no train split in our data

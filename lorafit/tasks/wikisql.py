@@ -21,8 +21,9 @@ from pathlib import Path
 
 from lorafit.errors import DataError
 from lorafit.eval.metrics.wikisql import score_wikisql
+from lorafit.recipe.schema import DataConfig
 from lorafit.tasks._io import check_lengths, check_split, find_file, read_jsonl
-from lorafit.tasks.types import DataOptions, EvalItem, GenerationExample, Task
+from lorafit.tasks.types import EvalItem, GenerationExample, Task
 
 NAME = "wikisql"
 SPLITS = ("train", "dev", "test")
@@ -106,12 +107,12 @@ def read_rows(data_dir: Path, split: str) -> list[dict]:
     ]
 
 
-def load_train(data_dir: Path, split: str, options: DataOptions | None = None) -> list[GenerationExample]:
+def load_train(data_dir: Path, split: str, options: DataConfig | None = None) -> list[GenerationExample]:
     """One (prompt, SQL completion) example per row."""
     return [GenerationExample(row["prompt"], row["completion"]) for row in read_rows(data_dir, split)]
 
 
-def load_eval(data_dir: Path, split: str, options: DataOptions | None = None) -> list[EvalItem]:
+def load_eval(data_dir: Path, split: str, options: DataConfig | None = None) -> list[EvalItem]:
     """One item per row: the prompt, the gold SQL, and the table's columns for scoring."""
     return [
         EvalItem(row["prompt"], (row["sql"],), {"columns": row["columns"], "table_id": row["table_id"]})

@@ -4,33 +4,47 @@
         for each micro-batch of the step (grad_accum of them):
             loss_sum(micro-batch) / target tokens in the whole step  -> backward
         clip grad norm -> AdamW step -> schedule step
-        log / validate / checkpoint when due
+        log / validate / evaluate the task / checkpoint when due
 
-Only trainable parameters (LoRA A/B, a head, chosen biases) are given to the optimizer, so AdamW keeps
-moments for ~0.1-1% of the weights. Batch order depends only on (seed, epoch), and checkpoints hold
-the optimizer, scheduler, RNG states and the data position, so a resumed run continues the very same
-sequence of updates. Room for torch.distributed: the data position and "who writes" are the only places
-a rank matters (see `Checkpointer` and `batch_order`).
+`fit` is that loop; `Training` holds everything that changes while it runs (optimizer, scheduler,
+position in the data, the logging window, the state at the last step boundary), so the loop itself is
+a screen long. Only trainable parameters (LoRA A/B, a head, chosen biases) are given to the optimizer,
+so AdamW keeps moments for ~0.1-1% of the weights. Batch order depends only on (seed, epoch), and
+checkpoints hold the optimizer, scheduler, RNG states and the data position, so a resumed run continues
+the very same sequence of updates.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
-from lorafit.data.batches import Encoded, count_target_tokens, iterate_batches, length_sorted_batches
+from lorafit.data.batches import (
+    Encoded,
+    count_examples,
+    count_target_tokens,
+    iterate_batches,
+    length_sorted_batches,
+    resolve_batching,
+)
 from lorafit.errors import DivergedError
 from lorafit.fast.attention import FastAttentionDropout
-from lorafit.fast.memory import release_free_heap, trim_due
+from lorafit.fast.dropout import use_fast_dropout
+from lorafit.fast.memory import limit_onednn_primitive_cache, release_free_heap, trim_due
+from lorafit.fast.options import FastOptions
 from lorafit.fast.precision import FrozenWeightCasts, autocast_context, resolve_precision
+from lorafit.recipe.schema import TrainConfig
+from lorafit.rng import rng_state, seed_everything, set_rng_state
 from lorafit.runs.interrupts import interrupts_deferred
+
+LossFn = Callable[[nn.Module, dict], torch.Tensor]
+Snapshot = Callable[[], dict]
 
 
 @dataclass
@@ -41,7 +55,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     tokens_seen: int = 0  # real (non-pad) input tokens
-    examples_seen: int = 0
+    examples_seen: int = 0  # examples (a packed row counts the examples joined in it)
 
 
 @dataclass
@@ -54,34 +68,22 @@ class FitResult:
     precision: str = "fp32"  # what the loop ran ("auto" resolved)
 
 
-@dataclass(frozen=True)
-class LoopSettings:
-    """What the loop needs from the recipe (train section + seed + precision)."""
+@dataclass
+class LogWindow:
+    """Sums over the optimizer steps since the last training-loss record."""
 
-    batch_size: int
-    grad_accum: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    schedule: str
-    max_grad_norm: float | None
-    batching: str
-    epochs: float
-    max_steps: int | None
-    log_every: int
-    eval_every: int
-    save_every: int
-    seed: int
-    precision: str
-    task_eval_every: int = 0  # run `on_validate` (task metrics) every N steps; 0: never
+    start: float
+    loss: float = 0.0  # sum of per-step mean losses weighted by their target tokens
+    tokens: int = 0  # target tokens
+    real: int = 0  # real input tokens (for tokens/s)
 
 
-def total_optimizer_steps(num_examples: int, s: LoopSettings) -> int:
+def total_optimizer_steps(num_examples: int, config: TrainConfig) -> int:
     """max_steps if set, else ceil(epochs * batches per epoch / grad_accum), at least 1."""
-    if s.max_steps is not None:
-        return s.max_steps
-    batches_per_epoch = math.ceil(num_examples / s.batch_size)
-    return max(1, math.ceil(s.epochs * batches_per_epoch / s.grad_accum))
+    if config.max_steps is not None:
+        return config.max_steps
+    batches_per_epoch = math.ceil(num_examples / config.batch_size)
+    return max(1, math.ceil(config.epochs * batches_per_epoch / config.grad_accum))
 
 
 def lr_multiplier(step: int, warmup: int, total: int, kind: str) -> float:
@@ -97,43 +99,13 @@ def lr_multiplier(step: int, warmup: int, total: int, kind: str) -> float:
     return 1.0 - progress
 
 
-def rng_state() -> dict:
-    """Every random generator training draws from (dropout, shuffling), for checkpoints."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()  # dropout on a GPU draws from these, not "torch"
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-LossFn = Callable[[nn.Module, dict], torch.Tensor]
-
-
 @torch.no_grad()
 def validation_loss(
-    model: nn.Module,
-    encoded: Sequence[Encoded],
-    loss_fn: LossFn,
-    batch_size: int,
-    pad_id: int,
-    precision: str,
+    model: nn.Module, encoded: Sequence[Encoded], loss_fn: LossFn, batch_size: int, pad_id: int, precision: str,
     casts: FrozenWeightCasts | None = None,
 ) -> float | None:
     """Mean per-target-token loss over `encoded` in eval mode (dropout off); `casts`: the run's
-    bf16 weight copies (precision.py), reused rather than made again."""
+    bf16 weight copies (fast/precision.py), reused rather than made again."""
     if not encoded:
         return None
     was_training = model.training
@@ -149,178 +121,209 @@ def validation_loss(
     return total / max(tokens, 1)
 
 
-def fit(
-    model: nn.Module,
-    train: Sequence[Encoded],
-    valid: Sequence[Encoded],
-    s: LoopSettings,
-    *,
-    loss_fn: LossFn,
-    pad_id: int,
-    on_log: Callable[[dict], None] = lambda record: None,
-    on_step: Callable[[TrainState, Callable[[], dict]], None] = lambda state, snapshot: None,
-    on_validate: Callable[[TrainState], dict] | None = None,
-    on_interrupt: Callable[[Callable[[], dict]], None] | None = None,
-    resume: dict | None = None,
-) -> FitResult:
-    """Train `model`'s trainable parameters on `train`; returns the final state and losses.
+class Training:
+    """The mutable state of one `fit` call and the steps that change it."""
 
-    on_log(record): called every `log_every` steps and after each validation with a flat dict
-    (step, epoch, loss, lr, grad_norm, tokens_per_s, elapsed_s, ...).
-    on_step(state, snapshot): called after every optimizer step; `snapshot()` returns the full
-    resumable state (trainable weights, optimizer, scheduler, RNG, data position), so the caller
-    decides when to checkpoint (every N steps, on Ctrl-C).
-    on_validate(state): task evaluation every `task_eval_every` steps; its dict is logged with the step.
-    on_interrupt(snapshot): called on Ctrl-C with the state of the last completed step, before the
-    KeyboardInterrupt propagates.
-    resume: a snapshot returned earlier; training continues exactly where it stopped.
-    """
-    device = next(model.parameters()).device
-    precision = resolve_precision(s.precision, device)
-    casts = FrozenWeightCasts() if precision == "bf16" else None  # one bf16 copy per frozen weight per run
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    total = total_optimizer_steps(len(train), s)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, s.warmup_steps, total, s.schedule)
-    )
-    state = TrainState()
-    history: list[dict] = []
-    if resume is not None:
-        trainable = dict(model.named_parameters())
+    def __init__(self, model: nn.Module, config: TrainConfig, *, total: int, seed: int, precision: str,
+                 batching: str, loss_fn: LossFn, pad_id: int, fast: FastOptions) -> None:
+        self.model, self.config, self.total, self.seed = model, config, total, seed
+        self.batching, self.loss_fn, self.pad_id, self.fast = batching, loss_fn, pad_id, fast
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
+        self.casts = FrozenWeightCasts() if self.precision == "bf16" else None  # one bf16 copy per frozen weight
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_multiplier(step, config.warmup_steps, total, config.schedule)
+        )
+        self.state = TrainState()
+        self.history: list[dict] = []
+        self.train_loss: float | None = None
+        self.valid_loss: float | None = None
+        self.started = time.perf_counter()
+        self.window = LogWindow(start=self.started)
+        self.last_trim = (0, self.started)  # (step, time) of the last heap trim (fast/memory.py)
+        # The state at the last optimizer-step boundary: what a checkpoint must hold even when Ctrl-C
+        # arrives halfway through the micro-batches of the next step.
+        self.boundary = {"state": vars(self.state).copy(), "rng": rng_state()}
+
+    def restore(self, snapshot: dict) -> None:
+        """Continue exactly where `snapshot` (see `snapshot`) stopped."""
+        trainable = dict(self.model.named_parameters())
         with torch.no_grad():
-            for name, value in resume["trainable"].items():
+            for name, value in snapshot["trainable"].items():
                 trainable[name].copy_(value)
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        state = TrainState(**resume["state"])
-        history = list(resume.get("history", []))
-        set_rng_state(resume["rng"])
-    else:
-        seed_everything(s.seed)
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.scheduler.load_state_dict(snapshot["scheduler"])
+        self.state = TrainState(**snapshot["state"])
+        self.history = list(snapshot.get("history", []))
+        set_rng_state(snapshot["rng"])
+        self.boundary = {"state": vars(self.state).copy(), "rng": snapshot["rng"]}
+        self.last_trim = (self.state.step, self.started)
 
-    # The state at the last optimizer-step boundary: what a checkpoint must hold even when Ctrl-C
-    # arrives halfway through the micro-batches of the next step.
-    boundary = {"state": vars(state).copy(), "rng": rng_state()}
-
-    def snapshot() -> dict:
+    def snapshot(self) -> dict:
+        """The full resumable state at the last step boundary (weights, optimizer, RNG, data position)."""
         return {
-            "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "state": dict(boundary["state"]),
-            "rng": boundary["rng"],
-            "history": list(history),
+            "trainable": {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": dict(self.boundary["state"]),
+            "rng": self.boundary["rng"],
+            "history": list(self.history),
         }
 
+    def step_batches(self, train: Sequence[Encoded]) -> Iterator[list[dict]]:
+        """The grad_accum micro-batches of each optimizer step until the last step, epoch after epoch
+        (a step may span the end of an epoch); the data position advances as batches are read."""
+        micro: list[dict] = []
+        while self.state.step < self.total:
+            for batch in iterate_batches(
+                train, self.config.batch_size, self.pad_id, seed=self.seed, epoch=self.state.epoch,
+                mode=self.batching, skip=self.state.batch_in_epoch,
+                window=self.fast.bucket_window_batches, pad_to_multiple=self.fast.pad_to_multiple,
+            ):
+                micro.append(batch)
+                self.state.batch_in_epoch += 1
+                if len(micro) == self.config.grad_accum:
+                    yield micro
+                    micro = []
+                    if self.state.step >= self.total:
+                        return
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
 
-    max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
-
-    def backward(micro: list[dict]) -> tuple[float, int, int]:
-        """Accumulate gradients over the micro-batches of one step. Returns (mean token loss, target
-        tokens, real input tokens); a non-finite loss stops training before any weight changes."""
+    def backward(self, micro: list[dict]) -> tuple[float, int, int]:
+        """Accumulate gradients over one step's micro-batches. Returns (mean token loss, target tokens,
+        real input tokens); a non-finite loss stops training before any weight changes."""
         step_tokens = sum(count_target_tokens(b) for b in micro)
         step_loss, real_tokens = 0.0, 0
+        attention = FastAttentionDropout if self.fast.attention_dropout else nullcontext
         for b in micro:
-            b = {k: v.to(device) for k, v in b.items()}
-            # FastAttentionDropout outside autocast: under bf16 the attention reaches it already in fp32.
-            with FastAttentionDropout(), autocast_context(precision, device, casts):
-                loss = loss_fn(model, b) / max(step_tokens, 1)
+            b = {k: v.to(self.device) for k, v in b.items()}
+            # The attention mode outside autocast: under bf16 the attention reaches it already in fp32.
+            with attention(), autocast_context(self.precision, self.device, self.casts):
+                loss = self.loss_fn(self.model, b) / max(step_tokens, 1)
             loss.backward()
             step_loss += loss.item()
             real_tokens += int(b["attention_mask"].sum())
         if not math.isfinite(step_loss):
             raise DivergedError(
-                f"training loss became {step_loss} at step {state.step + 1}; the adapter was not saved "
+                f"training loss became {step_loss} at step {self.state.step + 1}; the adapter was not saved "
                 "and the last good checkpoint is kept (try a lower train.lr)"
             )
         return step_loss, step_tokens, real_tokens
 
-    def update() -> float:
-        """Clip, AdamW step, schedule step; returns the gradient norm before clipping."""
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    def update(self, micro: list[dict], loss: float, tokens: int, real: int) -> float:
+        """Clip, AdamW step, schedule step, and the record of it, as one uninterruptible unit; returns
+        the gradient norm before clipping."""
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
+        with interrupts_deferred():  # the update and the record of it happen together (runs/interrupts.py)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.examples_seen += sum(count_examples(b) for b in micro)
+            self.state.tokens_seen += real
+            self.state.step += 1
+            self.boundary = {"state": vars(self.state).copy(), "rng": rng_state()}
+        self.window.loss += loss * tokens
+        self.window.tokens += tokens
+        self.window.real += real
         return grad_norm
 
-    def validate() -> None:
-        nonlocal valid_loss
+    def trim_heap_if_due(self) -> None:
+        """Hand freed heap pages back to the OS now and then (fast/memory.py says why)."""
+        steps, at = self.last_trim
+        now = time.perf_counter()
+        if trim_due(self.state.step - steps, now - at, self.fast.trim_every_steps, self.fast.trim_min_seconds):
+            release_free_heap()
+            self.last_trim = (self.state.step, time.perf_counter())
+
+    def due(self, every: int) -> bool:
+        return every > 0 and self.state.step % every == 0
+
+    def train_record(self, grad_norm: float, steps_per_epoch: int) -> dict:
+        """The training-loss record of the window that ends now; starts the next window."""
+        now = time.perf_counter()
+        self.train_loss = self.window.loss / max(self.window.tokens, 1)
+        record = {
+            "step": self.state.step,
+            "epoch": round(self.state.epoch + self.state.batch_in_epoch / steps_per_epoch, 4),
+            "loss": self.train_loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "tokens_per_s": self.window.real / max(now - self.window.start, 1e-9),
+            "tokens_seen": self.state.tokens_seen,
+            "elapsed_s": now - self.started,
+        }
+        self.window = LogWindow(start=time.perf_counter())
+        return self.record(record)
+
+    def timed_record(self, measure: Callable[[], dict]) -> dict:
+        """A record of what `measure` returns (validation, task metrics), its time left out of tokens/s."""
         began = time.perf_counter()
-        valid_loss = validation_loss(model, valid, loss_fn, s.batch_size, pad_id, precision, casts)
-        record = {"step": state.step, "valid_loss": valid_loss, "elapsed_s": time.perf_counter() - started}
-        history.append(record)
-        on_log(record)
-        window["start"] += time.perf_counter() - began  # tokens/s counts training time only
+        values = measure()
+        self.model.train()
+        self.window.start += time.perf_counter() - began
+        return self.record({"step": self.state.step, **values, "elapsed_s": time.perf_counter() - self.started})
 
-    started = time.perf_counter()
-    window = {"loss": 0.0, "tokens": 0, "real": 0, "start": started}  # the current logging window
-    trimmed = {"step": state.step, "time": started}  # the last heap trim (memory.py)
-    last_train_loss, valid_loss = None, None
-    steps_per_epoch = max(1, math.ceil(len(train) / s.batch_size))
-    if state.step == 0 and valid:
-        validate()  # the base model's validation loss: the curve's starting point
+    def validate(self, valid: Sequence[Encoded]) -> dict:
+        self.valid_loss = validation_loss(self.model, valid, self.loss_fn, self.config.batch_size, self.pad_id,
+                                          self.precision, self.casts)
+        return {"valid_loss": self.valid_loss}
+
+    def record(self, record: dict) -> dict:
+        self.history.append(record)
+        return record
+
+    def result(self) -> FitResult:
+        return FitResult(self.state, self.total, self.train_loss, self.valid_loss, self.history, self.precision)
+
+
+def fit(
+    model: nn.Module, train: Sequence[Encoded], valid: Sequence[Encoded], config: TrainConfig, *,
+    seed: int, precision: str, loss_fn: LossFn, pad_id: int, fast: FastOptions = FastOptions(),
+    on_log: Callable[[dict], None] = lambda record: None,
+    on_step: Callable[[TrainState, Snapshot], None] = lambda state, snapshot: None,
+    on_task_eval: Callable[[TrainState], dict] | None = None, task_eval_every: int = 0,
+    on_interrupt: Callable[[Snapshot], None] | None = None, resume: dict | None = None,
+) -> FitResult:
+    """Train `model`'s trainable parameters on `train` as `config` (the recipe's train section) says.
+
+    on_log(record): every `log_every` steps and after each validation, a flat dict (step, epoch, loss,
+    lr, grad_norm, tokens_per_s, elapsed_s, ...). on_step(state, snapshot): after every optimizer step;
+    `snapshot()` returns the full resumable state, so the caller decides when to checkpoint.
+    on_task_eval(state): task metrics every `task_eval_every` steps, logged with the step.
+    on_interrupt(snapshot): on Ctrl-C, with the state of the last completed step, before the
+    KeyboardInterrupt propagates. resume: a snapshot returned earlier; training continues exactly there.
+    """
+    limit_onednn_primitive_cache(fast.onednn_primitive_cache)  # before the run's first bf16 matmul
+    kind = "generation" if train and train[0].labels is not None else "classification"
+    run = Training(model, config, total=total_optimizer_steps(len(train), config), seed=seed, precision=precision,
+                   batching=resolve_batching(config.batching, kind), loss_fn=loss_fn, pad_id=pad_id, fast=fast)
+    if resume is not None:
+        run.restore(resume)
+    else:
+        seed_everything(seed)
+    if fast.model_dropout:
+        use_fast_dropout(model)
+    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    if run.state.step == 0 and valid:
+        on_log(run.timed_record(lambda: run.validate(valid)))  # the base model's loss: the curve's start
     model.train()
-    micro: list[dict] = []
     try:
-        while state.step < total:
-            batches = iterate_batches(
-                train, s.batch_size, pad_id, seed=s.seed, epoch=state.epoch, mode=s.batching, skip=state.batch_in_epoch
-            )
-            for batch in batches:
-                micro.append(batch)
-                state.batch_in_epoch += 1
-                if len(micro) < s.grad_accum:
-                    continue
-                loss, tokens, real = backward(micro)
-                with interrupts_deferred():  # the update and the record of it happen together (interrupts.py)
-                    grad_norm = update()
-                    state.examples_seen += sum(b["input_ids"].shape[0] for b in micro)
-                    state.tokens_seen += real
-                    state.step += 1
-                    boundary.update(state=vars(state).copy(), rng=rng_state())
-                micro = []
-                if trim_due(state.step - trimmed["step"], time.perf_counter() - trimmed["time"]):
-                    release_free_heap()  # bound RSS growth from varying batch shapes (memory.py)
-                    trimmed.update(step=state.step, time=time.perf_counter())
-                window["loss"] += loss * tokens
-                window["tokens"] += tokens
-                window["real"] += real
-
-                if state.step % s.log_every == 0 or state.step == total:
-                    now = time.perf_counter()
-                    last_train_loss = window["loss"] / max(window["tokens"], 1)
-                    record = {
-                        "step": state.step,
-                        "epoch": round(state.epoch + state.batch_in_epoch / steps_per_epoch, 4),
-                        "loss": last_train_loss,
-                        "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": grad_norm,
-                        "tokens_per_s": window["real"] / max(now - window["start"], 1e-9),
-                        "tokens_seen": state.tokens_seen,
-                        "elapsed_s": now - started,
-                    }
-                    history.append(record)
-                    on_log(record)
-                    window = {"loss": 0.0, "tokens": 0, "real": 0, "start": time.perf_counter()}
-                if (s.eval_every > 0 and state.step % s.eval_every == 0) or state.step == total:
-                    validate()
-                if on_validate is not None and s.task_eval_every > 0 and state.step % s.task_eval_every == 0:
-                    began = time.perf_counter()
-                    record = {"step": state.step, **on_validate(state), "elapsed_s": time.perf_counter() - started}
-                    history.append(record)
-                    on_log(record)
-                    model.train()
-                    window["start"] += time.perf_counter() - began
-                on_step(state, snapshot)
-                if state.step >= total:
-                    break
-            else:
-                state.epoch += 1
-                state.batch_in_epoch = 0
+        for micro in run.step_batches(train):
+            grad_norm = run.update(micro, *run.backward(micro))
+            run.trim_heap_if_due()
+            if run.due(config.log_every) or run.state.step == run.total:
+                on_log(run.train_record(grad_norm, steps_per_epoch))
+            if run.due(config.eval_every) or run.state.step == run.total:
+                on_log(run.timed_record(lambda: run.validate(valid)))
+            if on_task_eval is not None and run.due(task_eval_every):
+                on_log(run.timed_record(lambda: on_task_eval(run.state)))
+            on_step(run.state, run.snapshot)
     except KeyboardInterrupt:
         if on_interrupt is not None:
-            on_interrupt(snapshot)
+            on_interrupt(run.snapshot)
         raise
-    return FitResult(state=state, total_steps=total, train_loss=last_train_loss, valid_loss=valid_loss, history=history,
-                     precision=precision)
+    return run.result()

@@ -1,25 +1,27 @@
-"""`lorafit eval`: load a target (or read an outputs file), predict, score, print a table, write JSON."""
+"""`lorafit eval`: load a target (or read an outputs file), predict, score, print a table, write JSON.
+
+    TARGET -> its recipe (a run) -> task, split, items -> load_target (models/loader.py)
+           -> eval.predict.evaluate -> table + JSON
+"""
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lorafit import __version__
-from lorafit.console import Reporter
+from lorafit.console import Reporter, print_metrics
 from lorafit.errors import DataError
-from lorafit.eval.generate import GenerationSettings
-from lorafit.eval.predict import predict, read_predictions, score
+from lorafit.eval.generate import DECODING_KEYS, decoding_settings
+from lorafit.eval.predict import eval_items, evaluate, read_predictions, score
 from lorafit.models import looks_like_path
 from lorafit.models.loader import load_target
-from lorafit.recipe.parse import Recipe, load_recipe
+from lorafit.recipe import Recipe, load_recipe
+from lorafit.recipe.schema import DataConfig, EvalConfig
 from lorafit.runs.atomic import write_text_atomic
 from lorafit.runs.rundir import RECIPE_FILE, is_run_dir
 from lorafit.tasks import get_task, task_data_dir
-from lorafit.tasks.types import DataOptions, Task
-from lorafit.train.setup import data_options, generation_settings
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,11 @@ class EvalRequest:
     chat_template: bool | None = None
 
 
-def requested_settings(recipe: Recipe | None, request: EvalRequest) -> GenerationSettings:
+def requested_settings(recipe: Recipe | None, request: EvalRequest) -> EvalConfig:
     """Flags override the recipe's eval section, which overrides the defaults."""
-    base = generation_settings(recipe) if recipe is not None else GenerationSettings()
-    flags = {f.name: getattr(request, f.name) for f in fields(GenerationSettings)}  # same names as the flags
-    return replace(base, **{name: value for name, value in flags.items() if value is not None})
+    base = recipe.eval if recipe is not None else EvalConfig()
+    flags = {key: getattr(request, key) for key in DECODING_KEYS}  # the flags share the recipe keys' names
+    return replace(base, **{key: value for key, value in flags.items() if value is not None})
 
 
 def recipe_of_target(target: str | None) -> Recipe | None:
@@ -66,36 +68,6 @@ def missing_task_message(target: str | None) -> str:
     return "--task is required unless TARGET is a run directory"
 
 
-def eval_items(task: Task, data_dir: Path | None, split: str, options: DataOptions, limit: int | None) -> list:
-    """The split's first `limit` (None: all) eval inputs; a split the task does not have is a DataError."""
-    if split not in task.splits:
-        raise DataError(f"task {task.name} has no split {split!r}; valid splits: {', '.join(task.splits)}")
-    items = task.load_eval(data_dir, split, options)
-    return items[:limit] if limit else items
-
-
-def evaluate_model(model, tokenizer, task: Task, items: list, settings: GenerationSettings, max_length: int,
-                   reporter: Reporter) -> tuple[list, dict, float]:
-    """Predictions and metrics of a loaded model on `items`, with a progress bar; returns seconds too."""
-    started = time.perf_counter()
-    label = "generate" if task.kind == "generation" else "classify"
-    with reporter.progress(label, len(items)) as progress:
-        predictions = predict(model, tokenizer, task, items, settings, max_length, on_batch=progress.advance)
-    seconds = time.perf_counter() - started
-    return predictions, score(task, predictions, items)["metrics"], seconds
-
-
-def print_metrics(reporter: Reporter, result: dict) -> None:
-    """An evaluation result's metrics as a table titled by task, split and size, then why any is missing."""
-    metrics = result["metrics"]
-    rows = [[k, f"{v:.4f}" if isinstance(v, float) else ("n/a" if v is None else str(v))]
-            for k, v in metrics.items() if not k.endswith("_unavailable")]
-    reporter.table(f"{result['task']} {result['split']} ({result['num_examples']} inputs)", ["metric", "value"], rows)
-    for key, reason in metrics.items():
-        if key.endswith("_unavailable"):
-            reporter.info(f"{key[: -len('_unavailable')]} unavailable: {reason}")
-
-
 def run_eval(request: EvalRequest, reporter: Reporter) -> dict:
     """Evaluate request.target (or score request.predictions); prints a table, writes JSON if asked."""
     if request.target is None and request.predictions is None:
@@ -104,7 +76,7 @@ def run_eval(request: EvalRequest, reporter: Reporter) -> dict:
     task_name = request.task or (recipe.task if recipe else None)
     if task_name is None:
         raise DataError(missing_task_message(request.target))
-    options = data_options(recipe) if recipe is not None else DataOptions()
+    options = recipe.data if recipe is not None else DataConfig()
     task = get_task(task_name, options)
     split = request.split or (recipe.eval.split if recipe else "dev")
     data_dir = task_data_dir(task, request.data_dir or (recipe.data_dir if recipe else None))
@@ -117,12 +89,14 @@ def run_eval(request: EvalRequest, reporter: Reporter) -> dict:
         result.update(source=str(request.predictions), kind="predictions", **score(task, predictions, items))
     else:
         loaded = load_target(request.target, task)
-        max_length = recipe.data.max_length if recipe else 512
-        predictions, metrics, seconds = evaluate_model(loaded.model, loaded.tokenizer, task, items, settings,
-                                                       max_length, reporter)
-        result.update(source=request.target, kind=loaded.kind, base=loaded.base.path_or_id, metrics=metrics,
-                      settings=asdict(settings) if task.kind == "generation" else {"batch_size": settings.batch_size},
-                      seconds=round(seconds, 2))
+        label = "generate" if task.kind == "generation" else "classify"
+        with reporter.progress(label, len(items)) as progress:
+            evaluated = evaluate(loaded.model, loaded.tokenizer, task, items, settings, options.max_length,
+                                 on_batch=progress.advance)
+        predictions = evaluated["predictions"]
+        result.update(source=request.target, kind=loaded.kind, base=loaded.base.path_or_id, metrics=evaluated["metrics"],
+                      settings=decoding_settings(settings) if task.kind == "generation" else {"batch_size": settings.batch_size},
+                      seconds=evaluated["seconds"])
     result["predictions"] = predictions
     print_metrics(reporter, result)
     if request.output is not None:

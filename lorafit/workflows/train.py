@@ -1,59 +1,65 @@
-"""`lorafit train`, top to bottom:
+"""`lorafit train`, top to bottom in `run_training`:
 
-    recipe.yaml -> load_recipe -> task -> prepare_model (base + LoRA) -> prepare_data -> fit
-                -> save adapter -> (evaluate) -> plot, summary, base-vs-adapted examples
+    recipe (located by the CLI) -> task -> model (the one loader) -> data -> run directory
+        -> fit -> save adapter -> evaluate -> plot, base-vs-adapted examples -> summary.json
 """
 
 from __future__ import annotations
 
+import resource
 import sys
 import time
 import warnings
-from pathlib import Path
 
-from lorafit.console import Reporter, format_train_record, format_train_status
-from lorafit.errors import RunDirError
+from lorafit import __version__
+from lorafit.console import Reporter, format_train_record, format_train_status, print_metrics
+from lorafit.eval.generate import decoding_settings, generate
+from lorafit.eval.predict import eval_items, evaluate
 from lorafit.fast.precision import resolve_precision
-from lorafit.recipe.parse import Recipe, dump_recipe, load_recipe, recipe_hash
+from lorafit.lora import lora_disabled
+from lorafit.models.loader import Loaded, load_for_training
+from lorafit.recipe import Recipe, dump_recipe
 from lorafit.runs.interrupts import sigterm_as_interrupt
-from lorafit.runs.rundir import TENSORBOARD_DIR, RunDir
+from lorafit.runs.machine import machine_info
+from lorafit.runs.plots import plot_runs
+from lorafit.runs.rundir import EVAL_FILE, SUMMARY_FILE, TENSORBOARD_DIR, RunDir
 from lorafit.runs.tensorboard import TensorBoardLog, summary_writer_class
-from lorafit.train.loop import fit, total_optimizer_steps
-from lorafit.train.setup import (
-    load_task,
-    loop_settings,
-    loss_function,
-    parameter_summary,
-    prepare_data,
-    prepare_model,
-    save_trained,
-)
-from lorafit.workflows.train_outputs import finish_run, periodic_eval_record
+from lorafit.tasks import task_data_dir
+from lorafit.tasks.types import Task
+from lorafit.train.loop import FitResult, fit, total_optimizer_steps
+from lorafit.train.setup import load_task, loss_function, parameter_summary, prepare_data, save_trained
 
 
-def run_directory(recipe: Recipe, output: Path | None) -> RunDir:
-    """--output, else the recipe's output_dir, else runs/<name>."""
-    return RunDir(output or (Path(recipe.output_dir) if recipe.output_dir else Path("runs") / recipe.name))
+def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, reporter: Reporter) -> dict:
+    """Train as the recipe says and write the run directory; returns the summary dict.
+
+    `recipe` and `run` come from `runs.rundir.locate_run` (the saved recipe when resuming)."""
+    started = time.perf_counter()
+    task = load_task(recipe)
+    if recipe.log.tensorboard:
+        summary_writer_class()  # fail now, not after loading the model, when tensorboard is missing
+    loaded = load_for_training(recipe, task.num_labels)
+    report_model(recipe, task, loaded, reporter)
+    train_data, valid_data, data_counts = prepare_data(recipe, task, loaded.tokenizer)
+    report_data(data_counts, recipe, task, reporter)
+    snapshot = open_run(run, recipe, overwrite=overwrite, resume=resume, reporter=reporter)
+    step = snapshot["state"]["step"] if snapshot else 0
+    tensorboard = TensorBoardLog(run.path / TENSORBOARD_DIR, step) if recipe.log.tensorboard else None
+    result = train_with_progress(recipe, task, loaded, run, train_data, valid_data, snapshot, tensorboard, reporter)
+    save_trained(loaded, recipe, task, run.adapter)
+    evaluation = evaluate_at_end(run, recipe, task, loaded, reporter) if recipe.eval.at_end else None
+    if tensorboard is not None:
+        tensorboard.log_eval(evaluation["metrics"] if evaluation else {}, result.state.step)
+        tensorboard.close()
+    if recipe.log.plot:
+        plot_loss(run, recipe, task, result)
+    examples = show_examples(recipe, task, loaded, reporter)
+    summary = write_summary(run, recipe, task, loaded, result, data_counts, evaluation, examples, started)
+    reporter.info(done_line(summary, result, run))
+    return summary
 
 
-def locate_run(
-    recipe_path: Path, overrides: list[str], output: Path | None, *, resume: bool
-) -> tuple[Recipe, RunDir]:
-    """The recipe and the run directory to train in.
-
-    RECIPE is a recipe file (the run goes to --output, else its output_dir, else runs/<name>) or, with
-    --resume, a run directory (`lorafit train --resume runs/x`), whose saved recipe.yaml is read.
-    """
-    if not recipe_path.is_dir():
-        recipe = load_recipe(recipe_path, overrides)
-        return recipe, run_directory(recipe, output)
-    if not resume:
-        raise RunDirError(f"{recipe_path}: is a directory; give a recipe file, or add --resume to continue the run in it")
-    if output is not None and output.resolve() != recipe_path.resolve():
-        raise RunDirError(f"--output {output}: differs from the run directory {recipe_path} given to --resume")
-    run = RunDir(recipe_path)
-    run.check(overwrite=False, resume=True)  # it must hold a run; run_training then checks --overwrite
-    return load_recipe(run.recipe, overrides), run
+# ---------------------------------------------------------------------------------------------- the steps
 
 
 def warn(message: str) -> None:
@@ -61,67 +67,54 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def run_training(
-    recipe_path: Path, overrides: list[str], output: Path | None, *, overwrite: bool, resume: bool, reporter: Reporter
-) -> dict:
-    """Train as the recipe says and write the run directory; returns the summary dict.
-
-    `recipe_path` is a recipe file, or with `resume` a run directory (see `locate_run`).
-    """
-    started = time.perf_counter()
-    recipe, run = locate_run(recipe_path, overrides, output, resume=resume)
-    run.check(overwrite=overwrite, resume=resume)  # fail fast, before any model is loaded
-    if resume:
-        saved = load_recipe(run.recipe)
-        if recipe_hash(saved) != recipe_hash(recipe):
-            reporter.info(f"note: resuming with the recipe saved in {run.recipe}; {recipe_path} "
-                          f"{'with --set ' if overrides else ''}differs from it and is not used")
-        recipe = saved
-    task = load_task(recipe)
-    if recipe.log.tensorboard:
-        summary_writer_class()  # fail now, not after loading the model, when tensorboard is missing
-
-    prepared = prepare_model(recipe, task)
-    counts = parameter_summary(prepared.report)
-    precision = resolve_precision(recipe.precision, next(prepared.model.parameters()).device)
+def report_model(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter) -> None:
+    counts = parameter_summary(loaded.report)
+    precision = resolve_precision(recipe.precision, next(loaded.model.parameters()).device)
     reporter.info(
         f"{recipe.name}: {recipe.model} on {task.name}; trainable {counts['trainable_params']:,} of "
         f"{counts['total_params']:,} parameters ({counts['trainable_percent']:.3f}%), "
         f"{counts['adapted_layers']} LoRA layers; precision {precision}"
     )
-    train_data, valid_data, data_counts = prepare_data(recipe, task, prepared.tokenizer)
-    settings = loop_settings(recipe, task)
+
+
+def report_data(counts: dict, recipe: Recipe, task: Task, reporter: Reporter) -> None:
+    from lorafit.data.batches import resolve_batching
+
     reporter.info(
-        f"data: {data_counts['train_examples']} train / {data_counts['valid_examples']} validation examples "
-        f"({data_counts['train_truncated']} truncated, {data_counts['train_skipped']} skipped as too long); "
-        f"batching {settings.batching}"
+        f"data: {counts['train_examples']} train / {counts['valid_examples']} validation examples "
+        f"({counts['train_truncated']} truncated, {counts['train_skipped']} skipped as too long); "
+        f"batching {resolve_batching(recipe.train.batching, task.kind)}"
     )
 
+
+def open_run(run: RunDir, recipe: Recipe, *, overwrite: bool, resume: bool, reporter: Reporter) -> dict | None:
+    """Create (or reopen) the run directory and write the recipe; on resume, the newest readable
+    checkpoint (None: start from step 0) with metrics.jsonl cut back to it."""
     if not resume:
         run.prepare(overwrite=overwrite)
-    recipe_text = dump_recipe(recipe)
-    run.write_recipe(recipe_text)
-    snapshot = None
-    if resume:
-        found = run.latest_checkpoint(on_skip=warn)
-        if found is None:
-            reporter.info(f"note: {run.path} has no readable checkpoint; starting from step 0")
-        else:
-            path, snapshot = found
-            reporter.info(f"resuming from {path} (step {snapshot['state']['step']})")
-        run.truncate_metrics(after_step=snapshot["state"]["step"] if snapshot else 0)
-        if snapshot is None and run.metrics.exists():
+    run.write_recipe(dump_recipe(recipe))
+    if not resume:
+        return None
+    found = run.latest_checkpoint(on_skip=warn)
+    snapshot = found[1] if found else None
+    if found is None:
+        reporter.info(f"note: {run.path} has no readable checkpoint; starting from step 0")
+        if run.metrics.exists():
             run.metrics.unlink()
+    else:
+        reporter.info(f"resuming from {found[0]} (step {snapshot['state']['step']})")
+        run.truncate_metrics(after_step=snapshot["state"]["step"])
+    return snapshot
 
-    total = total_optimizer_steps(len(train_data), settings)
 
-    def save_checkpoint(snapshot_fn) -> None:
-        run.save_checkpoint(snapshot_fn(), recipe_text, recipe.train.keep_checkpoints)
-
-    def on_step(state, snapshot_fn) -> None:
-        progress.advance(1, status=format_train_status(last))
-        if recipe.train.save_every and state.step % recipe.train.save_every == 0:
-            save_checkpoint(snapshot_fn)
+def train_with_progress(recipe: Recipe, task: Task, loaded: Loaded, run: RunDir, train_data: list, valid_data: list,
+                        snapshot: dict | None, tensorboard: TensorBoardLog | None, reporter: Reporter) -> FitResult:
+    """`fit` with the run's outputs attached: progress bar, metrics.jsonl, TensorBoard, checkpoints
+    every train.save_every steps and on Ctrl-C / SIGTERM, task metrics every eval.every steps."""
+    total = total_optimizer_steps(len(train_data), recipe.train)
+    done_before = snapshot["state"]["step"] if snapshot else 0
+    recipe_text = dump_recipe(recipe)
+    last: dict = {}  # the latest training record: the bar's status (epoch, loss, lr, tok/s)
 
     def on_log(record: dict) -> None:
         run.append_metrics(record)
@@ -131,32 +124,107 @@ def run_training(
         if tensorboard is not None:
             tensorboard.log(record)
 
-    def on_validate(state) -> dict:
-        return periodic_eval_record(recipe, task, prepared, reporter)
+    def on_step(state, snapshot_fn) -> None:
+        progress.advance(1, status=format_train_status(last))
+        if recipe.train.save_every and state.step % recipe.train.save_every == 0:
+            run.save_checkpoint(snapshot_fn(), recipe_text, recipe.train.keep_checkpoints)
 
     def on_interrupt(snapshot_fn) -> None:
-        save_checkpoint(snapshot_fn)
+        run.save_checkpoint(snapshot_fn(), recipe_text, recipe.train.keep_checkpoints)
         reporter.info(f"interrupted: checkpoint written; continue with: lorafit train --resume {run.path}")
 
-    last: dict = {}  # the latest training record: the bar's status (epoch, loss, lr, tok/s)
+    def on_task_eval(state) -> dict:
+        metrics = evaluate_split(recipe, task, loaded, reporter)["metrics"]
+        return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
 
-    done_before = snapshot["state"]["step"] if snapshot else 0
-    tensorboard = TensorBoardLog(run.path / TENSORBOARD_DIR, done_before) if recipe.log.tensorboard else None
-    with (
-        sigterm_as_interrupt(),
-        warnings.catch_warnings(),
-        reporter.progress("train", total, plain_ticks=False) as progress,
-    ):
+    with sigterm_as_interrupt(), warnings.catch_warnings(), reporter.progress("train", total, plain_ticks=False) as progress:
         warnings.simplefilter("ignore", UserWarning)
         progress.advance(done_before)
         result = fit(
-            prepared.model, train_data, valid_data, settings,
-            loss_fn=loss_function(task), pad_id=prepared.tokenizer.pad_token_id,
-            on_log=on_log, on_step=on_step, on_validate=on_validate, on_interrupt=on_interrupt, resume=snapshot,
+            loaded.model, train_data, valid_data, recipe.train, seed=recipe.seed, precision=recipe.precision,
+            loss_fn=loss_function(task), pad_id=loaded.tokenizer.pad_token_id, on_log=on_log, on_step=on_step,
+            on_task_eval=on_task_eval, task_eval_every=recipe.eval.every, on_interrupt=on_interrupt, resume=snapshot,
         )
-    save_trained(prepared, recipe, task, run.adapter)
-    summary = finish_run(run, recipe, task, prepared, result, counts, data_counts, reporter, started)
-    if tensorboard is not None:
-        tensorboard.log_eval(summary["metrics"] or {}, result.state.step)
-        tensorboard.close()
+    return result
+
+
+def evaluate_split(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter, limit: int | None = None) -> dict:
+    """Task metrics on recipe.eval.split (its first eval.limit inputs) for the model as it is now."""
+    items = eval_items(task, task_data_dir(task, recipe.data_dir), recipe.eval.split, recipe.data, limit or recipe.eval.limit)
+    with reporter.progress("generate" if task.kind == "generation" else "classify", len(items)) as progress:
+        evaluated = evaluate(loaded.model, loaded.tokenizer, task, items, recipe.eval, recipe.data.max_length,
+                             on_batch=progress.advance)
+    return {"task": task.name, "split": recipe.eval.split, "num_examples": len(items),
+            "settings": decoding_settings(recipe.eval), **evaluated}
+
+
+def evaluate_at_end(run: RunDir, recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter) -> dict:
+    """The task's metrics at the end of training, printed and written to eval.json."""
+    result = evaluate_split(recipe, task, loaded, reporter)
+    print_metrics(reporter, result)
+    run.write_json(EVAL_FILE, result)
+    return result
+
+
+def plot_loss(run: RunDir, recipe: Recipe, task: Task, result: FitResult) -> None:
+    method = f"LoRA rank {recipe.lora.rank}" if recipe.train.method == "lora" else f"{recipe.train.method} fine-tune"
+    plot_runs({recipe.name: result.history}, run.plot, title=f"{recipe.name}: {recipe.model} on {task.name}, {method}")
+
+
+def show_examples(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter) -> list[dict]:
+    """Generate for a few held-out inputs with the adapter off (base) and on, and print both."""
+    count = recipe.eval.show_examples
+    if count <= 0 or task.kind != "generation" or loaded.spec is None:
+        return []
+    items = eval_items(task, task_data_dir(task, recipe.data_dir), recipe.eval.split, recipe.data, count)
+    prompts = [item.prompt for item in items]
+    with lora_disabled(loaded.model):
+        base = generate(loaded.model, loaded.tokenizer, prompts, recipe.eval)
+    adapted = generate(loaded.model, loaded.tokenizer, prompts, recipe.eval)
+    examples = []
+    reporter.info("\nheld-out inputs, base model vs. with the trained adapter:")
+    for item, b, a in zip(items, base, adapted, strict=True):
+        reporter.info("\ninput:     " + " | ".join(line.strip() for line in item.prompt.strip().splitlines()))
+        reporter.info(f"base:      {b}")
+        reporter.info(f"lorafit:   {a}")
+        reporter.info(f"reference: {item.references[0]}")
+        examples.append({"prompt": item.prompt, "base": b, "adapted": a, "reference": item.references[0]})
+    return examples
+
+
+def write_summary(run: RunDir, recipe: Recipe, task: Task, loaded: Loaded, result: FitResult, data_counts: dict,
+                  evaluation: dict | None, examples: list[dict], started: float) -> dict:
+    """summary.json: the run's final numbers, what it trained, on what machine."""
+    first_valid = next((r["valid_loss"] for r in result.history if r.get("valid_loss") is not None), None)
+    summary = {
+        "name": recipe.name,
+        "run_dir": str(run.path),
+        "adapter": str(run.adapter),
+        "model": recipe.model,
+        "task": task.name,
+        "steps": result.state.step,
+        "examples_seen": result.state.examples_seen,
+        "tokens_seen": result.state.tokens_seen,
+        "precision": result.precision,  # as run: the recipe's "auto" resolved for this hardware
+        "final_train_loss": result.train_loss,
+        "initial_valid_loss": first_valid,
+        "final_valid_loss": result.valid_loss,
+        **parameter_summary(loaded.report),
+        **data_counts,
+        "metrics": evaluation["metrics"] if evaluation else None,
+        "examples": examples,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+        "seconds": round(time.perf_counter() - started, 1),
+        "lorafit_version": __version__,
+        "machine": machine_info(),
+    }
+    run.write_json(SUMMARY_FILE, summary)
     return summary
+
+
+def done_line(summary: dict, result: FitResult, run: RunDir) -> str:
+    valid = "n/a" if result.valid_loss is None else f"{result.valid_loss:.4f}"
+    first = summary["initial_valid_loss"]
+    start = "" if first is None else f" (from {first:.4f})"
+    return (f"\ndone in {summary['seconds']:.0f}s: {result.state.step} steps, validation loss {valid}{start}; "
+            f"adapter in {run.adapter}")
