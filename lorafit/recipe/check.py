@@ -1,0 +1,181 @@
+"""Checking plain data (from YAML and --set) against the recipe dataclasses: unknown keys with the
+closest valid key suggested, wrong types, values out of range. Every problem is recorded, none raised."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from dataclasses import fields
+from typing import Any, Literal
+
+from lorafit.recipe.problems import Problems
+from lorafit.recipe.schema import LoraConfig, Recipe, _show
+
+BAD = object()  # a value that failed its check; the problem is already recorded
+
+# ---------------------------------------------------------------------------------------------------
+# checking plain data against the dataclasses
+
+
+def build(cls: type, raw: dict, prefix: str, ctx: Problems) -> Any:
+    """An instance of the dataclass `cls` from `raw`, or BAD after recording every problem in it."""
+    before = len(ctx.problems)
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            ctx.add(prefix + str(key), "unknown key" + suggest(str(key), cls, prefix.rstrip("."), full=False))
+    values = {}
+    for f in fields(cls):
+        path = prefix + f.name
+        if f.name in raw:
+            values[f.name] = _convert(f.type, raw[f.name], path, f.metadata, ctx)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            ctx.add(path, "required key is missing")
+    if cls is LoraConfig:
+        _check_lora(values, prefix, ctx)
+    if len(ctx.problems) > before:
+        return BAD
+    return cls(**values)
+
+
+def _check_lora(values: dict, prefix: str, ctx: Problems) -> None:
+    """What no single key can check: targets against targets_regex."""
+    targets = values.get("targets", LoraConfig.targets)
+    if targets is BAD:
+        return
+    if not targets and values.get("targets_regex") is None:
+        ctx.add(prefix + "targets", "must not be empty (list module suffixes, write all-linear, or set targets_regex)")
+    if "all-linear" in targets and len(targets) > 1:
+        ctx.add(prefix + "targets", f"all-linear must be the only entry, got [{', '.join(targets)}]")
+
+
+def _convert(tp: Any, value: Any, path: str, meta: typing.Mapping, ctx: Problems) -> Any:
+    """`value` as type `tp` (normalised: ints to floats, a string to a one-item list), or BAD."""
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}  # a section left empty (`lora:` with every key commented out) keeps its defaults
+        if not isinstance(value, dict):
+            ctx.add(path, f"expected a mapping of keys (a section), got {_show(value)}")
+            return BAD
+        return build(tp, value, path + ".", ctx)
+    optional = isinstance(tp, types.UnionType) and type(None) in typing.get_args(tp)
+    if optional:
+        if value is None:
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    out = _coerce(tp, value)
+    if out is BAD:
+        ctx.add(path, _type_problem(tp, value, optional))
+        return BAD
+    if isinstance(out, tuple):
+        for i, item in enumerate(out):
+            if not isinstance(item, str):
+                ctx.add(f"{path}[{i}]", f"expected a string, got {_show(item)}")
+            elif not item or re.search(r"[\s,]", item):
+                ctx.add(f"{path}[{i}]", f"not a module name: {_show(item)} (a list is written [q_proj, v_proj])")
+        return BAD if any(not isinstance(item, str) for item in out) else out
+    shown = value if isinstance(value, str) and not isinstance(out, str) else _show(value)  # `-2e-4` as written
+    problem = _value_problem(out, meta, shown)
+    if problem:
+        ctx.add(path, problem)
+        return BAD
+    return out
+
+
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    if typing.get_origin(tp) is Literal:
+        return value if isinstance(value, str) and value in typing.get_args(tp) else BAD
+    if tp is bool:
+        return value if isinstance(value, bool) else BAD
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else BAD
+    if tp is float:
+        # PyYAML follows YAML 1.1, where a float needs a dot: `lr: 2e-4` arrives as the string '2e-4'.
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except OverflowError:
+                return BAD
+            return value if math.isfinite(value) else BAD
+        return BAD
+    if tp is str:
+        return value if isinstance(value, str) else BAD
+    if tp == tuple[str, ...]:
+        if isinstance(value, str):
+            return (value,)  # `targets: all-linear` is the one-item list [all-linear]
+        return tuple(value) if isinstance(value, list | tuple) else BAD
+    raise TypeError(f"recipe field type {tp!r} has no converter")
+
+
+def _type_problem(tp: Any, value: Any, optional: bool) -> str:
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        hint = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5) if isinstance(value, str) else []
+        listed = ", ".join(f"'{c}'" for c in choices)
+        return f"must be one of {listed}, got {_show(value)}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, "a string or a list of strings"
+    )
+    if tp is float and (isinstance(value, float) or isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
+        expected = "a finite number"  # .inf, .nan
+    return f"expected {expected}{' or null' if optional else ''}, got {_show(value)}"
+
+
+def _value_problem(value: Any, meta: typing.Mapping, shown: str) -> str | None:
+    """The field's own checks (metadata nonempty, check, gt, ge, lt) on a value of the right type."""
+    if meta.get("nonempty") and value == "":
+        return "must not be empty"
+    if "check" in meta:
+        return meta["check"](value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    gt, ge, lt = meta.get("gt"), meta.get("ge"), meta.get("lt")
+    if ge is not None and lt is not None and not ge <= value < lt:
+        return f"must be in [{ge}, {lt}), got {shown}"
+    if gt is not None and not value > gt:
+        return f"must be > {gt}, got {shown}"
+    if ge is not None and not value >= ge:
+        return f"must be >= {ge}, got {shown}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# suggestions
+
+
+def all_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (sections and their keys), in field order."""
+    out = []
+    for f in fields(cls):
+        out.append(prefix + f.name)
+        if dataclasses.is_dataclass(f.type):
+            out.extend(all_keys(f.type, f"{prefix}{f.name}."))
+    return out
+
+
+def suggest(key: str, cls: type, section: str, *, full: bool) -> str:
+    """' (did you mean ...?)' for an unknown `key` in `section`: the same name in another section,
+    else a close name in this section, else a close name anywhere."""
+    if "." in key and key in all_keys():  # `lora.rank: 4` written as one key
+        parent, _, child = key.rpartition(".")
+        return f" (nest it: '{child}:' inside '{parent}:')"
+    elsewhere: dict[str, list[str]] = {}
+    for k in all_keys():
+        if k.rpartition(".")[0] != section:
+            elsewhere.setdefault(k.rpartition(".")[2], []).append(k)
+    here = difflib.get_close_matches(key, [f.name for f in fields(cls)], n=1, cutoff=0.6)
+    if key not in elsewhere and here:
+        return f" (did you mean '{section}.{here[0]}'?)" if full and section else f" (did you mean '{here[0]}'?)"
+    close = difflib.get_close_matches(key, list(elsewhere), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"'{k}'" for k in elsewhere[close[0]][:2]) + "?)"
