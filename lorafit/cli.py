@@ -244,7 +244,7 @@ def models(json_out: JsonOpt = False) -> None:
       lorafit models
       lorafit models --json
     """
-    from lorafit.models.aliases import list_aliases  # not via models.py: that imports torch
+    from lorafit.models.aliases import list_aliases  # not via models/__init__: that imports torch
 
     reporter = Reporter(False, json_out)
     rows = list_aliases()

@@ -92,7 +92,7 @@ class LoRALinear(nn.Module):
         # nn.Linear submodules so the keys read `lora_A.weight` / `lora_B.weight`, as in PEFT's files.
         self.lora_A = nn.Linear(d_in, rank, bias=False, **factory)  # A: (rank, d_in)
         self.lora_B = nn.Linear(rank, d_out, bias=False, **factory)  # B: (d_out, rank)
-        # A cheaper mask than nn.Dropout on CPU (dropout.py); same probability up to 1/65536.
+        # A cheaper mask than nn.Dropout on CPU (fast/dropout.py); same probability up to 1/65536.
         self.lora_dropout = FastDropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False  # True: behave as the base layer (to compare base vs adapted outputs)

@@ -38,10 +38,10 @@ eval:
 INTRO = f"""\
 # Recipe reference
 
-<!-- Generated from lorafit/recipe_schema.py by `{COMMAND}`. Do not edit by hand. -->
+<!-- Generated from lorafit/recipe/schema.py by `{COMMAND}`. Do not edit by hand. -->
 
 A recipe is a YAML file that lists only what differs from the defaults below; `model` and `task`
-are the only required keys. The defaults live in one place, the dataclasses in `lorafit/recipe_schema.py`.
+are the only required keys. The defaults live in one place, the dataclasses in `lorafit/recipe/schema.py`.
 
 - Override any key on the command line: `lorafit train recipe.yaml --set train.lr=1e-4 --set
   lora.targets=[q_proj,k_proj]`. The value is read as YAML.

@@ -1,4 +1,4 @@
-"""Recipes: YAML loading, validation against the schema (recipe_schema.py), `--set` overrides, dumping.
+"""Recipes: YAML loading, validation against the schema (schema.py, checked in check.py), `--set` overrides, dumping.
 
     text -> yaml.compose (nodes with line marks) -> plain dict + {dotted key: line}
          -> --set overrides applied to the dict -> checked field by field against the dataclasses -> Recipe
