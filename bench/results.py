@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -113,14 +114,26 @@ def experiments() -> list[Experiment]:
                            zero_shot=("smollm2-135m", "wikisql"), eval_args=("--chat-template",)))
     rows.append(Experiment("wikisql-lora", "wikisql", "LoRA r=4 q,v", "wikisql-smollm2", tuple(WIKISQL_SCALE),
                            merge_check=True))
-    return rows
+    from results_converged import converged_rows  # bench/ is on sys.path when run as bench/results.py
+
+    return rows + converged_rows(Experiment, OUT)
 
 
 THREADS = {"n": 0}  # torch threads per lorafit process; 0: torch's default (all cores)
 
 
+DEADLINE = {"at": None}  # time.time() at which `run --hours` stops every training (None: no limit)
+
+
+class OutOfTime(Exception):
+    """The `--hours` deadline passed: the running training wrote a checkpoint; `run` again continues it."""
+
+
 def run(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
-    """Run a lorafit command, its stderr appended to `log`; stdout (the --json summary) returned."""
+    """Run a lorafit command, its stderr appended to `log`; stdout (the --json summary) returned.
+
+    At the `--hours` deadline the command gets SIGTERM: `lorafit train` writes a checkpoint and exits
+    130, and OutOfTime is raised so no new experiment starts."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if THREADS["n"]:
         env["OMP_NUM_THREADS"] = str(THREADS["n"])
@@ -128,7 +141,15 @@ def run(cmd: list[str], log: Path) -> subprocess.CompletedProcess:
     with open(log, "a", encoding="utf-8") as err:
         err.write(f"\n$ {' '.join(cmd)}\n")
         err.flush()
-        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO)
+        left = None if DEADLINE["at"] is None else max(DEADLINE["at"] - time.time(), 0)
+        try:
+            stdout, _ = proc.communicate(timeout=left)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate()
+            raise OutOfTime(" ".join(cmd[1:3])) from None
+        return subprocess.CompletedProcess(cmd, proc.returncode, stdout, None)
 
 
 def dir_size(path: Path) -> int:
@@ -165,8 +186,17 @@ def run_experiment(exp: Experiment, force: bool) -> None:
     else:
         run_dir = out / "run"
         cmd = [LORAFIT, "train", f"recipes/{exp.recipe}.yaml", "-o", str(run_dir), "--overwrite", "--json",
-               "--set", f"seed={SEED}", "--set", "eval.at_end=true", *exp.overrides]
-        done = run(cmd, log)
+               "--set", f"seed={exp.extra.get('seed', SEED)}", "--set", "eval.at_end=true", *exp.overrides]
+        if any((run_dir / "checkpoints").glob("step-*")):  # an interrupted training: continue it
+            cmd = [LORAFIT, "train", "--resume", str(run_dir), "--json"]
+        earlier = out / "seconds-before-interruptions.json"  # wall time of earlier, interrupted invocations
+        before = json.loads(earlier.read_text())["seconds"] if earlier.exists() else 0.0
+        try:
+            done = run(cmd, log)
+        except OutOfTime:
+            earlier.write_text(json.dumps({"seconds": before + time.time() - started}) + "\n")
+            raise
+        started -= before
         if done.returncode != 0:
             raise SystemExit(f"{exp.id}: {' '.join(cmd)} failed ({done.returncode}); see {log}")
         summary = json.loads(done.stdout)
@@ -247,6 +277,8 @@ def main() -> None:
     r.add_argument("--only", nargs="*", default=None, help="experiment ids")
     r.add_argument("--force", action="store_true")
     r.add_argument("--jobs", type=int, default=1, help="experiments run side by side (threads split between them)")
+    r.add_argument("--hours", type=float, default=None,
+                   help="stop at this many hours (trainings checkpoint and continue on the next run)")
     sub.add_parser("report", help="write docs/results.md and docs/results.json from results/out")
     sub.add_parser("list", help="list the experiments")
     args = parser.parse_args()
@@ -264,6 +296,8 @@ def main() -> None:
     todo = [e for e in experiments() if e.table in tables and (args.only is None or e.id in args.only)]
     if args.jobs > 1:
         THREADS.update(n=max(1, (os.cpu_count() or 1) // args.jobs), jobs=args.jobs)
+    if args.hours is not None:
+        DEADLINE["at"] = time.time() + args.hours * 3600
     run_in_lanes(todo, args.jobs, args.force)
     THREADS.update(n=0, jobs=1)
     if "merge" in tables:
@@ -298,13 +332,19 @@ def run_in_lanes(todo: list[Experiment], jobs: int, force: bool) -> None:
                     return q.pop(0)
             return None
 
+    stopped: list[str] = []
+
     def work(worker: int) -> None:
-        while (exp := take(worker)) is not None:
+        while not stopped and (exp := take(worker)) is not None:
             try:
                 run_experiment(exp, force)
             except SystemExit as failed:  # one failed experiment must not stop the others
                 print(f"[fail] {failed}", flush=True)
                 failures.append(exp.id)
+            except OutOfTime:
+                print(f"[stopped] {exp.id} at the --hours deadline (checkpoint written); run again to continue",
+                      flush=True)
+                stopped.append(exp.id)
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(max(jobs, 1))]
     for t in threads:
@@ -313,6 +353,8 @@ def run_in_lanes(todo: list[Experiment], jobs: int, force: bool) -> None:
         t.join()
     if failures:
         raise SystemExit(f"{len(failures)} experiment(s) failed: {', '.join(failures)}")
+    if stopped:
+        raise SystemExit(f"stopped at the deadline: {', '.join(stopped)} continue on the next run")
 
 
 LATENCY_RUNS = {"smollm2-135m": "e2e-lora-qv-r4", "minilm-l6": "glue-sst2-lora"}
