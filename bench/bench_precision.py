@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_train  # noqa: E402
 import benchlib  # noqa: E402
+import sides  # noqa: E402
 
 RUNS = {"e2e": {"steps": 250, "batch": 8, "eval": 200}, "sst2": {"steps": 1000, "batch": 32, "eval": 872}}
 
@@ -41,12 +41,12 @@ def main() -> None:
             "window": 5 if args.quick else 20, "examples": steps * cfg["batch"], "eval": 32 if args.quick else cfg["eval"],
             "kind": "generation" if task == "e2e" else "classification",
         }
-        print(f"\n## {bench_train.TASKS[task]['label']}: {steps} steps, {steps * cfg['batch']} examples", flush=True)
+        print(f"\n## {sides.TASKS[task]['label']}: {steps} steps, {steps * cfg['batch']} examples", flush=True)
         runs = {}
         for precision in ("fp32", "bf16"):
             benchlib.wait_quiet(args.max_wait)
             with benchlib.Contention() as contention:
-                r = bench_train.run_child({**spec, "precision": precision})
+                r = sides.run_child({**spec, "precision": precision})
             if "error" in r:
                 print(f"  {precision}: ERROR {r['error']}\n{r['stderr_tail']}")
                 continue

@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_train  # noqa: E402  (sets HF_HUB_OFFLINE and the data directory, like every bench)
 import benchlib  # noqa: E402
+import sides  # noqa: E402  (the harness; sets HF_HUB_OFFLINE and the data directory, like every bench)
 
 CATEGORIES = ("matmul", "attention", "random", "other ops", "no op")
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::addbmm",
@@ -71,9 +71,9 @@ def profile_task(task_name: str, precision: str, warmup: int, timed: int, profil
     from lorafit.train.setup import load_task, loss_function, prepare_data
 
     steps = warmup + timed + profiled
-    spec = {"task": task_name, "steps": steps, "examples": steps * bench_train.task_batch_size(task_name),
+    spec = {"task": task_name, "steps": steps, "examples": steps * sides.task_batch_size(task_name),
             "precision": precision}
-    recipe = bench_train.recipe_for(spec)
+    recipe = sides.recipe_for(spec)
     task = load_task(recipe)
     prepared = load_for_training(recipe, task.num_labels)
     train, _, _ = prepare_data(recipe, task, prepared.tokenizer)
