@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from tiny import randomize_lora, tiny_bert, tiny_gpt2, tiny_llama, token_batch
+from tiny import randomize_lora, save_tiny_model, tiny_bert, tiny_gpt2, tiny_llama, token_batch
 
 from lorafit.analysis.amplification import amplification, base_weight
 from lorafit.analysis.factors import LayerFactors, read_factors
@@ -343,3 +343,74 @@ def test_layer_naming_by_target_and_depth():
     layer = LayerFactors("model.layers.11.self_attn.q_proj", torch.zeros(2, 3), torch.zeros(4, 2))
     assert (layer.target, layer.depth, layer.shape) == ("q_proj", 11, (4, 3))
     assert LayerFactors("score", torch.zeros(2, 3), torch.zeros(4, 2)).depth is None
+
+
+# ------------------------------------------------------------------------------------------ workflow
+
+
+def test_run_analyze_writes_json_plots_comparison_and_truncation(tmp_path):
+    from lorafit.analysis.report import report_tables
+    from lorafit.workflows.analyze import run_analyze
+
+    save_llama_adapter(tmp_path / "r4", rank=4, seed=2)
+    save_llama_adapter(tmp_path / "r6", rank=6, alpha=12.0, seed=3)
+    run = tmp_path / "run"  # a run directory: recipe.yaml + adapter/
+    run.mkdir()
+    (run / "recipe.yaml").write_text("model: tiny\n")
+    (tmp_path / "r6").rename(run / "adapter")
+    report = run_analyze(run, output_dir=tmp_path / "out", compare=tmp_path / "r4", truncate_rank=2)
+    written = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert written["total"]["norm"] == pytest.approx(report["total"]["norm"])
+    assert written["adapter"] == str(run / "adapter") and written["rank"] == 6
+    assert {"spectra.png", "norms.png", "phi.png", "analysis.json", "adapter-r2"} <= {
+        p.name for p in (tmp_path / "out").iterdir()}
+    # 2 blocks x (q_proj, v_proj); by-target and by-depth groups share out the whole energy.
+    assert len(report["layers"]) == 4 and set(report["by_target"]) == {"q_proj", "v_proj"}
+    assert set(report["by_depth"]) == {"0", "1"}
+    for groups in (report["by_target"], report["by_depth"]):
+        assert sum(g["energy_share"] for g in groups.values()) == pytest.approx(1.0)
+        assert math.sqrt(sum(g["norm"] ** 2 for g in groups.values())) == pytest.approx(report["total"]["norm"])
+    # Advice: the rank that keeps 90 % / 99 % in every layer is the largest per-layer effective rank.
+    assert report["advice"]["rank_for_99"] == max(r["rank99"] for r in report["layers"])
+    assert report["compare"]["shared_layers"] == 4 and report["compare"]["ranks"] == [6, 4]
+    assert len(report["compare"]["mean"]["matrix"]) == 6 and len(report["compare"]["mean"]["matrix"][0]) == 4
+    truncated = read_factors(tmp_path / "out" / "adapter-r2")
+    assert truncated.rank == 2
+    kept = report["truncation"]["energy_kept"]
+    energy = [r["norm"] ** 2 for r in report["layers"]]
+    assert kept == pytest.approx(sum(e * r["energy"][1] for e, r in zip(energy, report["layers"], strict=True)) / sum(energy))
+    titles = [title for title, _, _ in report_tables(report)]
+    assert len(titles) == 4 and "truncated to rank 2" in titles[-1]
+
+
+def test_run_analyze_with_the_base_model_gives_amplification(tmp_path):
+    from lorafit.workflows.analyze import run_analyze
+
+    base_dir = save_tiny_model(tmp_path / "base", "llama")
+    save_llama_adapter(tmp_path / "a", rank=4)
+    report = run_analyze(tmp_path / "a", model=str(base_dir))
+    w_model = tiny_llama()
+    factors = read_factors(tmp_path / "a")
+    for record, layer in zip(report["layers"], factors.layers, strict=True):
+        w = w_model.get_submodule(layer.name).weight.double()
+        expected = amplification(factor_svd(layer.a, layer.b, factors.scale), w)
+        assert record["amplification"]["factor"] == pytest.approx(expected["factor"], rel=1e-6)
+    assert "amplification_mean" in report["by_target"]["q_proj"]
+    json.dumps(report)  # serialisable as it is
+
+
+def test_run_analyze_bad_options_are_one_line_errors(tmp_path):
+    from lorafit.workflows.analyze import run_analyze
+
+    save_llama_adapter(tmp_path / "a", rank=4)
+    with pytest.raises(LorafitError, match="--truncate-rank: needs -o DIR"):
+        run_analyze(tmp_path / "a", truncate_rank=2)
+    with pytest.raises(LorafitError, match="--truncate-rank: must be between 1 and the adapter's rank 4, got 9"):
+        run_analyze(tmp_path / "a", truncate_rank=9, output_dir=tmp_path / "out")
+    with pytest.raises(LorafitError, match="missing: not an adapter directory"):
+        run_analyze(tmp_path / "a", compare=tmp_path / "missing")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("model: tiny\n")
+    with pytest.raises(LorafitError, match="run directory without adapter/"):
+        run_analyze(run)

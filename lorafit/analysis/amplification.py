@@ -65,6 +65,7 @@ def amplification(svd: FactorSVD, w: torch.Tensor, *, with_baselines: bool = Tru
     r is the number of singular vectors of ΔW (the adapter rank, or less for a narrow layer).
     """
     r = svd.s.shape[0]
+    w = w.detach().to(torch.float64)
     projected = float(torch.linalg.matrix_norm(svd.u.T @ w @ svd.v))  # (r, d_out)(d_out, d_in)(d_in, r) -> (r, r)
     delta_norm = frobenius_norm(svd.s)
     result = {
