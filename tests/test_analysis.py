@@ -414,3 +414,17 @@ def test_run_analyze_bad_options_are_one_line_errors(tmp_path):
     (run / "recipe.yaml").write_text("model: tiny\n")
     with pytest.raises(LorafitError, match="run directory without adapter/"):
         run_analyze(run)
+
+
+def test_overall_rank_advice_matches_truncation_energy(tmp_path):
+    from lorafit.workflows.analyze import run_analyze
+
+    save_llama_adapter(tmp_path / "a", rank=6, alpha=12.0, seed=4)
+    report = run_analyze(tmp_path / "a")
+    k = report["advice"]["overall_rank_for_90"]
+    factors = read_factors(tmp_path / "a")
+    kept = truncate_adapter(factors, k, tmp_path / f"r{k}")["energy_kept"]
+    assert kept >= 0.90
+    if k > 1:
+        assert truncate_adapter(factors, k - 1, tmp_path / f"r{k - 1}")["energy_kept"] < 0.90
+    assert k <= report["advice"]["rank_for_90"]

@@ -59,20 +59,37 @@ def group_records(records: list[dict], key: str) -> dict[str, dict]:
     return result
 
 
+def overall_rank(records: list[dict], level: float) -> int:
+    """Smallest K whose rank-K truncation keeps >= `level` of the adapter's total ||ΔW||_F^2 (0 if ΔW = 0)."""
+    energies = [r["norm"] ** 2 for r in records]
+    total = sum(energies)
+    if total == 0:
+        return 0
+    for k in range(1, max(len(r["energy"]) for r in records) + 1):
+        kept = sum(e * r["energy"][min(k, len(r["energy"])) - 1] for e, r in zip(energies, records, strict=True))
+        if kept >= level * total - 1e-12:
+            return k
+    return max(len(r["energy"]) for r in records)
+
+
 def advice(records: list[dict], by_target: dict[str, dict], rank: int) -> dict:
-    """The smallest rank keeping >= 90 % / 99 % of ||ΔW||_F^2 in every layer, and where the norm is."""
+    """The smallest rank keeping >= 90 % / 99 % of ||ΔW||_F^2 in every layer (and of the whole adapter),
+    and which targets carry the update."""
     rank90 = max(r["rank90"] for r in records)
     rank99 = max(r["rank99"] for r in records)
+    overall90, overall99 = overall_rank(records, 0.90), overall_rank(records, 0.99)
     worst = max(records, key=lambda r: (r["rank99"], r["norm"]))
     ordered = sorted(by_target.items(), key=lambda kv: -kv[1]["energy_share"])
     shares = ", ".join(f"{name} {entry['energy_share']:.0%}" for name, entry in ordered)
     lines = [
         f"rank {rank90} keeps >= 90% of the update energy (||ΔW||_F^2) in every layer, rank {rank99} keeps >= 99% "
         f"(the adapter has rank {rank}; `--truncate-rank K` writes the cut adapter, `lorafit eval` tells what it costs)",
+        f"over the whole adapter, rank {overall90} keeps >= 90% and rank {overall99} >= 99% of the summed energy",
         f"the layer needing the most rank: {worst['name']} (rank {worst['rank99']} for 99%)",
         f"update energy by target: {shares}",
     ]
-    return {"rank_for_90": rank90, "rank_for_99": rank99, "hardest_layer": worst["name"],
+    return {"rank_for_90": rank90, "rank_for_99": rank99, "overall_rank_for_90": overall90,
+            "overall_rank_for_99": overall99, "hardest_layer": worst["name"],
             "targets_by_energy": [name for name, _ in ordered], "lines": lines}
 
 
