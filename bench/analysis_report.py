@@ -124,8 +124,8 @@ def task_section(runs: Path, work: Path, img: Path, prefix: str, limit: int | No
     # 3: amplification.
     out += ["### How does ΔW compare to W? (paper Table 7)", "",
             "Mean over layers of each target. ||UᵀWV||_F with U, V the top-r singular vectors of ΔW, of W, or random.", "",
-            "| adapter | target | ||ΔW||_F | ||W||_F | ΔW dirs | W top dirs | random | amplification ||ΔW||/||UᵀWV|| |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| adapter | target | ||ΔW||_F | ||W||_F | ΔW dirs | W top dirs | random | ΔW dirs / random | amplification ||ΔW||/||UᵀWV|| |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for label, rep in (("r=8", small), ("r=64", big)):
         for target in rep["by_target"]:
             amps = [r["amplification"] for r in rep["layers"] if r["target"] == target]
@@ -135,9 +135,10 @@ def task_section(runs: Path, work: Path, img: Path, prefix: str, limit: int | No
 
             out.append(f"| {label} | {target} | {fmt(mean('delta_norm'))} | {fmt(mean('weight_norm'), 2)} | "
                        f"{fmt(mean('projection_norm'))} | {fmt(mean('projection_norm_top_w'), 2)} | "
-                       f"{fmt(mean('projection_norm_random'))} | {fmt(mean('factor'), 2)} |")
+                       f"{fmt(mean('projection_norm_random'))} | "
+                       f"{fmt(mean('projection_norm') / mean('projection_norm_random'), 2)} | {fmt(mean('factor'), 2)} |")
     for r, (dn, p, top, rnd) in PAPER.items():
-        out.append(f"| paper GPT-3 r={r} (layer 48) | W_q | {dn} | 61.95 | {p} | {top} | {rnd} | {dn / p:.1f} |")
+        out.append(f"| paper GPT-3 r={r} (layer 48) | W_q | {dn} | 61.95 | {p} | {top} | {rnd} | {p / rnd:.1f} | {dn / p:.1f} |")
     out.append("")
 
     # 4: truncation.

@@ -76,16 +76,17 @@ def plot_phi(report: dict, path: Path) -> Path:
         if mine:
             name = mine[len(mine) // 2]
             panels.append((name, compare["layers"][name]["matrix"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), dpi=110, squeeze=False)
-    for ax, (title, matrix) in zip(axes[0], panels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), dpi=110, squeeze=False,
+                             layout="constrained")
+    for n, (ax, (title, matrix)) in enumerate(zip(axes[0], panels, strict=True)):
         rows, cols = len(matrix), len(matrix[0])
         image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto",
                           extent=(0.5, cols + 0.5, 0.5, rows + 0.5))
-        ax.set(title=title, xlabel=f"j (r={compare['ranks'][1]})", ylabel=f"i (r={compare['ranks'][0]})")
+        ax.set(title=title, xlabel=f"j (r={compare['ranks'][1]})", ylabel=f"i (r={compare['ranks'][0]})" if n == 0 else "")
         ax.title.set_fontsize(8)
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="phi(i, j)")
     fig.suptitle(f"phi ({compare['side']} side): {report['adapter']} vs {compare['other']}", fontsize=8)
-    fig.savefig(path, bbox_inches="tight")
+    fig.savefig(path)
     plt.close(fig)
     return path
 
