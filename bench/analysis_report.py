@@ -31,7 +31,8 @@ from lorafit.workflows.analyze import run_analyze, truncated_dir
 TASKS = {
     # task prefix: (lorafit task, base alias, hidden size d (q/v are d x d), metric, eval options)
     "sst2": ("glue/sst2", "minilm-l6", 384, "accuracy", ["--batch-size", "64"]),
-    "e2e": ("e2e", "smollm2-135m", 576, "BLEU", ["--beam-size", "1", "--batch-size", "8", "--max-new-tokens", "64"]),
+    "e2e": ("e2e", "smollm2-135m", 576, "BLEU",
+            ["--beam-size", "1", "--no-repeat-ngram-size", "4", "--batch-size", "8", "--max-new-tokens", "64"]),
 }
 CUTS = (1, 2, 4)
 PAPER = {  # LoRA paper, Table 7 (GPT-3 175B, layer 48, W_q): r -> (||ΔW||_F, ||UᵀWV||_F for ΔW, W's top, random)
@@ -147,7 +148,8 @@ def task_section(runs: Path, work: Path, img: Path, prefix: str, limit: int | No
             f"options {' '.join(options)}); energy = share of sum ||ΔW||_F^2 kept.", "",
             f"| adapter | rank | energy kept | lowest layer's energy kept | {metric} |", "|---|---|---|---|---|"]
     for rank, path in ((64, r64), (8, r8)):
-        metrics = lorafit_eval(path, task, limit, options, work / f"{prefix}-r{rank}-eval.json", log)
+        # The uncut adapter is evaluated as an adapter directory too, so every row uses the same settings.
+        metrics = lorafit_eval(path / "adapter", task, limit, options, work / f"{prefix}-r{rank}-eval.json", log)
         out.append(f"| r={rank} seed 1 | {rank} (uncut) | 100% | 100% | {fmt(metrics and metrics.get(metric), 4)} |")
         for k in CUTS:
             cut_dir = work / f"{prefix}-r{rank}-cut{k}"
