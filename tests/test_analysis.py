@@ -260,16 +260,17 @@ def test_truncation_is_the_best_rank_k_approximation(tmp_path):
 
 def test_truncated_adapter_loads_in_peft_with_the_same_logits(tmp_path):
     peft = pytest.importorskip("peft")
-    save_llama_adapter(tmp_path / "a", rank=4, alpha=6.0)  # scale 1.5 -> alpha 3 at r = 2
-    report = truncate_adapter(read_factors(tmp_path / "a"), 2, tmp_path / "r2")
-    config = json.loads((tmp_path / "r2" / CONFIG_NAME).read_text())
-    assert config["r"] == 2 and config["lora_alpha"] == 3 and report["lora_alpha"] == 3
-    ours = load_into_lorafit(tiny_llama(), tmp_path / "r2")
-    theirs = peft.PeftModel.from_pretrained(tiny_llama(), str(tmp_path / "r2")).eval()
+    save_llama_adapter(tmp_path / "a", rank=4, alpha=6.0)  # scale 1.5 -> alpha 3 at r = 2, 1.5 at r = 1
     x = token_batch()
-    with torch.no_grad():
-        assert torch.allclose(theirs(x).logits, ours(x).logits, atol=1e-5)
-        assert not torch.allclose(ours(x).logits, tiny_llama()(x).logits, atol=1e-3)  # the update is there
+    for k, alpha in ((2, 3), (1, 1.5)):
+        report = truncate_adapter(read_factors(tmp_path / "a"), k, tmp_path / f"r{k}")
+        config = json.loads((tmp_path / f"r{k}" / CONFIG_NAME).read_text())
+        assert config["r"] == k and config["lora_alpha"] == alpha and report["lora_alpha"] == alpha
+        ours = load_into_lorafit(tiny_llama(), tmp_path / f"r{k}")
+        theirs = peft.PeftModel.from_pretrained(tiny_llama(), str(tmp_path / f"r{k}")).eval()
+        with torch.no_grad():
+            assert torch.allclose(theirs(x).logits, ours(x).logits, atol=1e-5)
+            assert not torch.allclose(ours(x).logits, tiny_llama()(x).logits, atol=1e-3)  # the update is there
 
 
 def test_truncation_keeps_rslora_scale_heads_and_metadata(tmp_path):
