@@ -1,0 +1,113 @@
+"""`lorafit analyze`: what a trained adapter learned, in the LoRA paper's section 7 terms.
+
+    TARGET (adapter dir, or run dir -> <run>/adapter) -> read_factors -> factor_svd per layer
+        -> [--model: load the base, amplification per layer]      spectrum, effective ranks, norms
+        -> [--compare B: phi per shared layer]                      report (by target, by depth, advice)
+        -> [--truncate-rank K: best rank-K adapter in <DIR>/adapter-rK]
+        -> [-o DIR: analysis.json + spectra.png, norms.png, phi.png]
+
+Only the adapter file is read unless `model` is given (the amplification factor needs W).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..analysis.amplification import amplification, base_weight
+from ..analysis.factors import AdapterFactors, read_factors
+from ..analysis.plots import plot_report
+from ..analysis.report import build_report, compare_section
+from ..analysis.similarity import SIDES, compare_adapters
+from ..analysis.spectrum import factor_svd
+from ..analysis.truncate import truncate_adapter
+from ..errors import AdapterError, LorafitError
+from ..models import load_base, resolve_model
+
+REPORT_FILE = "analysis.json"
+
+
+def truncated_dir(output_dir: Path, rank: int) -> Path:
+    """Where `--truncate-rank K -o DIR` writes the cut adapter."""
+    return output_dir / f"adapter-r{rank}"
+
+
+def _num_labels(factors: AdapterFactors) -> int:
+    """0 for a causal LM; a classifier's label count from lorafit's metadata or the saved head (else 2).
+
+    Only the adapted layers' frozen weights are read, so the head's size only has to let the base load.
+    """
+    if factors.config.get("task_type") != "SEQ_CLS":
+        return 0
+    if factors.metadata.get("lorafit_num_labels", "").isdigit():
+        return int(factors.metadata["lorafit_num_labels"])
+    heads = [t for k, t in factors.other.items() if k.endswith(("classifier.weight", "out_proj.weight", "score.weight"))]
+    return heads[-1].shape[0] if heads else 2
+
+
+def layer_amplifications(factors: AdapterFactors, svds: dict, model: str) -> dict[str, dict]:
+    """Table 7's numbers for every adapted layer, against the base `model` (alias, path or HF id)."""
+    base, _ = load_base(resolve_model(model), _num_labels(factors))
+    result = {}
+    for layer in factors.layers:
+        try:
+            w = base_weight(base, layer.name, layer.shape)
+        except AdapterError as e:
+            raise AdapterError(f"{factors.directory}: {e} (base {model})") from None
+        result[layer.name] = amplification(svds[layer.name], w)
+    return result
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise LorafitError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def run_analyze(
+    target: str | Path,
+    model: str | None = None,
+    output_dir: str | Path | None = None,
+    compare: str | Path | None = None,
+    truncate_rank: int | None = None,
+    side: str = "input",
+) -> dict:
+    """Analyse the adapter at `target`; returns the JSON-serialisable report (see analysis/report.py).
+
+    model: base model for the amplification factor. compare: a second adapter or run for phi.
+    truncate_rank: write the best rank-K adapter into `<output_dir>/adapter-rK` (needs output_dir).
+    side: "input" (the paper's: right-singular vectors of A) or "output" (left-singular of B) for phi.
+    """
+    if side not in SIDES:
+        raise LorafitError(f"--side: must be one of {', '.join(SIDES)}, got {side!r}")
+    if truncate_rank is not None and output_dir is None:
+        raise LorafitError("--truncate-rank: needs -o DIR (the cut adapter is written to DIR/adapter-rK)")
+    output = Path(output_dir) if output_dir is not None else None
+    if output is not None and output.exists() and not output.is_dir():
+        raise LorafitError(f"{output}: exists and is not a directory")
+    factors = read_factors(target)
+    other = read_factors(compare) if compare is not None else None  # fail on a bad B before the slow parts
+    if truncate_rank is not None and not 1 <= truncate_rank <= factors.rank:
+        raise AdapterError(f"--truncate-rank: must be between 1 and the adapter's rank {factors.rank}, got {truncate_rank}")
+
+    svds = {layer.name: factor_svd(layer.a, layer.b, factors.scale) for layer in factors.layers}
+    amps = layer_amplifications(factors, svds, model) if model is not None else None
+    report = build_report(factors, svds, amps)
+    if other is not None:
+        report["compare"] = compare_section(compare_adapters(factors, other, side), factors, other, side)
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        if truncate_rank is not None:
+            report["truncation"] = truncate_adapter(factors, truncate_rank, truncated_dir(output, truncate_rank), svds)
+        try:
+            pngs = plot_report(report, output)
+        except OSError as e:
+            raise LorafitError(f"{output}: cannot write plots ({e.strerror or e})") from None
+        report["files"] = [str(output / REPORT_FILE), *map(str, pngs)]
+        _write_json(output / REPORT_FILE, report)
+    return report
