@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lorafit.adapters.decode import DecodeBatch, Request
-from lorafit.generate import left_padded
+from lorafit.eval.generate import left_padded
 from multi_fixtures import host_for, llama_adapters
 from tiny import tiny_gpt2, tiny_llama
 
