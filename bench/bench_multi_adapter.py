@@ -292,6 +292,7 @@ def main() -> None:
     parser.add_argument("--skip-classify", action="store_true")
     parser.add_argument("--scaling", type=int, default=32, help="adapters loaded in the load-time test (0: skip)")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress visible when redirected to a file
     torch.set_num_threads(args.threads)
     for key, value in machine().items():
         print(f"{key}: {value}")
