@@ -66,16 +66,25 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def phi_table(compare: dict, d: int) -> list[str]:
-    """Per target: mean phi(1,1), phi(i,i) for i = 2, 4, 8 (within range), and the random-subspace baseline."""
-    k = min(compare["ranks"])
+def phi_table(compares: list[dict], d: int) -> list[str]:
+    """Per target and side: mean phi(i,i) for i = 1, 2, 4, 8 (within range), and the random-subspace baseline.
+
+    The baseline is max(i,j)/d with d the input size (input side; the output side of q/v has d_out <= d)."""
+    k = min(compares[0]["ranks"])
     points = [i for i in (1, 2, 4, 8) if i <= k]
-    lines = ["| target | layers | " + " | ".join(f"phi({i},{i})" for i in points) + " |",
-             "|---|---|" + "---|" * len(points)]
-    for target, g in compare["by_target"].items():
-        lines.append(f"| {target} | {g['layers']} | " + " | ".join(fmt(g["diagonal_mean"][i - 1]) for i in points) + " |")
-    lines.append("| random subspaces, E = max(i,j)/d | | " + " | ".join(fmt(i / d, 4) for i in points) + " |")
+    lines = ["| target | side | layers | " + " | ".join(f"phi({i},{i})" for i in points) + " |",
+             "|---|---|---|" + "---|" * len(points)]
+    for compare in compares:
+        for target, g in compare["by_target"].items():
+            lines.append(f"| {target} | {compare['side']} | {g['layers']} | "
+                         + " | ".join(fmt(g["diagonal_mean"][i - 1]) for i in points) + " |")
+    lines.append("| random subspaces, E = max(i,j)/d_in | | | " + " | ".join(fmt(i / d, 4) for i in points) + " |")
     return lines
+
+
+def both_sides(first: Path, second: Path, input_side: dict) -> list[dict]:
+    """The input-side comparison already computed, and the output side (B's left-singular vectors)."""
+    return [input_side["compare"], run_analyze(first, compare=second, side="output")["compare"]]
 
 
 def task_section(runs: Path, work: Path, img: Path, prefix: str, limit: int | None, log: list[str]) -> list[str]:
@@ -104,9 +113,9 @@ def task_section(runs: Path, work: Path, img: Path, prefix: str, limit: int | No
     os.replace(work / f"{prefix}-r8-vs-r64" / "phi.png", img / f"{prefix}-phi-r8-r64.png")
     os.replace(work / f"{prefix}-r64" / "spectra.png", img / f"{prefix}-spectra-r64.png")
     out += ["### Do r=8 and r=64 share their top directions? (paper Fig. 3)", "",
-            "phi(A_r=8, A_r=64, i, i) on the input side (right-singular vectors of A, the paper's choice), "
-            "mean over layers; 1 = the top-i directions of one lie in the other's top-i.", ""]
-    out += phi_table(small["compare"], d)
+            "phi(A_r=8, A_r=64, i, i), mean over layers; input side = right-singular vectors of A (the paper's "
+            "choice), output side = left-singular vectors of B. 1 = the top-i directions of one lie in the other's top-i.", ""]
+    out += phi_table(both_sides(r8, r64, small), d)
     out += ["", f"![phi r=8 vs r=64](img/analysis/{prefix}-phi-r8-r64.png)",
             "", f"![spectra r=64](img/analysis/{prefix}-spectra-r64.png)", ""]
 
@@ -119,7 +128,7 @@ def task_section(runs: Path, work: Path, img: Path, prefix: str, limit: int | No
             continue
         seeds = run_analyze(a, compare=b, output_dir=work / f"{prefix}-r{rank}-seeds")
         os.replace(work / f"{prefix}-r{rank}-seeds" / "phi.png", img / f"{prefix}-phi-r{rank}-seeds.png")
-        out += [f"r={rank}:", ""] + phi_table(seeds["compare"], d)
+        out += [f"r={rank}:", ""] + phi_table(both_sides(a, b, seeds), d)
         out += ["", f"![phi seeds r={rank}](img/analysis/{prefix}-phi-r{rank}-seeds.png)", ""]
 
     # 3: amplification.

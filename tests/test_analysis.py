@@ -404,8 +404,11 @@ def test_run_analyze_bad_options_are_one_line_errors(tmp_path):
     from lorafit.workflows.analyze import run_analyze
 
     save_llama_adapter(tmp_path / "a", rank=4)
-    with pytest.raises(LorafitError, match="--truncate-rank: needs -o DIR"):
+    with pytest.raises(LorafitError, match="--truncate-rank: needs -o DIR") as error:
         run_analyze(tmp_path / "a", truncate_rank=2)
+    assert error.value.exit_code == 2  # bad input
+    with pytest.raises(LorafitError, match="--side: must be one of input, output"):
+        run_analyze(tmp_path / "a", side="rows")
     with pytest.raises(LorafitError, match="--truncate-rank: must be between 1 and the adapter's rank 4, got 9"):
         run_analyze(tmp_path / "a", truncate_rank=9, output_dir=tmp_path / "out")
     with pytest.raises(LorafitError, match="missing: not an adapter directory"):

@@ -22,10 +22,16 @@ from ..analysis.report import build_report, compare_section
 from ..analysis.similarity import SIDES, compare_adapters
 from ..analysis.spectrum import factor_svd
 from ..analysis.truncate import truncate_adapter
-from ..errors import AdapterError, LorafitError
+from ..errors import EXIT_BAD_INPUT, AdapterError, LorafitError
 from ..models import load_base, resolve_model
 
 REPORT_FILE = "analysis.json"
+
+
+class AnalyzeOptionError(LorafitError):
+    """Options that do not fit together (e.g. --truncate-rank without -o): bad input, exit 2."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def truncated_dir(output_dir: Path, rank: int) -> Path:
@@ -84,12 +90,12 @@ def run_analyze(
     side: "input" (the paper's: right-singular vectors of A) or "output" (left-singular of B) for phi.
     """
     if side not in SIDES:
-        raise LorafitError(f"--side: must be one of {', '.join(SIDES)}, got {side!r}")
+        raise AnalyzeOptionError(f"--side: must be one of {', '.join(SIDES)}, got {side!r}")
     if truncate_rank is not None and output_dir is None:
-        raise LorafitError("--truncate-rank: needs -o DIR (the cut adapter is written to DIR/adapter-rK)")
+        raise AnalyzeOptionError("--truncate-rank: needs -o DIR (the cut adapter is written to DIR/adapter-rK)")
     output = Path(output_dir) if output_dir is not None else None
     if output is not None and output.exists() and not output.is_dir():
-        raise LorafitError(f"{output}: exists and is not a directory")
+        raise AnalyzeOptionError(f"{output}: exists and is not a directory")
     factors = read_factors(target)
     other = read_factors(compare) if compare is not None else None  # fail on a bad B before the slow parts
     if truncate_rank is not None and not 1 <= truncate_rank <= factors.rank:
