@@ -1,0 +1,287 @@
+"""Many adapters on one base, measured: lorafit's mixed batch against PEFT and the bare base.
+
+Generation (SmolLM2-135M, `smollm2-135m`): 8 adapters (ranks 4/8/16, q/k/v/o, non-zero B), 64 prompts
+spread over them, greedy, exactly --new-tokens new tokens per row (eos ignored everywhere, so every
+system does the same work). Systems, all on the same 64 prompts:
+
+    lorafit mixed        AdapterHost + DecodeBatch, one batch of 64 rows over 8 adapters
+    lorafit base         the same decode loop with every row on the base (adapter None)
+    HF base              bare base, model.generate on the same batch
+    PEFT adapter_names   PeftModel with 8 adapters, model.generate(adapter_names=per-row names)
+    PEFT one at a time   set_adapter(name) + generate on that adapter's sub-batch, for each adapter
+
+Classification (MiniLM-L6, `minilm-l6`): 3 adapters with their own 2-label heads, 192 texts,
+batches of 64, each row scored by its own adapter's head; lorafit mixed, PEFT adapter_names,
+PEFT one at a time, bare base (one head for all).
+
+    OMP_NUM_THREADS=2 python bench/bench_multi_adapter.py --threads 2 [--kernels] [--skip-classify]
+
+Prints machine, versions and the command, then one table per part. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lorafit.adapters.decode import DecodeBatch, Request  # noqa: E402
+from lorafit.adapters.host import AdapterHost  # noqa: E402
+from lorafit.models import load_base, model_identity, resolve_model  # noqa: E402
+
+WORDS = ("Ginger Bristol guinea pig playful older people cat dog Leeds shy calm rabbit parrot London young "
+         "friendly quiet energetic family children hamster Oxford loves walks garden indoor").split()
+
+
+def machine() -> dict:
+    import peft
+    import transformers
+
+    info = {"cpu": "unknown", "flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name"))
+        flags = set(next(l for l in text.splitlines() if l.startswith("flags")).split(":", 1)[1].split())
+        info["flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    except (OSError, StopIteration):
+        pass
+    info |= {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+             "peft": peft.__version__, "threads": torch.get_num_threads(),
+             "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
+    return info
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(4, 14, (1,), generator=g))
+        words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=g)]
+        out.append(f"Write a one-sentence listing for this pet. | {' '.join(words)} | Listing:")
+    return out
+
+
+def write_adapter(model, directory: Path, rank: int, targets, seed: int, task_type: str, heads=None) -> None:
+    """A PEFT-format adapter with random A and non-zero B on every `targets` layer (+ saved heads)."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in targets and isinstance(module, torch.nn.Linear):
+            d_out, d_in = module.weight.shape
+            tensors[f"base_model.model.{name}.lora_A.weight"] = torch.randn(rank, d_in, generator=g) / d_in**0.5
+            tensors[f"base_model.model.{name}.lora_B.weight"] = torch.randn(d_out, rank, generator=g) * 0.02
+    for key, shape in (heads or {}).items():
+        tensors[f"base_model.model.{key}"] = torch.randn(shape, generator=g) * 0.05
+    directory.mkdir(parents=True)
+    identity = json.dumps(model_identity(model), sort_keys=True)
+    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt", "lorafit_base_identity": identity})
+    config = {"peft_type": "LORA", "task_type": task_type, "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
+              "target_modules": list(targets), "bias": "none", "base_model_name_or_path": "bench",
+              "modules_to_save": sorted({k.split(".")[0] for k in heads}) if heads else None}
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+
+
+def timed(fn, repeats: int = 1):
+    """Best of `repeats` wall times (after the caller's warm-up), and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def left_pad(tok, texts):
+    enc = [tok(t)["input_ids"] for t in texts]
+    width = max(map(len, enc))
+    ids = torch.full((len(enc), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(enc):
+        ids[i, width - len(e) :], mask[i, width - len(e) :] = torch.tensor(e), 1
+    return enc, ids, mask
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+
+def bench_generate(args, work: Path) -> list[tuple]:
+    from peft import PeftModel
+
+    ref = resolve_model("smollm2-135m")
+    names = [f"a{i}" for i in range(args.adapters)]
+    ranks = [(4, 8, 16, 8)[i % 4] for i in range(args.adapters)]
+    base, tok = load_base(ref)
+    for i, name in enumerate(names):
+        write_adapter(base, work / name, ranks[i], ("q_proj", "k_proj", "v_proj", "o_proj"), seed=i, task_type="CAUSAL_LM")
+    texts = prompts(args.prompts)
+    rows = [names[i % len(names)] for i in range(len(texts))]
+    enc, ids, mask = left_pad(tok, texts)
+    n_new = args.new_tokens
+    total = n_new * len(texts)
+    results = []
+
+    host = AdapterHost(base, tok, causal=True, kernel=args.kernel)
+    load_times = []
+    for name in names:
+        start = time.perf_counter()
+        host.load_adapter(name, work / name)
+        load_times.append(time.perf_counter() - start)
+    print(f"adapter load times (s): {', '.join(f'{t:.3f}' for t in load_times)}")
+    _, slots = host.slots_for(rows, len(rows))
+
+    def lorafit_run(slot_list):
+        reqs = [Request(e, int(s), n_new) for e, s in zip(enc, slot_list, strict=False)]
+        return DecodeBatch(host.model, host.routing, [], tok.pad_token_id).run(reqs)
+
+    lorafit_run(slots[:4])  # warm-up
+    kernels = ("loop", "gather") if args.kernels else (args.kernel,)
+    mixed_tokens = None
+    for kernel in kernels:
+        for layer in host._layers.values():
+            layer.kernel = kernel
+        t, out = timed(lambda: lorafit_run(slots.tolist()))
+        mixed_tokens = mixed_tokens or [r.tokens for r in out]
+        results.append((f"lorafit mixed ({kernel})", t, total / t))
+    for layer in host._layers.values():
+        layer.kernel = args.kernel
+    t, _ = timed(lambda: lorafit_run([0] * len(rows)))
+    results.append(("lorafit base (same decode)", t, total / t))
+    for name in names:
+        host.unload_adapter(name)
+
+    bare, _ = load_base(ref)
+    gen = {"max_new_tokens": n_new, "min_new_tokens": n_new, "do_sample": False, "pad_token_id": tok.pad_token_id}
+    with torch.no_grad():
+        bare.generate(input_ids=ids[:4], attention_mask=mask[:4], **gen)
+        t, _ = timed(lambda: bare.generate(input_ids=ids, attention_mask=mask, **gen))
+    results.append(("HF generate, bare base", t, total / t))
+    del bare
+
+    peft_base, _ = load_base(ref)
+    peft = PeftModel.from_pretrained(peft_base, str(work / names[0]), adapter_name=names[0])
+    for name in names[1:]:
+        peft.load_adapter(str(work / name), adapter_name=name)
+    peft.eval()
+    with torch.no_grad():
+        peft.generate(input_ids=ids[:4], attention_mask=mask[:4], adapter_names=rows[:4], **gen)
+        t, out = timed(lambda: peft.generate(input_ids=ids, attention_mask=mask, adapter_names=rows, **gen))
+    results.append(("PEFT adapter_names= mixed", t, total / t))
+    peft_tokens = out[:, ids.shape[1] :].tolist()
+    same = sum(a == b for a, b in zip(mixed_tokens, peft_tokens, strict=True))
+    print(f"greedy rows identical, lorafit mixed vs PEFT adapter_names: {same}/{len(rows)}")
+
+    def one_at_a_time():
+        for name in names:
+            idx = [i for i, r in enumerate(rows) if r == name]
+            _, sub_ids, sub_mask = left_pad(tok, [texts[i] for i in idx])
+            peft.set_adapter(name)
+            peft.generate(input_ids=sub_ids, attention_mask=sub_mask, **gen)
+
+    with torch.no_grad():
+        t, _ = timed(one_at_a_time)
+    results.append(("PEFT one adapter at a time", t, total / t))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- classification
+
+
+def bench_classify(args, work: Path) -> list[tuple]:
+    from peft import PeftModel
+
+    ref = resolve_model("minilm-l6")
+    base, tok = load_base(ref, num_labels=2)
+    names = ["sst", "mrpc", "cola"]
+    for i, name in enumerate(names):
+        heads = {"classifier.weight": (2, base.config.hidden_size), "classifier.bias": (2,)}
+        write_adapter(base, work / name, 8, ("query", "value"), seed=100 + i, task_type="SEQ_CLS", heads=heads)
+    texts = [p.split("|")[1].strip() for p in prompts(192, seed=1)]
+    rows = [names[i % 3] for i in range(len(texts))]
+    total, bs = len(texts), 64
+    results = []
+
+    host = AdapterHost(base, tok, causal=False, kernel=args.kernel)
+    for name in names:
+        host.load_adapter(name, work / name)
+    host.classify(texts[:8], adapter=rows[:8])
+    t, ours = timed(lambda: host.classify(texts, adapter=rows, batch_size=bs), repeats=3)
+    results.append(("lorafit mixed", t, total / t))
+
+    bare, _ = load_base(ref, num_labels=2)
+    bare.eval()
+
+    def batches():
+        for s in range(0, total, bs):
+            yield s, tok(texts[s : s + bs], padding=True, return_tensors="pt")
+
+    with torch.no_grad():
+        t, _ = timed(lambda: [bare(**enc) for _, enc in batches()], repeats=3)
+    results.append(("bare base (one head)", t, total / t))
+
+    peft = PeftModel.from_pretrained(load_base(ref, num_labels=2)[0], str(work / names[0]), adapter_name=names[0])
+    for name in names[1:]:
+        peft.load_adapter(str(work / name), adapter_name=name)
+    peft.eval()
+    with torch.no_grad():
+        t, theirs = timed(lambda: [peft(**enc, adapter_names=rows[s : s + bs]).logits for s, enc in batches()], repeats=3)
+    results.append(("PEFT adapter_names= mixed", t, total / t))
+    diff = (torch.tensor([r["logits"] for r in ours]) - torch.cat(theirs)).abs().max().item()
+    print(f"classification logits, lorafit mixed vs PEFT adapter_names: max |diff| {diff:.2e}")
+
+    def one_at_a_time():
+        for name in names:
+            idx = [i for i, r in enumerate(rows) if r == name]
+            peft.set_adapter(name)
+            for s in range(0, len(idx), bs):
+                peft(**tok([texts[i] for i in idx[s : s + bs]], padding=True, return_tensors="pt"))
+
+    with torch.no_grad():
+        t, _ = timed(one_at_a_time, repeats=3)
+    results.append(("PEFT one adapter at a time", t, total / t))
+    return results
+
+
+def table(title: str, unit: str, results: list[tuple], reference: str) -> None:
+    ref = dict((n, r) for n, _, r in results)[reference]
+    print(f"\n{title}\n| system | seconds | {unit} | vs {reference} |\n|---|---:|---:|---:|")
+    for name, t, rate in results:
+        print(f"| {name} | {t:.2f} | {rate:.1f} | {rate / ref:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--kernel", default="loop", choices=["loop", "gather"])
+    parser.add_argument("--kernels", action="store_true", help="time both kernels on the mixed batch")
+    parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument("--skip-classify", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for key, value in machine().items():
+        print(f"{key}: {value}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_generate:
+            results = bench_generate(args, Path(tmp) / "gen")
+            table(f"generation: SmolLM2-135M, {args.prompts} prompts over {args.adapters} adapters, greedy, "
+                  f"{args.new_tokens} new tokens each", "new tokens/s", results, results[0][0])
+        if not args.skip_classify:
+            results = bench_classify(args, Path(tmp) / "cls")
+            table("classification: MiniLM-L6, 192 texts over 3 adapters with own heads, batch 64",
+                  "texts/s", results, "lorafit mixed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""A lean decode loop for causal LMs, one adapter slot per row, ready for continuous batching.
+
+    batch = DecodeBatch(model, routing, eos_ids=[2], pad_id=0)
+    batch.add([Request(prompt_ids, slot=3, max_new_tokens=32), ...])   # prefill; first token sampled
+    while batch.rows:
+        for row in batch.step():                                        # one token for every live row
+            ...                                                         # rows that finished left the batch
+
+Per-row state lives in tensors aligned with `batch.rows` (B rows, L cached positions):
+
+    cache          transformers DynamicCache, per layer keys/values (B, heads, L, head_dim)
+    mask           (B, L) 1 where the cache holds a real token of the row, 0 for left padding
+    next_pos       (B,)   position id of the row's next token (its own count of real tokens)
+    last_token     (B,)   the token fed at the next step
+    slots          (B,)   the row's adapter slot (0 = base), routed to the layers via `SlotRouting`
+
+Rows are left-padded, so every row's next token sits at column L and one forward of (B, 1) tokens
+serves all rows, each with its own positions and mask (as `model.generate` does; greedy tokens are
+the same). `add` prefills new rows on their own and joins them to the batch by left-padding the
+shorter cache; finished rows (eos or max_new_tokens) leave at once, and padding columns no row needs
+any more are cropped. The batch is kept sorted by slot, so each adapter's rows are one slice.
+
+Sampling is per row: greedy (temperature 0, the default) or temperature + top_p with the row's own
+seeded generator, so a row's tokens do not depend on which other rows share its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..lora.multi import SlotRouting
+
+
+@dataclass
+class Request:
+    """One prompt to continue. `key` is the caller's handle for it (e.g. its input line)."""
+
+    prompt_ids: list[int]
+    slot: int = 0
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    key: object = None
+
+
+@dataclass
+class Row:
+    """A request being decoded: its new tokens so far and, once done, why it stopped."""
+
+    request: Request
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "eos" or "length"
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Zero-pad `t` on the left of `dim` up to `width`."""
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def sample_next(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+    """The next token per row from logits (B, vocab): argmax, or a top-p sample at the row's temperature."""
+    tokens = logits.argmax(dim=-1)  # (B,)
+    for i, row in enumerate(rows):
+        req = row.request
+        if req.temperature <= 0:
+            continue
+        probs = torch.softmax(logits[i].float() / req.temperature, dim=-1)  # (vocab,)
+        if req.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            # Keep the smallest head whose mass reaches top_p (the token crossing it included).
+            keep = sorted_p.cumsum(0) - sorted_p < req.top_p
+            probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+        tokens[i] = torch.multinomial(probs, 1, generator=row.generator)[0]
+    return tokens
+
+
+class DecodeBatch:
+    """Rows decoding together on one model; `add`, `step` and `remove` may be interleaved freely."""
+
+    def __init__(self, model: nn.Module, routing: SlotRouting | None, eos_ids: Sequence[int], pad_id: int):
+        self.model = model
+        self.routing = routing or SlotRouting()
+        self.eos_ids = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
+        self.pad_id = pad_id
+        self.device = next(model.parameters()).device
+        self.rows: list[Row] = []
+        self.cache = None
+        self.mask = self.next_pos = self.last_token = self.slots = None
+
+    # ------------------------------------------------------------------------------------------ public
+
+    @torch.no_grad()
+    def add(self, requests: Sequence[Request]) -> list[Row]:
+        """Prefill `requests` (left-padded, one forward), sample each one's first token and join the batch.
+
+        Returns the rows that finished on that first token (they never join)."""
+        from transformers import DynamicCache
+
+        if not requests:
+            return []
+        for req in requests:
+            if not req.prompt_ids:
+                raise ValueError("a request needs at least one prompt token")
+            if req.max_new_tokens < 1:
+                raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
+        width = max(len(r.prompt_ids) for r in requests)
+        ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, req in enumerate(requests):
+            ids[i, width - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids)
+            mask[i, width - len(req.prompt_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as model.generate makes them
+        slots = torch.tensor([r.slot for r in requests], dtype=torch.long)
+        cache = DynamicCache(config=self.model.config)
+        with self.routing.use(slots.to(self.device)):
+            out = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device), past_key_values=cache, use_cache=True, logits_to_keep=1,
+            )
+        new_rows = [Row(req, self._generator(req)) for req in requests]
+        tokens = sample_next(out.logits[:, -1, :], new_rows).cpu()
+        done = self._record(tokens, new_rows)
+        live = [i for i, d in enumerate(done) if not d]
+        if live:
+            index = torch.tensor(live, dtype=torch.long)
+            cache = out.past_key_values
+            if len(live) < len(new_rows):
+                cache.batch_select_indices(index.to(self.device))
+            self._join([new_rows[i] for i in live], cache, mask[index], positions[index, -1] + 1, tokens[index], slots[index])
+            self._keep(list(range(len(self.rows))))  # sort by slot, crop padding
+        return [row for row, d in zip(new_rows, done, strict=True) if d]
+
+    @torch.no_grad()
+    def step(self) -> list[Row]:
+        """One token for every live row. Returns the rows that finished (they have left the batch)."""
+        if not self.rows:
+            return []
+        ones = self.mask.new_ones(len(self.rows), 1)
+        self.mask = torch.cat([self.mask, ones], dim=1)  # the token fed now is real for every row
+        with self.routing.use(self.slots.to(self.device)):
+            out = self.model(
+                input_ids=self.last_token[:, None].to(self.device), attention_mask=self.mask.to(self.device),
+                position_ids=self.next_pos[:, None].to(self.device), past_key_values=self.cache, use_cache=True,
+            )
+        self.cache = out.past_key_values
+        self.next_pos = self.next_pos + 1
+        tokens = sample_next(out.logits[:, -1, :], self.rows).cpu()
+        self.last_token = tokens
+        done = self._record(tokens, self.rows)
+        finished = [row for row, d in zip(self.rows, done, strict=True) if d]
+        if finished:
+            self._keep([i for i, d in enumerate(done) if not d])
+        return finished
+
+    def remove(self, keys: Sequence[object]) -> list[Row]:
+        """Take the rows whose request key is in `keys` out of the batch (a cancelled request)."""
+        gone = set(keys)
+        leaving = [row for row in self.rows if row.request.key in gone]
+        if leaving:
+            self._keep([i for i, row in enumerate(self.rows) if row.request.key not in gone])
+        return leaving
+
+    def run(self, requests: Sequence[Request]) -> list[Row]:
+        """Decode `requests` to the end; rows come back in the requests' order."""
+        done = self.add(requests)
+        while self.rows:
+            done += self.step()
+        index = {id(r): i for i, r in enumerate(requests)}
+        return sorted(done, key=lambda row: index[id(row.request)])
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _generator(req: Request) -> torch.Generator | None:
+        if req.temperature <= 0:
+            return None
+        gen = torch.Generator()
+        if req.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(req.seed)
+        return gen
+
+    def _record(self, tokens: torch.Tensor, rows: list[Row]) -> list[bool]:
+        """Append each row's new token; mark the rows that are done (eos, or max_new_tokens reached)."""
+        is_eos = torch.isin(tokens, self.eos_ids).tolist()
+        for row, token, eos in zip(rows, tokens.tolist(), is_eos, strict=True):
+            row.tokens.append(token)
+            if eos:
+                row.finish_reason = "eos"
+            elif len(row.tokens) >= row.request.max_new_tokens:
+                row.finish_reason = "length"
+        return [row.finish_reason is not None for row in rows]
+
+    def _join(self, rows, cache, mask, next_pos, tokens, slots) -> None:
+        """Append prefilled rows; left-pad whichever cache is shorter so every row ends at column L."""
+        if not self.rows:
+            self.rows, self.cache, self.mask = list(rows), cache, mask
+            self.next_pos, self.last_token, self.slots = next_pos, tokens.clone(), slots
+        else:
+            width = max(self.mask.shape[1], mask.shape[1])
+            for old, new in zip(self.cache.layers, cache.layers, strict=True):
+                old.keys = torch.cat([_pad_left(old.keys, width, 2), _pad_left(new.keys, width, 2)])
+                old.values = torch.cat([_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)])
+            self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(mask, width, 1)])
+            self.rows += rows
+            self.next_pos = torch.cat([self.next_pos, next_pos])
+            self.last_token = torch.cat([self.last_token, tokens])
+            self.slots = torch.cat([self.slots, slots])
+        self._check_cache_layers()
+
+    def _keep(self, indices: list[int]) -> None:
+        """Keep these rows (in this order, sorted by slot afterwards) and crop unused left padding."""
+        order = sorted(indices, key=lambda i: int(self.slots[i]))  # stable: equal slots keep their order
+        if not order:
+            self.rows, self.cache = [], None
+            self.mask = self.next_pos = self.last_token = self.slots = None
+            return
+        if order != list(range(len(self.rows))):
+            index = torch.tensor(order, dtype=torch.long)
+            self.cache.batch_select_indices(index.to(self.device))
+            self.rows = [self.rows[i] for i in order]
+            self.mask, self.next_pos = self.mask[index], self.next_pos[index]
+            self.last_token, self.slots = self.last_token[index], self.slots[index]
+        # Columns where every remaining row is padding serve no row: drop them from the cache.
+        first_real = int(self.mask.argmax(dim=1).min())
+        if first_real > 0:
+            self.mask = self.mask[:, first_real:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first_real:], layer.values[:, :, first_real:]
+
+    def _check_cache_layers(self) -> None:
+        from transformers.cache_utils import DynamicLayer
+
+        for layer in self.cache.layers:
+            if type(layer) is not DynamicLayer:
+                raise NotImplementedError(
+                    f"DecodeBatch handles full-attention caches only, this model uses {type(layer).__name__}"
+                )

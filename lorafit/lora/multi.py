@@ -1,0 +1,322 @@
+"""Many adapters on one base: a stacked multi-adapter linear layer whose rows each pick an adapter slot.
+
+Every adapted linear layer of the base holds all loaded adapters at once, stacked by slot:
+
+    A: (capacity, r_max, d_in)      slot s, rows [:rank_s] = adapter s's lora_A; the rest zero
+    B: (capacity, d_out, r_max)     slot s, cols [:rank_s] = scale_s * adapter s's lora_B (scale folded in)
+    slot 0 is all zeros: "no adapter", the base model
+
+and a forward over a batch whose row i uses slot idx[i] computes, with the math of `lorafit.lora.layer`,
+
+    h_i = W x_i + b + B[idx_i] (A[idx_i] x_i)                    x_i (T, d_in) -> h_i (T, d_out)
+
+Ranks are zero-padded up to the layer's r_max, so a rank-1 and a rank-16 adapter share one tensor;
+padded rows of A and columns of B are exact zeros and add exact zeros. Two kernels compute the sum
+(`lora_delta_multi`), tested equal:
+
+- "gather": gather A[idx], B[idx] per row and do two batched matmuls (bgmv-style; cost ~ r_max);
+- "loop": one pair of thin matmuls per slot present in the batch, on that slot's rows (cost ~ rank_s).
+  Rows that sit together (a batch sorted by slot) are sliced as views, with no copy.
+
+The slot index reaches the layers through a `SlotRouting` object shared by the layers of one model:
+`with routing.use(idx): model(...)` sets it for one forward and restores what was there before, so
+nothing leaks between calls. `idx` is (rows,) for one adapter per row, or (rows, tokens) for packed
+rows whose tokens belong to different adapters. A forward that sees k times as many rows as `idx`
+has (beam search repeats each row k times with `repeat_interleave`) repeats each slot k times; beam
+reordering keeps rows inside their own group, so the slot follows its row. A decoder that drops or
+reorders rows passes the matching `idx` at each step (see lorafit/adapters/decode.py).
+
+Memory: slot tensors grow geometrically (capacity doubles, r_max rounds up to a power of two), so
+loading the n-th adapter costs the same as the first, amortised; unloading zeroes a slot and the
+host reuses it (free list). torch only; never transformers (GPT-2's Conv1D is duck-typed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layer import is_conv1d, is_linear
+
+Kernel = Literal["gather", "loop"]
+DEFAULT_KERNEL: Kernel = "loop"  # measured faster on CPU at 8 adapters (bench/bench_multi_adapter.py --kernels)
+
+
+# ---------------------------------------------------------------------------------------------- routing
+
+
+@dataclass
+class RoutePlan:
+    """Which slot each of `rows` rows uses, for x viewed as (rows, tokens, d).
+
+    `row_slots` (rows,) long; `groups`: (slot, rows) for every non-zero slot present, rows being a
+    slice when they sit together, else an index tensor. Built once per forward, shared by all layers.
+    """
+
+    rows: int
+    row_slots: torch.Tensor
+    groups: list[tuple[int, slice | torch.Tensor]]
+
+
+def _groups(row_slots: torch.Tensor) -> list[tuple[int, slice | torch.Tensor]]:
+    groups = []
+    for slot in torch.unique(row_slots).tolist():
+        if slot == 0:
+            continue
+        where = torch.nonzero(row_slots == slot).flatten()
+        first, last = int(where[0]), int(where[-1])
+        contiguous = last - first + 1 == where.numel()
+        groups.append((slot, slice(first, last + 1) if contiguous else where))
+    return groups
+
+
+class SlotRouting:
+    """The per-row (or per-token) adapter slot of the forward in progress, for one model's layers."""
+
+    def __init__(self) -> None:
+        self._slots: torch.Tensor | None = None
+        self._plans: dict[tuple[int, ...], RoutePlan] = {}
+
+    @contextlib.contextmanager
+    def use(self, slots: torch.Tensor | None) -> Iterator[None]:
+        """Route the forward passes inside the block: `slots` (rows,) or (rows, tokens), long; None = base."""
+        saved = self._slots, self._plans
+        if slots is not None:
+            slots = torch.as_tensor(slots, dtype=torch.long)
+            if slots.dim() not in (1, 2):
+                raise ValueError(f"slot index must be (rows,) or (rows, tokens), got shape {tuple(slots.shape)}")
+            if not bool((slots != 0).any()):
+                slots = None  # every row on the base: no adapter work at all
+        self._slots, self._plans = slots, {}
+        try:
+            yield
+        finally:
+            self._slots, self._plans = saved
+
+    @property
+    def active(self) -> bool:
+        return self._slots is not None
+
+    def plan(self, lead: torch.Size) -> RoutePlan | None:
+        """The plan for an input whose leading shape (all but the feature dim) is `lead`."""
+        slots = self._slots
+        if slots is None:
+            return None
+        key = tuple(lead)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        n = 1
+        for size in lead:
+            n *= size
+        if slots.dim() == 1:
+            # One slot per row; rows repeated k times (beam search) repeat their slot.
+            if len(lead) == 0 or lead[0] % slots.shape[0] != 0:
+                raise RuntimeError(f"slot index for {slots.shape[0]} rows cannot route an input of shape {key}")
+            row_slots = slots.repeat_interleave(lead[0] // slots.shape[0]) if lead[0] != slots.shape[0] else slots
+            rows = lead[0]
+        else:
+            # One slot per token (packed rows): every token is its own "row" of one token.
+            if slots.numel() != n:
+                raise RuntimeError(f"per-token slot index {tuple(slots.shape)} does not match an input of shape {key}")
+            row_slots, rows = slots.reshape(-1), n
+        plan = RoutePlan(rows, row_slots, _groups(row_slots))
+        self._plans[key] = plan
+        return plan
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+def lora_delta_multi(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ranks: list[int], plan: RoutePlan, kernel: Kernel
+) -> torch.Tensor | None:
+    """sum of B[s] A[s] x over each row's slot s, for x (rows, T, d_in) -> (rows, T, d_out), or None
+    when no row of this layer has an adapter (a slot whose adapter skips this layer has rank 0).
+
+    a (capacity, r_max, d_in), b (capacity, d_out, r_max) with the scale already in b.
+    """
+    if kernel == "gather":
+        # (rows, r_max, d_in) and (rows, d_out, r_max): each row's own adapter, padded ranks included.
+        a_rows = a.index_select(0, plan.row_slots)
+        b_rows = b.index_select(0, plan.row_slots)
+        low = torch.bmm(x, a_rows.transpose(1, 2))  # (rows, T, r_max)
+        return torch.bmm(low, b_rows.transpose(1, 2))  # (rows, T, d_out)
+    if kernel != "loop":
+        raise ValueError(f"unknown kernel {kernel!r}: expected 'gather' or 'loop'")
+    out = None
+    for slot, rows in plan.groups:
+        rank = ranks[slot]
+        if rank == 0:
+            continue
+        if out is None:
+            out = x.new_zeros(x.shape[:-1] + (b.shape[1],))
+        # (n, T, d_in) -> (n, T, rank) -> (n, T, d_out), the slot's true rank only.
+        delta = F.linear(F.linear(x[rows], a[slot, :rank]), b[slot, :, :rank])
+        if isinstance(rows, slice):
+            out[rows] += delta
+        else:
+            out.index_add_(0, rows, delta)
+    return out
+
+
+def _round_up_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# ---------------------------------------------------------------------------------------------- the layer
+
+
+class MultiLoRALinear(nn.Module):
+    """A frozen linear (or GPT-2 Conv1D) weight plus stacked adapters, one slot per adapter.
+
+    Keeps the wrapped module's `weight` / `bias` Parameters under their own names (as LoRALinear
+    does), so the base's parameter names, and hence its identity, are unchanged. A and B are buffers.
+    """
+
+    def __init__(self, module: nn.Module, routing: SlotRouting, capacity: int = 8, kernel: Kernel = DEFAULT_KERNEL):
+        super().__init__()
+        if not is_linear(module):
+            raise TypeError(f"cannot wrap {type(module).__name__}: only nn.Linear and Conv1D")
+        self.weight, self.bias = module.weight, module.bias
+        self.transposed = is_conv1d(module)
+        w = module.weight
+        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.transposed else (w.shape[1], w.shape[0])
+        self.kernel: Kernel = kernel
+        object.__setattr__(self, "routing", routing)  # shared, not a submodule
+        object.__setattr__(self, "_original", module)
+        self.ranks: list[int] = [0] * capacity  # true rank per slot; 0 = slot unused in this layer
+        factory = {"device": w.device, "dtype": w.dtype}
+        self.register_buffer("lora_A", torch.zeros(capacity, 1, self.in_features, **factory), persistent=False)
+        self.register_buffer("lora_B", torch.zeros(capacity, self.out_features, 1, **factory), persistent=False)
+
+    @property
+    def capacity(self) -> int:
+        return self.lora_A.shape[0]
+
+    @property
+    def r_max(self) -> int:
+        return self.lora_A.shape[1]
+
+    def unwrap(self) -> nn.Module:
+        return self._original
+
+    @torch.no_grad()
+    def reserve(self, capacity: int, rank: int) -> None:
+        """Grow to at least `capacity` slots and rank `rank` (capacity doubles, r_max rounds to 2^k)."""
+        new_cap = self.capacity
+        while new_cap < capacity:
+            new_cap *= 2
+        new_r = max(self.r_max, _round_up_pow2(rank))
+        if (new_cap, new_r) == (self.capacity, self.r_max):
+            return
+        a = self.lora_A.new_zeros(new_cap, new_r, self.in_features)
+        b = self.lora_B.new_zeros(new_cap, self.out_features, new_r)
+        a[: self.capacity, : self.r_max] = self.lora_A
+        b[: self.capacity, :, : self.r_max] = self.lora_B
+        self.lora_A, self.lora_B = a, b
+        self.ranks += [0] * (new_cap - len(self.ranks))
+
+    @torch.no_grad()
+    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
+        """Put one adapter in `slot`: a (rank, d_in), b (d_out, rank) in PEFT's orientation."""
+        rank = a.shape[0]
+        if a.shape != (rank, self.in_features) or b.shape != (self.out_features, rank):
+            raise ValueError(
+                f"lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit a layer with d_in "
+                f"{self.in_features}, d_out {self.out_features}"
+            )
+        self.reserve(slot + 1, rank)
+        self.clear_slot(slot)
+        self.lora_A[slot, :rank] = a.to(self.lora_A.dtype)
+        # The scale is folded into B in fp32 before the cast, so the forward has no extra multiply.
+        self.lora_B[slot, :, :rank] = (b.float() * scale).to(self.lora_B.dtype)
+        self.ranks[slot] = rank
+
+    @torch.no_grad()
+    def clear_slot(self, slot: int) -> None:
+        if slot < self.capacity:
+            self.lora_A[slot].zero_()
+            self.lora_B[slot].zero_()
+            self.ranks[slot] = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.T if self.transposed else self.weight  # (d_out, d_in)
+        out = F.linear(x, weight, self.bias)
+        plan = self.routing.plan(x.shape[:-1])
+        if plan is None:
+            return out
+        x3 = x.reshape(plan.rows, -1, x.shape[-1])  # (rows, T, d_in)
+        delta = lora_delta_multi(x3, self.lora_A, self.lora_B, self.ranks, plan, self.kernel)
+        if delta is None:
+            return out
+        return out + delta.view(out.shape)
+
+    def extra_repr(self) -> str:
+        used = sum(r > 0 for r in self.ranks)
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, slots={used}/{self.capacity}, "
+            f"r_max={self.r_max}, transposed={self.transposed}, kernel={self.kernel}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- whole modules
+
+
+class SlotModules(nn.Module):
+    """A module trained in full by some adapters (PEFT's modules_to_save, e.g. a classification head),
+    one copy per slot: row i goes through slot idx[i]'s copy, or the base module for slot 0 and for
+    adapters that did not train it.
+
+    Outputs of copies whose last dim differs (heads with different label counts) are padded with NaN
+    up to the widest; the caller trims each row to its adapter's width.
+    """
+
+    def __init__(self, base: nn.Module, routing: SlotRouting):
+        super().__init__()
+        self.base = base
+        self.copies = nn.ModuleDict()  # str(slot) -> module
+        object.__setattr__(self, "routing", routing)
+
+    @torch.no_grad()
+    def set_slot(self, slot: int, params: dict[str, torch.Tensor]) -> None:
+        """A copy of the base module with `params` (names relative to the module) replacing its own;
+        a parameter may change shape (a head with another number of labels)."""
+        head = copy.deepcopy(self.base)
+        own = dict(head.named_parameters())
+        unknown = sorted(set(params) - set(own))
+        if unknown:
+            raise KeyError(unknown[0])
+        for name, value in params.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = head.get_submodule(owner_name) if owner_name else head
+            setattr(owner, leaf, nn.Parameter(value.to(own[name].dtype).clone(), requires_grad=False))
+        self.copies[str(slot)] = head
+
+    def clear_slot(self, slot: int) -> None:
+        self.copies.pop(str(slot), None)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        plan = self.routing.plan(x.shape[:1])
+        groups = [] if plan is None else [(s, r) for s, r in plan.groups if str(s) in self.copies]
+        if not groups:
+            return self.base(x, *args, **kwargs)
+        parts = [(None, self.base(x, *args, **kwargs))]
+        parts += [(rows, self.copies[str(slot)](x[rows], *args, **kwargs)) for slot, rows in groups]
+        width = max(p.shape[-1] for _, p in parts)
+        out = parts[0][1]
+        if out.shape[-1] < width:
+            out = F.pad(out, (0, width - out.shape[-1]), value=float("nan"))
+        else:
+            out = out.clone()
+        for rows, part in parts[1:]:
+            part = F.pad(part, (0, width - part.shape[-1]), value=float("nan")) if part.shape[-1] < width else part
+            out[rows] = part
+        return out

@@ -1,0 +1,172 @@
+"""`lorafit generate`: many prompts, each with its own adapter (or none), on one base model.
+
+    requests.jsonl -> read_requests (checked, all before any model loads) -> AdapterHost.load(base)
+                   -> load_adapter(name, dir) for each --adapter NAME=DIR -> host.decode (mixed batches)
+                   -> results.jsonl (input order)
+
+A request line is a JSON object:
+
+    {"prompt": "...", "adapter": "sql" | null, "max_new_tokens": 32, "temperature": 0.0, "top_p": 1.0,
+     "seed": 7, "id": "anything"}
+
+Only `prompt` is required; `adapter` null or absent means the base model; greedy unless temperature > 0.
+A result line echoes `id` (when given) and the input line number, and holds the completion, the
+adapter used, token counts and why generation stopped ("eos" or "length").
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+
+FIELDS = ("prompt", "adapter", "max_new_tokens", "temperature", "top_p", "seed", "id")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    line: int
+    prompt: str
+    adapter: str | None
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    id: object = None
+
+
+def _field_error(path: Path, line: int, field: str, message: str) -> DataError:
+    return DataError(f"{path}:{line}: {field}: {message}")
+
+
+def _number(row: dict, key: str, default, path: Path, line: int, *, integer: bool, low: float, high=None,
+            low_open=False):
+    value = row.get(key, default)
+    if value is None and key == "seed":
+        return None
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type:
+        kind = "an integer" if integer else "a number"
+        raise _field_error(path, line, key, f"must be {kind}, got {value!r}")
+    if (value <= low if low_open else value < low) or (high is not None and value > high):
+        bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise _field_error(path, line, key, f"must be {bounds}, got {value!r}")
+    return value
+
+
+def read_requests(path: str | Path, adapters: dict[str, str], max_new_tokens: int = 64) -> list[GenerateRequest]:
+    """Parse and check every line; DataError naming the file, line and field of the first bad one."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    requests = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{line}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{line}: expected a JSON object with a 'prompt', got {type(row).__name__}")
+        for key in row:
+            if key not in FIELDS:
+                close = difflib.get_close_matches(key, FIELDS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f"; fields: {', '.join(FIELDS)}"
+                raise _field_error(path, line, key, f"unknown field{hint}")
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise _field_error(path, line, "prompt", f"must be a non-empty string, got {prompt!r}")
+        adapter = row.get("adapter")
+        if adapter is not None and adapter not in adapters:
+            given = ", ".join(sorted(adapters)) or "none; add --adapter NAME=DIR"
+            raise _field_error(path, line, "adapter", f"{adapter!r} is not a loaded adapter (loaded: {given})")
+        requests.append(GenerateRequest(
+            line=line,
+            prompt=prompt,
+            adapter=adapter,
+            max_new_tokens=_number(row, "max_new_tokens", max_new_tokens, path, line, integer=True, low=1),
+            temperature=float(_number(row, "temperature", 0.0, path, line, integer=False, low=0)),
+            top_p=float(_number(row, "top_p", 1.0, path, line, integer=False, low=0, high=1, low_open=True)),
+            seed=_number(row, "seed", None, path, line, integer=True, low=0),
+            id=row.get("id"),
+        ))
+    if not requests:
+        raise DataError(f"{path}: no requests (one JSON object per line, each with a 'prompt')")
+    return requests
+
+
+def run_generate(
+    model: str,
+    adapters: dict[str, str],
+    input_jsonl: str | Path,
+    output_jsonl: str | Path,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+    max_rank: int = 64,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> dict:
+    """Generate a completion for every request line; write results in input order; return a summary.
+
+    `on_start(n)` is called with the number of requests once the model and adapters are loaded, and
+    `progress(1)` as each request finishes (a progress bar hooks in there).
+    """
+    import time
+
+    from ..adapters.decode import Request
+    from ..adapters.host import AdapterHost
+
+    requests = read_requests(input_jsonl, adapters, max_new_tokens)  # bad input fails before any loading
+    output_jsonl = Path(output_jsonl)
+    if output_jsonl.parent and not output_jsonl.parent.is_dir():
+        raise DataError(f"{output_jsonl}: directory {output_jsonl.parent} does not exist")
+    host = AdapterHost.load(model, task="generate", max_rank=max_rank)
+    for name, directory in adapters.items():
+        host.load_adapter(name, directory)
+    if on_start is not None:
+        on_start(len(requests))
+    encoded = host.tokenizer([r.prompt for r in requests], add_special_tokens=True)["input_ids"]
+    _, slots = host.slots_for([r.adapter for r in requests], len(requests))
+    decode_requests = [
+        Request(ids, int(slot), r.max_new_tokens, r.temperature, r.top_p, r.seed, key=i)
+        for i, (r, ids, slot) in enumerate(zip(requests, encoded, slots, strict=True))
+    ]
+    started = time.perf_counter()
+    rows = host.decode(decode_requests, batch_size, on_done=(lambda row: progress(1)) if progress else None)
+    elapsed = time.perf_counter() - started
+    results = []
+    for req, row in zip(requests, rows, strict=True):
+        result = {"line": req.line} | ({"id": req.id} if req.id is not None else {})
+        results.append(result | {
+            "adapter": req.adapter,
+            "completion": host.tokenizer.decode(row.tokens, skip_special_tokens=True),
+            "prompt_tokens": len(row.request.prompt_ids),
+            "completion_tokens": len(row.tokens),
+            "finish_reason": row.finish_reason,
+        })
+    tmp = output_jsonl.with_name(output_jsonl.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for result in results:
+            f.write(json.dumps(result, ensure_ascii=False) + "\n")
+    os.replace(tmp, output_jsonl)  # the results file appears complete or not at all
+    new_tokens = sum(r["completion_tokens"] for r in results)
+    return {
+        "model": model,
+        "adapters": sorted(adapters),
+        "requests": len(results),
+        "completion_tokens": new_tokens,
+        "seconds": round(elapsed, 3),
+        "tokens_per_s": round(new_tokens / elapsed, 1) if elapsed > 0 else None,
+        "output": str(output_jsonl),
+    }

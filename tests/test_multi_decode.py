@@ -1,0 +1,117 @@
+"""The lean decode loop: same greedy tokens as `model.generate`, rows stopping at eos, rows joining and
+leaving mid-decode (continuous batching), and per-row seeded sampling."""
+
+import pytest
+import torch
+
+from lorafit.adapters.decode import DecodeBatch, Request
+from lorafit.eval.generate import left_padded
+from multi_fixtures import host_for, llama_adapters
+from tiny import tiny_gpt2, tiny_llama
+
+torch.set_num_threads(1)
+
+
+def prompts(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 128, (int(length),), generator=g).tolist() for length in torch.randint(1, 12, (n,), generator=g)]
+
+
+def hf_greedy(model, prompt_ids, max_new_tokens, eos):
+    """model.generate's new tokens per row, cut after the first eos (it pads after that)."""
+    ids, mask = left_padded(prompt_ids, 0)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=0, eos_token_id=eos)[:, ids.shape[1] :].tolist()
+    return [row[: row.index(eos) + 1] if eos in row else row for row in out]
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_greedy_tokens_equal_hf_generate(build):
+    model, rows = build(), prompts(8)
+    expected = hf_greedy(model, rows, 16, eos=2)
+    got = DecodeBatch(model, None, [2], 0).run([Request(p, max_new_tokens=16) for p in rows])
+    assert [r.tokens for r in got] == expected
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_rows_stop_at_eos_and_leave_the_batch(build):
+    model, rows = build(), prompts(8, seed=5)
+    # An eos that the base actually produces mid-sequence in some rows, so rows finish at different steps.
+    plain = hf_greedy(model, rows, 16, eos=2)
+    counts = torch.bincount(torch.tensor([t for r in plain for t in r[3:]]), minlength=128)
+    eos = int(counts.argmax())
+    expected = hf_greedy(model, rows, 16, eos=eos)
+    assert len({len(r) for r in expected}) > 1, "test needs rows of different lengths"
+    batch = DecodeBatch(model, None, [eos], 0)
+    sizes, done = [], batch.add([Request(p, max_new_tokens=16, key=i) for i, p in enumerate(rows)])
+    while batch.rows:
+        sizes.append(len(batch.rows))
+        done += batch.step()
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < len(rows)  # rows left as they finished
+    got = sorted(done, key=lambda r: r.request.key)
+    assert [r.tokens for r in got] == expected
+    assert all(r.finish_reason == ("eos" if r.tokens[-1] == eos else "length") for r in got)
+
+
+def test_rows_joining_mid_decode_get_the_tokens_they_get_alone(tmp_path):
+    """Continuous batching: rows added between steps (longer and shorter prompts than the batch's cache,
+    other adapters) and a row removed, each row's tokens equal to decoding it alone."""
+    adapters = llama_adapters(tmp_path)
+    host = host_for(tiny_llama)
+    for name, (directory, _) in adapters.items():
+        host.load_adapter(name, directory)
+    slot = {name: host.adapters()[name]["slot"] for name in adapters} | {None: 0}
+    first = [Request(p, slot=slot[n], max_new_tokens=12, key=f"a{i}")
+             for i, (p, n) in enumerate(zip(prompts(4, seed=1), ["r4", None, "r16", "r1"], strict=True))]
+    later = [Request(p, slot=slot[n], max_new_tokens=10, key=f"b{i}")
+             for i, (p, n) in enumerate(zip([list(range(3, 25)), [7], [9, 9, 9]], ["r8", "r4", None], strict=True))]
+    batch = DecodeBatch(host.model, host.routing, [2], 0)
+    done = batch.add(first)
+    for _ in range(3):
+        done += batch.step()
+    done += batch.add(later)  # 22-token prompt: longer than the batch's cache; [7]: shorter
+    assert sorted(int(s) for s in batch.slots) == [int(s) for s in batch.slots]  # kept sorted by slot
+    done += batch.step()
+    cancelled = batch.remove(["a1"])
+    assert [r.request.key for r in cancelled] == ["a1"]
+    while batch.rows:
+        done += batch.step()
+    by_key = {r.request.key: r for r in done}
+    assert set(by_key) == {r.key for r in first + later} - {"a1"}
+    for req in first + later:
+        if req.key == "a1":
+            continue
+        alone = DecodeBatch(host.model, host.routing, [2], 0).run([Request(req.prompt_ids, req.slot, req.max_new_tokens)])
+        assert by_key[req.key].tokens == alone[0].tokens, req.key
+
+
+def test_sampling_is_per_row_and_seeded():
+    host = host_for(tiny_llama)
+    texts = ["abc", "hello there", "x"]
+    kwargs = {"max_new_tokens": 12, "temperature": 1.5, "top_p": 0.95}
+    a = host.generate(texts, seed=[1, 2, 3], **kwargs)
+    b = host.generate(texts[::-1], seed=[3, 2, 1], **kwargs)  # other batch order and neighbours
+    assert [g.tokens for g in a] == [g.tokens for g in b[::-1]]
+    c = host.generate(texts, seed=[4, 5, 6], **kwargs)
+    assert [g.tokens for g in a] != [g.tokens for g in c]
+    greedy = host.generate(texts, max_new_tokens=12)
+    tiny_p = host.generate(texts, temperature=1.0, top_p=1e-6, seed=0, max_new_tokens=12)
+    assert [g.tokens for g in tiny_p] == [g.tokens for g in greedy]
+    mixed = host.generate(texts, temperature=[0.0, 1.5, 0.0], seed=7, max_new_tokens=12)
+    assert mixed[0].tokens == greedy[0].tokens and mixed[2].tokens == greedy[2].tokens
+
+
+def test_generate_refills_the_batch_as_rows_finish(tmp_path):
+    """More prompts than batch_size: rows join as others finish; results in the prompts' order."""
+    adapters = llama_adapters(tmp_path)
+    host = host_for(tiny_llama)
+    for name, (directory, _) in adapters.items():
+        host.load_adapter(name, directory)
+    texts = [f"prompt number {i}" + "!" * (i % 5) for i in range(11)]
+    rows = [["r1", "r4", "r8", "r16", None][i % 5] for i in range(11)]
+    lengths = [3 + i % 6 for i in range(11)]
+    small = host.generate(texts, adapter=rows, max_new_tokens=lengths, batch_size=3)
+    big = host.generate(texts, adapter=rows, max_new_tokens=lengths, batch_size=64)
+    assert [g.tokens for g in small] == [g.tokens for g in big]
+    assert [len(g.tokens) for g in big] == lengths  # random tiny model: no eos in 8 tokens
+    assert [g.adapter for g in big] == rows
