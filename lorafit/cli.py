@@ -366,17 +366,9 @@ def serve(
       curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
            -d '{"model": "sql", "prompt": "question: ...", "max_tokens": 32, "temperature": 0}'
     """
-    from lorafit.workflows.serve import ServeOptions, run_serve
+    from lorafit.workflows.serve import ServeOptions, parse_adapters, run_serve
 
-    adapters = {}
-    for item in adapter:
-        key, eq, directory = item.partition("=")
-        if not eq or not key or not directory:
-            raise typer.BadParameter(f"{item!r}: expected NAME=DIR", param_hint="--adapter")
-        if key in adapters:
-            raise typer.BadParameter(f"{key!r} given twice", param_hint="--adapter")
-        adapters[key] = directory
-    run_serve(ServeOptions(model, adapters, name, host, port, max_batch, max_queue, max_rank, api_key,
+    run_serve(ServeOptions(model, parse_adapters(adapter), name, host, port, max_batch, max_queue, max_rank, api_key,
                            adapter_root, allow_adapter_loading, list(route), route_seed),
               info=lambda line: typer.echo(line, err=True))
 
