@@ -260,3 +260,20 @@ def test_no_cross_talk_under_load_while_adapters_come_and_go(env):
     assert pinned_text == host.tokenizer.decode(greedy(host, "pinned", "other", 100), skip_special_tokens=True)
     assert repinned == greedy(host, "pinned", "r1", 20)
     assert httpx.get(url + "/health").json()["running"] == 0
+
+
+def test_a_disconnected_stream_is_dropped(env):
+    url = env["url"]
+    body = {"model": "r1", "prompt": "go", "max_tokens": 120, "temperature": 0, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        first = next(r.iter_lines())
+        assert first.startswith("data: {")
+    deadline = time.time() + 10
+    while httpx.get(url + "/health").json()["running"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(url + "/health").json()["running"] == 0
+    deadline = time.time() + 5
+    while "finish=disconnected" not in Path(env["log"]).read_text() and time.time() < deadline:
+        time.sleep(0.05)
+    assert "model=r1 adapter=r1 prompt_tokens=3" in Path(env["log"]).read_text()
+    assert "finish=disconnected" in Path(env["log"]).read_text()

@@ -65,7 +65,8 @@ def build_app(engine: Engine, config: ServerConfig) -> FastAPI:
     vocab = getattr(engine.host.model.config, "vocab_size", None)
 
     @app.exception_handler(APIError)
-    async def api_error(_, e: APIError):
+    async def api_error(request: Request, e: APIError):
+        log.info("%s %s -> %d %s", request.method, request.url.path, e.status, e.message)
         return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(RequestValidationError)

@@ -109,7 +109,15 @@ class Engine:
                     self._lock.wait()
                 if self._stop:
                     return
-            self.run_once()
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - a bug must not leave clients waiting forever
+                log.exception("scheduler iteration failed; failing the running requests")
+                self._guarded(self._raise, [row.request.key for row in self.batch.rows], reset=True)
+
+    @staticmethod
+    def _raise():
+        raise RuntimeError("scheduler iteration failed")
 
     # ------------------------------------------------------------------------------------ client side
 

@@ -116,7 +116,9 @@ def run_serve(opts: ServeOptions, info=print) -> None:
                                            access_log=False, timeout_graceful_shutdown=5))
     try:
         server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind
+        if not server.started:
+            raise ServeError(f"could not listen on {opts.host}:{opts.port} (in use, or not an address here)") from None
+        raise
     finally:
         engine.stop()
-    if not server.started:
-        raise ServeError(f"could not listen on {opts.host}:{opts.port} (port in use?)")
