@@ -36,7 +36,6 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import httpx  # noqa: E402
-
 from benchlib import OUT_DIR, busy_processes, command_line, load_average, machine, versions  # noqa: E402
 
 

@@ -4,7 +4,9 @@ the openai client on a TestClient, stop strings in the text stream, A/B route pi
 import openai
 import pytest
 import torch
+from multi_fixtures import host_for
 from starlette.testclient import TestClient
+from tiny import tiny_llama, tiny_tokenizer
 from typer.testing import CliRunner
 
 from lorafit.cli import app as cli
@@ -14,8 +16,6 @@ from lorafit.serve.protocol import APIError
 from lorafit.serve.routing import Route, RouteError, parse_route
 from lorafit.serve.security import check_api_key
 from lorafit.serve.text import TextStream
-from multi_fixtures import host_for
-from tiny import tiny_llama, tiny_tokenizer
 
 torch.set_num_threads(1)
 

@@ -3,11 +3,11 @@ the bounded queue, and requests joining a running batch (each row equal to greed
 
 import pytest
 import torch
+from multi_fixtures import host_for, llama_adapters
+from tiny import tiny_llama
 
 from lorafit.serve.engine import Engine, Sampling
 from lorafit.serve.protocol import APIError
-from multi_fixtures import host_for, llama_adapters
-from tiny import tiny_llama
 
 torch.set_num_threads(1)
 
@@ -113,4 +113,4 @@ def test_requests_join_a_running_batch(adapters, reference):
     run(engine)
     for prompt, adapter, n, events, job in jobs:
         assert collect(events) == reference(prompt, adapter, n), (adapter, n)
-        assert events[-1] == ("done", "length")
+        assert events[-1] == ("done", "length") and job.finish_reason == "length" and not job.cancelled

@@ -19,10 +19,10 @@ import httpx
 import openai
 import pytest
 import torch
-
-from lorafit.adapters.host import AdapterHost
 from multi_fixtures import make_adapter
 from tiny import tiny_llama, tiny_tokenizer
+
+from lorafit.adapters.host import AdapterHost
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def test_errors_have_openai_shape_and_status(env):
 
 
 def test_adapter_loading_is_confined_to_the_root(env):
-    client, root = env["client"], env["root"]
+    client = env["client"]
 
     def load(name, path):
         return client.post("/load_lora_adapter", body={"lora_name": name, "lora_path": str(path)}, cast_to=object)

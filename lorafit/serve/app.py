@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import LorafitError
-from .engine import Engine, Job, Sampling
+from .engine import Engine, Sampling
 from .protocol import (
     APIError,
     ChatRequest,

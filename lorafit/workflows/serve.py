@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import AdapterError, LorafitError
+from ..errors import AdapterError, LorafitError, ModelError
 
 
 class ServeError(LorafitError):
@@ -103,6 +103,10 @@ def run_serve(opts: ServeOptions, info=print) -> None:
     host = AdapterHost.load(opts.model, task="generate", max_rank=opts.max_rank)
     for name, directory in opts.adapters.items():
         host.load_adapter(name, directory)
+    try:  # warm-up, and a model the decode loop cannot serve fails here, not on the first request
+        host.generate(["Hello"], max_new_tokens=2)
+    except NotImplementedError as e:
+        raise ModelError(f"model {opts.model!r} cannot be served: {e}") from None
     engine = Engine(host, max_batch=opts.max_batch, max_queue=opts.max_queue)
     config = ServerConfig(base, opts.api_key, opts.adapter_root, opts.allow_adapter_loading, routes)
     app = build_app(engine, config)
