@@ -251,6 +251,28 @@ def bench_classify(args, work: Path) -> list[tuple]:
     return results
 
 
+def bench_load_scaling(args, work: Path) -> None:
+    """Load --scaling adapters one after another into one host: the time per load must stay flat."""
+    ref = resolve_model("smollm2-135m")
+    base, tok = load_base(ref)
+    write_adapter(base, work / "one", 8, ("q_proj", "k_proj", "v_proj", "o_proj"), seed=0, task_type="CAUSAL_LM")
+    host = AdapterHost(base, tok, causal=True)
+    times = []
+    for i in range(args.scaling):
+        start = time.perf_counter()
+        host.load_adapter(f"a{i}", work / "one")
+        times.append(time.perf_counter() - start)
+    k = max(1, args.scaling // 8)
+    first, last = sorted(times[1 : k + 1])[k // 2], sorted(times[-k:])[k // 2]
+    print(f"\nload time per adapter, median of loads 2..{k + 1}: {first * 1e3:.1f} ms; of the last {k}: "
+          f"{last * 1e3:.1f} ms ({args.scaling} loaded; slow outliers are the capacity doublings: "
+          f"{', '.join(f'#{i + 1}' for i, t in enumerate(times) if t > 3 * first)})")
+    start = time.perf_counter()
+    for i in range(args.scaling):
+        host.unload_adapter(f"a{i}")
+    print(f"unload of all {args.scaling}: {(time.perf_counter() - start) * 1e3:.1f} ms")
+
+
 def table(title: str, unit: str, results: list[tuple], reference: str) -> None:
     ref = dict((n, r) for n, _, r in results)[reference]
     print(f"\n{title}\n| system | seconds | {unit} | vs {reference} |\n|---|---:|---:|---:|")
@@ -268,11 +290,15 @@ def main() -> None:
     parser.add_argument("--kernels", action="store_true", help="time both kernels on the mixed batch")
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--skip-classify", action="store_true")
+    parser.add_argument("--scaling", type=int, default=32, help="adapters loaded in the load-time test (0: skip)")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress visible when redirected to a file
     torch.set_num_threads(args.threads)
     for key, value in machine().items():
         print(f"{key}: {value}")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.scaling:
+            bench_load_scaling(args, Path(tmp) / "scaling")
         if not args.skip_generate:
             results = bench_generate(args, Path(tmp) / "gen")
             table(f"generation: SmolLM2-135M, {args.prompts} prompts over {args.adapters} adapters, greedy, "

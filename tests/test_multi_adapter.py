@@ -374,3 +374,22 @@ def test_many_adapters_grow_capacity_geometrically(llama):
     alone = llama["r1"][1](input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(mixed[:-1][mask[:-1].bool()], alone[:-1][mask[:-1].bool()], atol=TOL, rtol=0)
     assert F.mse_loss(mixed[-1], tiny_llama()(input_ids=ids[-1:], attention_mask=mask[-1:]).logits[0]) < 1e-10
+
+
+def test_beam_search_rows_keep_their_adapter(llama):
+    """HF beam search repeats each row num_beams times and reorders beams: every beam stays on its row's
+    adapter, so a mixed beam search equals each row's beam search alone."""
+    host = host_for(tiny_llama)
+    for name, (directory, _) in llama.items():
+        host.load_adapter(name, directory)
+    rows = ["r16", None, "r4"]
+    ids = token_batch(seed=7, batch=3, length=6)
+    _, slots = host.slots_for(rows, 3)
+    settings = {"max_new_tokens": 6, "num_beams": 3, "do_sample": False, "pad_token_id": 0, "eos_token_id": 2}
+    with torch.no_grad(), host.routing.use(slots):
+        mixed = host.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **settings)
+    base = tiny_llama()
+    for i, name in enumerate(rows):
+        model = llama[name][1] if name else base
+        alone = model.generate(input_ids=ids[i : i + 1], attention_mask=torch.ones_like(ids[i : i + 1]), **settings)
+        assert mixed[i].tolist() == alone[0].tolist(), (i, name)

@@ -8,7 +8,8 @@ import torch
 
 from lorafit.adapters.host import AdapterHost
 from lorafit.errors import DataError
-from lorafit.workflows.generate import run_generate
+from lorafit.errors import AdapterError
+from lorafit.workflows.generate import parse_adapter_args, run_generate
 from multi_fixtures import bert_adapters, llama_adapters
 from tiny import save_tiny_model, tiny_tokenizer
 
@@ -93,3 +94,10 @@ def test_host_loads_an_encoder_for_classification(tmp_path):
     with torch.no_grad():
         alone = adapters["sst"][1](**enc).logits[0]
     torch.testing.assert_close(torch.tensor(got[1]["logits"]), alone, atol=1e-5, rtol=0)
+
+
+def test_adapter_arguments():
+    assert parse_adapter_args(["sql=runs/a", " e2e = runs/b "]) == {"sql": "runs/a", "e2e": "runs/b"}
+    for bad, words in ((["sql"], "expected NAME=DIR"), (["=dir"], "expected NAME=DIR"), (["a=x", "a=y"], "given twice")):
+        with pytest.raises(AdapterError, match=words):
+            parse_adapter_args(bad)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import AdapterError, DataError
 
 FIELDS = ("prompt", "adapter", "max_new_tokens", "temperature", "top_p", "seed", "id")
 
@@ -103,6 +103,20 @@ def read_requests(path: str | Path, adapters: dict[str, str], max_new_tokens: in
     if not requests:
         raise DataError(f"{path}: no requests (one JSON object per line, each with a 'prompt')")
     return requests
+
+
+def parse_adapter_args(values: list[str]) -> dict[str, str]:
+    """`--adapter NAME=DIR` values -> {name: dir}; AdapterError for a malformed or repeated one."""
+    adapters: dict[str, str] = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        name, directory = name.strip(), directory.strip()
+        if not sep or not name or not directory:
+            raise AdapterError(f"--adapter {value!r}: expected NAME=DIR, e.g. --adapter sql=runs/wikisql/adapter")
+        if name in adapters:
+            raise AdapterError(f"--adapter {name!r} given twice ({adapters[name]} and {directory})")
+        adapters[name] = directory
+    return adapters
 
 
 def run_generate(
