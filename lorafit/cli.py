@@ -366,9 +366,10 @@ def serve(
       curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
            -d '{"model": "sql", "prompt": "question: ...", "max_tokens": 32, "temperature": 0}'
     """
-    from lorafit.workflows.serve import ServeOptions, parse_adapters, run_serve
+    from lorafit.workflows.generate import parse_adapter_args
+    from lorafit.workflows.serve import ServeOptions, run_serve
 
-    run_serve(ServeOptions(model, parse_adapters(adapter), name, host, port, max_batch, max_queue, max_rank, api_key,
+    run_serve(ServeOptions(model, parse_adapter_args(adapter), name, host, port, max_batch, max_queue, max_rank, api_key,
                            adapter_root, allow_adapter_loading, list(route), route_seed),
               info=lambda line: typer.echo(line, err=True))
 

@@ -160,9 +160,9 @@ def build_app(engine: Engine, config: ServerConfig) -> FastAPI:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     async def generate(request: Request, body: _Sampling, prompt_ids: list[int], chat: bool):
+        adapter, picked = resolve(body.model, body.user)  # 404 before any 400 about the parameters
         settings = sampling(body, prompt_ids)
         stops = body.stop_list()
-        adapter, picked = resolve(body.model, body.user)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 

@@ -38,19 +38,6 @@ class ServeOptions:
     route_seed: int = 0
 
 
-def parse_adapters(items: list[str]) -> dict[str, str]:
-    """`--adapter NAME=DIR` options -> {name: dir}."""
-    adapters: dict[str, str] = {}
-    for item in items:
-        name, eq, directory = item.partition("=")
-        if not eq or not name or not directory:
-            raise ServeError(f"--adapter {item!r}: expected NAME=DIR")
-        if name in adapters:
-            raise ServeError(f"--adapter {name}: given twice")
-        adapters[name] = directory
-    return adapters
-
-
 def check_options(opts: ServeOptions):
     """Everything that can be checked before the model loads; returns (base name, {route: Route})."""
     from ..serve.routing import Route, RouteError, parse_route
