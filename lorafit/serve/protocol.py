@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,11 +121,9 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-FinishReason = Literal["stop", "length"]
-
-
 def completion_body(rid: str, model: str, text: str, finish: str | None, extra: dict, *, chunk: bool = False,
                     use: dict | None = None) -> dict:
+    """A completion, or one streamed chunk of it (the same shape; `chunk` only for symmetry with chat)."""
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
     choice |= extra.pop("choice", {})
     body = {"id": rid, "object": "text_completion", "created": now(), "model": model, "choices": [choice]}
