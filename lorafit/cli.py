@@ -362,7 +362,10 @@ def serve(
     Examples:
       lorafit serve --model smollm2-135m --adapter sql=runs/wikisql/adapter --adapter e2e=runs/e2e/adapter
       lorafit serve -m smollm2-135m -a v1=runs/a/adapter -a v2=runs/b/adapter --route chat=v1:90,v2:10
-      LORAFIT_API_KEY=secret lorafit serve -m smollm2-135m --allow-adapter-loading --adapter-root runs
+      lorafit serve -m smollm2-135m --allow-adapter-loading --adapter-root runs   # key in LORAFIT_API_KEY
+
+    \b
+    Then, for instance:
       curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
            -d '{"model": "sql", "prompt": "question: ...", "max_tokens": 32, "temperature": 0}'
     """

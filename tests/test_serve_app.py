@@ -89,3 +89,12 @@ def test_routes_parse_pick_and_reweight():
 def test_bad_options_fail_before_loading(args, message):
     result = CliRunner().invoke(cli, ["serve", "--model", "no-such-model/", *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_help_has_examples():
+    done = CliRunner().invoke(cli, ["serve", "--help"])
+    lines = done.output.splitlines()
+    start = lines.index("  Examples:")
+    examples = lines[start + 1 : lines.index("", start)]
+    assert len(examples) == 3 and all(line.startswith("    lorafit serve ") for line in examples)
+    assert "--allow-adapter-loading" in done.output and "--route" in done.output
