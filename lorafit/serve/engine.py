@@ -11,7 +11,8 @@ Each loop iteration (`run_once`), between two decode steps:
   2. drop cancelled jobs (from the waiting queue, or `DecodeBatch.remove` from the running batch);
   3. admit waiting jobs while the batch has room (`add`: one prefill forward, first token sampled);
   4. one `step` for every running row; rows that finished (eos, max_new_tokens) leave the batch.
-New tokens go to each job's sink after every iteration.
+New tokens go to each job's sink after the prefill (so the first token does not wait for a step)
+and after the step.
 
 Adapter slots are pinned per job. `submit` resolves the public name to the adapter's slot and takes a
 reference on it; `unload` removes the public name at once (later requests get 404) but the slot is
@@ -206,10 +207,14 @@ class Engine:
             requests = [Request(j.prompt_ids, j.slot, j.sampling.max_new_tokens, j.sampling.temperature,
                                 j.sampling.top_p, j.sampling.seed, key=j) for j in admit]
             finished += self._guarded(lambda: self.batch.add(requests), admit, reset=False)
+            self._deliver(finished)  # first tokens out now, not after the next step (time to first token)
+            done_at_add, finished = bool(finished), []
+        else:
+            done_at_add = False
         if self.batch.rows:
             finished += self._guarded(self.batch.step, [row.request.key for row in self.batch.rows], reset=True)
         self._deliver(finished)
-        return bool(commands or cancelled or admit or finished or self.batch.rows)
+        return bool(commands or cancelled or admit or done_at_add or finished or self.batch.rows)
 
     def _guarded(self, fn, jobs: list[Job], *, reset: bool) -> list:
         """Run a batch operation; if it raises, fail `jobs` (and with `reset` every running row, on a fresh
