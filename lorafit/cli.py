@@ -335,6 +335,48 @@ def report(
     reporter.summary({"runs": report_data(records), "plot": str(output)})
 
 
+@app.command()
+@cli_command
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model: alias, local directory or HF id.")],
+    adapter: Annotated[list[str], typer.Option("--adapter", "-a", help="NAME=DIR: serve the adapter in DIR as model NAME (repeatable).")] = [],  # noqa: B006
+    host: Annotated[str, typer.Option("--host", help="Address to bind; the default is reachable from this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests decoded together (1 turns batching off).")] = 32,
+    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Most requests waiting for a place in the batch; beyond it: 503.")] = 256,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="LORAFIT_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 (or set LORAFIT_API_KEY, which `ps` does not show).")] = None,
+    adapter_root: Annotated[Path | None, typer.Option("--adapter-root", help="The only directory adapters may be loaded from over HTTP.")] = None,
+    allow_adapter_loading: Annotated[bool, typer.Option("--allow-adapter-loading", help="Enable /v1/load_lora_adapter and /v1/unload_lora_adapter (needs --adapter-root).")] = False,
+    route: Annotated[list[str], typer.Option("--route", help="NAME=A:90,B:10: model NAME sends requests to adapter A or B by weight (repeatable).")] = [],  # noqa: B006
+    route_seed: Annotated[int, typer.Option("--route-seed", help="Seed of the routes' RNG (requests without a `user`).")] = 0,
+    name: Annotated[str | None, typer.Option("--name", help="The base model's name for clients (default: --model as given).")] = None,
+    max_rank: Annotated[int, typer.Option("--max-rank", min=1, help="Largest adapter rank accepted.")] = 64,
+) -> None:
+    """Serve a base model and LoRA adapters over an OpenAI-compatible HTTP API (continuous batching).
+
+    Endpoints: /v1/models, /v1/completions, /v1/chat/completions (stream: true for SSE),
+    /v1/load_lora_adapter, /v1/unload_lora_adapter, /v1/routes, /health. Clients pick an adapter
+    with `model`: the adapter's name (or the base's, or a route's). See docs/serving.md.
+
+    \b
+    Examples:
+      lorafit serve --model smollm2-135m --adapter sql=runs/wikisql/adapter --adapter e2e=runs/e2e/adapter
+      lorafit serve -m smollm2-135m -a v1=runs/a/adapter -a v2=runs/b/adapter --route chat=v1:90,v2:10
+      lorafit serve -m smollm2-135m --allow-adapter-loading --adapter-root runs   # key in LORAFIT_API_KEY
+
+    \b
+    Then, for instance:
+      curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
+           -d '{"model": "sql", "prompt": "question: ...", "max_tokens": 32, "temperature": 0}'
+    """
+    from lorafit.workflows.generate import parse_adapter_args
+    from lorafit.workflows.serve import ServeOptions, run_serve
+
+    run_serve(ServeOptions(model, parse_adapter_args(adapter), name, host, port, max_batch, max_queue, max_rank, api_key,
+                           adapter_root, allow_adapter_loading, list(route), route_seed),
+              info=lambda line: typer.echo(line, err=True))
+
+
 def main() -> None:
     """Console-script entry point: where lorafit starts work, so process-wide settings go here, not
     in `import lorafit` (fast/memory.py: oneDNN reads its cache size once, before its first matmul)."""

@@ -1,0 +1,64 @@
+"""What the server lets a client do: the API key check and where adapters may be loaded from.
+
+- `--api-key KEY` (or LORAFIT_API_KEY): every /v1 request needs `Authorization: Bearer KEY`; compared
+  in constant time. /health stays open for load balancers and says nothing about adapters.
+- Loading adapters over HTTP is off unless `--allow-adapter-loading`, and then only from directories
+  under `--adapter-root`: the path (relative to the root, or absolute) is resolved with every symlink
+  followed, must stay under the resolved root (no `..` or symlink escapes), and must hold a safetensors
+  adapter (adapter_config.json + adapter_model.safetensors, themselves not links out of the root).
+  Pickle files (adapter_model.bin) are never read.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from .protocol import APIError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def check_api_key(expected: str | None, authorization: str | None) -> None:
+    """401 unless `authorization` is `Bearer <expected>` (no key configured: everything passes)."""
+    if not expected:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise APIError(401, "missing API key: send the header 'Authorization: Bearer <key>'", code="invalid_api_key")
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise APIError(401, "incorrect API key", code="invalid_api_key")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def adapter_dir_under(root: Path | None, given: str) -> Path:
+    """The real adapter directory `given` names under `root`; APIError 400/403 if it may not be loaded."""
+    if root is None:
+        raise APIError(403, "adapter loading needs --adapter-root DIR (the directory adapters may come from)",
+                       param="lora_path", code="adapter_root_not_set")
+    real_root = root.resolve(strict=True)
+    candidate = Path(given).expanduser()
+    if not candidate.is_absolute():
+        candidate = real_root / candidate
+    try:
+        real = candidate.resolve(strict=True)
+    except (FileNotFoundError, RuntimeError, OSError):
+        raise APIError(400, f"lora_path {given!r}: no such directory under the adapter root", param="lora_path") from None
+    if not _inside(real, real_root):
+        raise APIError(403, f"lora_path {given!r} is outside the adapter root", param="lora_path",
+                       code="path_outside_adapter_root")
+    if not real.is_dir():
+        raise APIError(400, f"lora_path {given!r} is not a directory", param="lora_path")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        file = real / name
+        if not file.is_file():
+            other = " (only safetensors adapters are loaded; adapter_model.bin is not)" if name == WEIGHTS_NAME else ""
+            raise APIError(400, f"lora_path {given!r} has no {name}{other}", param="lora_path")
+        if not _inside(file.resolve(strict=True), real_root):
+            raise APIError(403, f"lora_path {given!r}: {name} links outside the adapter root", param="lora_path",
+                           code="path_outside_adapter_root")
+    return real

@@ -1,0 +1,279 @@
+"""`lorafit serve` end to end: a real server subprocess on a tiny Llama, driven by the official openai client.
+
+One server with an API key, adapter loading under a root, and an A/B route. Every generated token is
+checked against greedy decoding on AdapterHost for the same adapter and prompt. (The defaults: loading
+off, and a full queue (503) are checked in-process in test_serve_app.py: one server start is most of
+this file's time.)
+"""
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from multi_fixtures import make_adapter
+from tiny import tiny_llama, tiny_tokenizer
+
+from lorafit.adapters.host import AdapterHost
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+KEY = "sekret-key"
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+ADAPTERS = {"r1": (1, ("q_proj", "v_proj")), "r4": (4, ("all-linear",)), "r8": (8, ("o_proj", "up_proj")),
+            "r16": (16, ("k_proj", "down_proj", "gate_proj")), "other": (2, ("q_proj",))}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args, log_path):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LORAFIT_API_KEY="")
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "lorafit", "serve", "--port", str(port), *args],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    return proc, port, log_path
+
+
+def wait_ready(proc, port, log_path, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {Path(log_path).read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError(f"server not ready: {Path(log_path).read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    model_dir = tmp / "tiny"
+    tiny_llama().save_pretrained(model_dir)
+    tok = tiny_tokenizer()
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(model_dir)
+    root = tmp / "adapters"
+    for i, (name, (rank, targets)) in enumerate(ADAPTERS.items()):
+        make_adapter(tiny_llama, root / name, rank, targets, seed=40 + i)
+    (root / "picklish").mkdir()  # a .bin adapter: never loaded over HTTP
+    shutil.copy(root / "r1" / "adapter_config.json", root / "picklish")
+    (root / "picklish" / "adapter_model.bin").write_bytes(b"not really")
+    outside = tmp / "outside"
+    shutil.copytree(root / "r1", outside)
+    (root / "sneaky").symlink_to(outside)
+    main, port, main_log = start(
+        ["--model", str(model_dir), "--name", "tiny", "--api-key", KEY, "--adapter-root", str(root),
+         "--allow-adapter-loading", "--max-batch", "8", "--route", "ab=r1:50,r4:50",
+         *[a for n in ("r1", "r4", "r8") for a in ("--adapter", f"{n}={root / n}")]], tmp / "main.log")
+    host = AdapterHost.load(str(model_dir), task="generate")  # the reference, while the servers start
+    for name in ADAPTERS:
+        host.load_adapter(name, root / name)
+    try:
+        url = wait_ready(main, port, main_log)
+        yield {"url": url, "root": root, "outside": outside, "host": host,
+               "log": main_log, "client": openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)}
+    finally:
+        main.terminate()
+        try:
+            main.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            main.kill()
+
+
+def greedy(host, prompt, adapter, n):
+    """Greedy tokens of AdapterHost for `prompt` on `adapter` (the base: None)."""
+    return host.generate([prompt], None if adapter == "tiny" else adapter, max_new_tokens=n)[0].tokens
+
+
+def extra(obj, key):
+    return (obj.model_extra or {}).get(key) if hasattr(obj, "model_extra") else obj[key]
+
+
+def test_models_completion_chat_and_stream(env):
+    client, host = env["client"], env["host"]
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"tiny", "r1", "r4", "r8", "ab"}
+    assert extra(models["r4"], "parent") == "tiny" and extra(models["tiny"], "parent") is None
+    out = client.completions.create(model="r4", prompt="name[Ginger]", max_tokens=12, temperature=0,
+                                    extra_body={"return_token_ids": True})
+    expected = greedy(host, "name[Ginger]", "r4", 12)
+    assert extra(out.choices[0], "token_ids") == expected
+    assert out.choices[0].text == host.tokenizer.decode(expected, skip_special_tokens=True)
+    assert out.usage.prompt_tokens == 13 and out.usage.completion_tokens == 12 and out.model == "r4"
+    assert out.choices[0].finish_reason == "length"
+
+    messages = [{"role": "user", "content": "hi there"}]
+    chat = client.chat.completions.create(model="r8", messages=messages, max_tokens=10, temperature=0,
+                                          extra_body={"return_token_ids": True})
+    text = "<user>hi there\n<assistant>"  # TEMPLATE; AdapterHost adds the <s> the template starts with
+    assert extra(chat.choices[0], "token_ids") == greedy(host, text, "r8", 10)
+    assert chat.choices[0].message.role == "assistant"
+
+    pieces = [c for c in client.completions.create(model="tiny", prompt="hello", max_tokens=15, temperature=0,
+                                                    stream=True, stream_options={"include_usage": True})]
+    assert "".join(c.choices[0].text for c in pieces if c.choices) == host.tokenizer.decode(
+        greedy(host, "hello", "tiny", 15), skip_special_tokens=True)
+    assert pieces[-1].usage.completion_tokens == 15 and pieces[-2].choices[0].finish_reason == "length"
+    chunks = list(client.chat.completions.create(model="r1", messages=messages, max_tokens=9, temperature=0,
+                                                 stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == host.tokenizer.decode(
+        greedy(host, text, "r1", 9), skip_special_tokens=True)
+
+    # Stop strings end the text before them; seeded sampling repeats.
+    full = client.completions.create(model="r1", prompt="abc", max_tokens=30, temperature=0).choices[0].text
+    stop = full[5:7]
+    cut = client.completions.create(model="r1", prompt="abc", max_tokens=30, temperature=0, stop=[stop])
+    assert cut.choices[0].text == full[: full.find(stop)] and cut.choices[0].finish_reason == "stop"
+    sampled = [client.completions.create(model="r4", prompt="abc", max_tokens=10, temperature=0.9, top_p=0.9,
+                                         seed=7).choices[0].text for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    log = Path(env["log"]).read_text()
+    assert "model=r4 adapter=r4 prompt_tokens=13 completion_tokens=12" in log and "latency_ms=" in log
+
+
+def test_errors_have_openai_shape_and_status(env):
+    client, url = env["client"], env["url"]
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="r1", prompt="abcdef", max_tokens=200)
+    assert "maximum context length is 128 tokens" in e.value.message and "7 in the prompt, 200 in the completion" in e.value.message
+    for bad in ({"n": 2}, {"temperature": -1}, {"top_p": 0}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="r1", prompt="x", max_tokens=2, **bad)
+        assert e.value.body["param"] == next(iter(bad)), e.value.body
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+    raw = httpx.get(url + "/v1/models")
+    assert raw.status_code == 401 and raw.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(url + "/health").status_code == 200  # load balancers need no key
+
+
+
+def test_adapter_loading_is_confined_to_the_root(env):
+    client = env["client"]
+
+    def load(name, path):
+        return client.post("/load_lora_adapter", body={"lora_name": name, "lora_path": str(path)}, cast_to=object)
+
+    with pytest.raises(openai.PermissionDeniedError):
+        load("x", env["outside"])
+    with pytest.raises(openai.PermissionDeniedError):
+        load("x", "r1/../../outside")
+    with pytest.raises(openai.PermissionDeniedError):
+        load("x", "sneaky")  # a symlink out of the root
+    with pytest.raises(openai.BadRequestError, match="only safetensors"):
+        load("x", "picklish")
+    with pytest.raises(openai.BadRequestError, match="already loaded"):
+        load("r1", "r4")
+    with pytest.raises(openai.NotFoundError):
+        client.post("/unload_lora_adapter", body={"lora_name": "never"}, cast_to=object)
+    assert load("r16", "r16")["slot"] > 0  # relative to the root
+    assert "r16" in {m.id for m in client.models.list().data}
+
+
+def test_ab_route_sticky_and_reweighted(env):
+    client, host = env["client"], env["host"]
+
+    def ask(user=None):
+        out = client.completions.create(model="ab", prompt="route me", max_tokens=6, temperature=0, user=user,
+                                        extra_body={"return_token_ids": True})
+        picked = extra(out, "lorafit_adapter")
+        assert extra(out.choices[0], "token_ids") == greedy(host, "route me", picked, 6)
+        return picked
+
+    assert {ask(f"user{i}") for i in range(12)} == {"r1", "r4"}
+    assert len({ask("alice") for _ in range(4)}) == 1  # sticky per user
+    client.post("/routes/ab", body={"weights": {"r1": 0, "r4": 1}}, cast_to=object)
+    assert {ask() for _ in range(4)} == {"r4"}
+    with pytest.raises(openai.BadRequestError):
+        client.post("/routes/ab", body={"weights": {"r1": -1}}, cast_to=object)
+    with pytest.raises(openai.NotFoundError):
+        client.post("/routes/nope", body={"weights": {"r1": 1}}, cast_to=object)
+    assert "model=ab adapter=r4" in Path(env["log"]).read_text()
+
+
+def test_no_cross_talk_under_load_while_adapters_come_and_go(env):
+    """32 concurrent requests over 4 adapters and the base, while other adapters are loaded and unloaded
+    and an adapter with a request in flight is unloaded and its name reloaded with other weights."""
+    host, url = env["host"], env["url"]
+    client = env["client"]
+    if "r16" not in {m.id for m in client.models.list().data}:
+        client.post("/load_lora_adapter", body={"lora_name": "r16", "lora_path": "r16"}, cast_to=object)
+    client.post("/load_lora_adapter", body={"lora_name": "pin", "lora_path": "other"}, cast_to=object)
+    names = ["r1", "r4", "r8", "r16", "tiny"]
+    prompts = ["name[Ginger] eatType[pub]", "hello", "select count", "x", "The quick brown fox", "1 2 3 4"]
+    plan = [(names[i % 5], prompts[i % 6], 8 + (7 * i) % 33) for i in range(32)]
+
+    async def main():
+        aclient = openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+
+        async def one(model, prompt, n):
+            out = await aclient.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0,
+                                                   extra_body={"return_token_ids": True})
+            return extra(out.choices[0], "token_ids")
+
+        async def pinned():  # a stream on "pin" keeps its adapter while "pin" is unloaded and reloaded
+            stream = await aclient.completions.create(model="pin", prompt="pinned", max_tokens=100, temperature=0,
+                                                      stream=True)
+            text = ""
+            async for chunk in stream:
+                text += chunk.choices[0].text if chunk.choices else ""
+            return text
+
+        async def churn():
+            await asyncio.sleep(0.05)
+            await aclient.post("/unload_lora_adapter", body={"lora_name": "pin"}, cast_to=object)
+            await aclient.post("/load_lora_adapter", body={"lora_name": "pin", "lora_path": "r1"}, cast_to=object)
+            for i in range(3):
+                await aclient.post("/load_lora_adapter", body={"lora_name": f"tmp{i}", "lora_path": "other"}, cast_to=object)
+                await aclient.post("/unload_lora_adapter", body={"lora_name": f"tmp{i}"}, cast_to=object)
+
+        pin_task = asyncio.create_task(pinned())
+        await asyncio.sleep(0.02)
+        results = await asyncio.gather(*[one(*p) for p in plan], churn())
+        return results[:-1], await pin_task, await one("pin", "pinned", 20)
+
+    tokens, pinned_text, repinned = asyncio.run(main())
+    for (model, prompt, n), got in zip(plan, tokens, strict=True):
+        assert got == greedy(host, prompt, model, n), (model, prompt, n)
+    assert pinned_text == host.tokenizer.decode(greedy(host, "pinned", "other", 100), skip_special_tokens=True)
+    assert repinned == greedy(host, "pinned", "r1", 20)
+    assert httpx.get(url + "/health").json()["running"] == 0
+
+
+def test_a_disconnected_stream_is_dropped(env):
+    url = env["url"]
+    body = {"model": "r1", "prompt": "go", "max_tokens": 120, "temperature": 0, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        first = next(r.iter_lines())
+        assert first.startswith("data: {")
+    deadline = time.time() + 10
+    while httpx.get(url + "/health").json()["running"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(url + "/health").json()["running"] == 0
+    deadline = time.time() + 5
+    while "finish=disconnected" not in Path(env["log"]).read_text() and time.time() < deadline:
+        time.sleep(0.05)
+    assert "model=r1 adapter=r1 prompt_tokens=3" in Path(env["log"]).read_text()
+    assert "finish=disconnected" in Path(env["log"]).read_text()
