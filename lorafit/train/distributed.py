@@ -32,7 +32,7 @@ import datetime
 import os
 import signal
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -142,15 +142,19 @@ class Dist:
     def stop_at_step_boundary(self) -> Iterator[None]:
         """Several ranks: SIGINT / SIGTERM only set `stop_requested`; the loop all-reduces it with the
         step's numbers and every rank stops after the same optimizer step, so the checkpoint they write
-        together is one consistent state. A second signal raises KeyboardInterrupt at once.
+        together is one consistent state. A second Ctrl-C raises KeyboardInterrupt at once (a Ctrl-C
+        reaches every process, and torchrun then sends SIGTERM too: that one waits for the boundary).
         One process: nothing changes (the signal raises KeyboardInterrupt where it lands)."""
         if self.world == 1 or not _main_thread():
             yield
             return
 
+        seen: list[int] = []
+
         def handler(signum, frame):
-            if self.stop_requested:
+            if signum == signal.SIGINT and signal.SIGINT in seen:  # Ctrl-C twice: stop now, no checkpoint
                 raise KeyboardInterrupt
+            seen.append(signum)
             self.stop_requested = True
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -317,5 +321,32 @@ def is_peer_failure(error: BaseException) -> bool:
     return any(s in text for s in ("gloo", "nccl", "connection closed by peer", "connection reset", "broken pipe"))
 
 
-def stop_context(dist: Dist):
-    return dist.stop_at_step_boundary() if dist.world > 1 else nullcontext()
+# ---------------------------------------------------------------------------------------------- the launcher
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """`lorafit train ... --nproc N`: start N workers `python -m lorafit ARGV` on this machine through
+    torch.distributed.run (what `torchrun --standalone --nproc_per_node N -m lorafit ARGV` does), and
+    return the job's exit code: 0, or the failing worker's (1, 2, 3, 130). Each worker already printed
+    its own error, so torchrun's failure report is not printed again. Each worker gets
+    cores // N torch threads (OMP_NUM_THREADS, unless set)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import get_args_parser, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(thread_share(nproc)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    args = get_args_parser().parse_args(
+        ["--standalone", "--nproc_per_node", str(nproc), "--monitor_interval", "0.1", "-m", "lorafit", *argv]
+    )
+    try:
+        run(args)
+    except ChildFailedError as e:
+        _, failure = e.get_first_failure()
+        code = failure.exitcode
+        return code if code > 0 else 128 - code  # killed by a signal: 128 + its number, as a shell says
+    except (SignalException, KeyboardInterrupt):  # Ctrl-C / SIGTERM to the launcher: workers got SIGTERM
+        return 130
+    return 0
