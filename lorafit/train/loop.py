@@ -149,7 +149,8 @@ class Training:
         self.batching, self.loss_fn, self.pad_id, self.fast = batching, loss_fn, pad_id, fast
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
-        self.casts = FrozenWeightCasts() if self.precision == "bf16" else None  # one bf16 copy per frozen weight
+        # One bf16 copy per frozen weight; not under fsdp, whose whole weights exist only during a forward.
+        self.casts = FrozenWeightCasts() if self.precision == "bf16" and not dist.sharded else None
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
