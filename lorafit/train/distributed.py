@@ -187,7 +187,9 @@ class Dist:
         for layer in layers:
             fully_shard(layer)
         fully_shard(model)
-        model.set_gradient_divide_factor(1.0)  # a SUM: the loss is already divided by the global token count
+        for unit in (*layers, model):  # each unit reduces its own gradients: a SUM, not FSDP's mean, as
+            unit.set_gradient_divide_factor(1.0)  # the loss is already divided by the global token count;
+            unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
         return model
 
     @contextmanager
@@ -315,10 +317,11 @@ def describe(dist: Dist, batch_size: int, grad_accum: int) -> str:
 
 def is_peer_failure(error: BaseException) -> bool:
     """An error that only says another rank went away (its own error is shown by that rank)."""
-    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+    if isinstance(error, getattr(torch.distributed, "DistNetworkError", ())):
         return True
     text = str(error).lower()
-    return any(s in text for s in ("gloo", "nccl", "connection closed by peer", "connection reset", "broken pipe"))
+    return any(s in text for s in ("connection closed by peer", "connection reset", "broken pipe", "timed out",
+                                   "timeout", "socket closed", "nccl communicator was aborted"))
 
 
 # ---------------------------------------------------------------------------------------------- the launcher
@@ -337,7 +340,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.run import get_args_parser, run
 
     os.environ.setdefault("OMP_NUM_THREADS", str(thread_share(nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # each worker shows its own error
     args = get_args_parser().parse_args(
         ["--standalone", "--nproc_per_node", str(nproc), "--monitor_interval", "0.1", "-m", "lorafit", *argv]
     )
