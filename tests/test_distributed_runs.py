@@ -66,7 +66,7 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_job(proc)
         raise
     finally:
         proc.log_file.close()
@@ -86,6 +86,18 @@ def wait_for_checkpoint(proc: subprocess.Popen, run: Path, after: int, timeout: 
         assert proc.poll() is None, Path(proc.log_file.name).read_text(encoding="utf-8")
         time.sleep(0.05)
     raise AssertionError(f"no checkpoint after step {after} in {run}")
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and its workers at once (torchrun starts each worker in its own session),
+    like a crash of the machine's job; no process gets to save anything."""
+    import psutil
+
+    processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    assert len(processes) >= 3, processes
+    for p in processes:
+        p.kill()
+    psutil.wait_procs(processes, timeout=30)
 
 
 def losses(run: Path, key: str) -> list[float]:
@@ -185,9 +197,10 @@ def test_killed_then_terminated_two_rank_run_resumes_to_the_uninterrupted_adapte
     run = tmp_path / "run"
     proc = start(["train", recipe, "-o", run, "--nproc", "2"], tmp_path, tmp_path / "1.log")
     killed_after = wait_for_checkpoint(proc, run, after=0)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_job(proc)
     finish(proc)
     assert not (run / "adapter").exists()
+    killed_after = checkpoint_steps(run)[-1]  # it may have written one more before the kill landed
 
     proc = start(["train", recipe, "-o", run, "--resume", "--nproc", "2"], tmp_path, tmp_path / "2.log")
     seen = wait_for_checkpoint(proc, run, after=killed_after)

@@ -255,6 +255,21 @@ def _main_thread() -> bool:
 # ---------------------------------------------------------------------------------------------- the session
 
 
+def stop_with_parent() -> None:
+    """Linux: SIGTERM this worker when its launcher dies, even by SIGKILL (torchrun starts each worker
+    in its own session, so killing the launcher alone would leave the workers training): the ranks then
+    stop together after a step, with a checkpoint, as on any SIGTERM."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the launcher died before prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def launched_by_torchrun() -> bool:
     """This process is a worker started by torchrun / torch.distributed.run (it sets these)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -295,6 +310,7 @@ def session(mode: str = "ddp") -> Iterator[Dist]:
         torch.cuda.set_device(device)
     threads = thread_share(local_world)
     torch.set_num_threads(threads)
+    stop_with_parent()
     timeout = datetime.timedelta(seconds=float(os.environ.get("LORAFIT_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
     owned = not torch.distributed.is_initialized()
     if owned:
@@ -340,12 +356,17 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.run import get_args_parser, run
 
     os.environ.setdefault("OMP_NUM_THREADS", str(thread_share(nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # each worker shows its own error
+    for name in list(logging.root.manager.loggerDict):  # each worker shows its own error; no report on top
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(
         ["--standalone", "--nproc_per_node", str(nproc), "--monitor_interval", "0.1", "-m", "lorafit", *argv]
     )
+    from lorafit.runs.interrupts import sigterm_as_interrupt
+
     try:
-        run(args)
+        with sigterm_as_interrupt():  # until torchrun's agent installs its own handlers (it passes them on)
+            run(args)
     except ChildFailedError as e:
         _, failure = e.get_first_failure()
         code = failure.exitcode
