@@ -33,8 +33,9 @@ REPO = TESTS.parent
 HOOKS = TESTS / "dist_hooks"  # sitecustomize.py: fault injection and a log of file writes
 TOLERANCE = 1e-5  # fp32, the issue's bar
 
-# Dropout off, fp32, packed rows, grad_accum 2; 64 examples of the generated quickstart task, so a global
-# batch of 8 divides an epoch and the 6 steps (12 micro-batches) cross into a second epoch.
+# Dropout off, fp32, packed rows, grad_accum 2; the 59 examples of the generated quickstart task that fit
+# make 7 global batches of 8 and a tail of 3 (2 ranks: 1 + 2), so the 6 steps (12 micro-batches) cross
+# into a second epoch; 9 validation examples are 3 batches of 4, 4, 1: rank 0 gets two, rank 1 one.
 EQUIVALENCE_RECIPE = """\
 name: tiny-dist
 model: {model}
@@ -42,7 +43,7 @@ task: quickstart
 seed: 3
 precision: fp32
 lora: {{rank: 4, alpha: 8, dropout: 0.0, targets: [q_proj, v_proj]}}
-data: {{max_length: 128, max_train_examples: 64, max_valid_examples: 6}}
+data: {{max_length: 128, max_train_examples: 64, max_valid_examples: 9}}
 train: {{max_steps: 6, batch_size: 4, grad_accum: 2, lr: 1.0e-2, warmup_steps: 2, log_every: 1, batching: pack}}
 log: {{plot: false}}
 """
@@ -136,8 +137,10 @@ def test_two_ranks_of_batch_4_train_what_one_process_of_batch_8_trains(tmp_path,
     loads it to the model lorafit trained."""
     recipe = write_recipe(tmp_path / "tiny.yaml", model_dir, EQUIVALENCE_RECIPE)
     writes = tmp_path / "writes.txt"
-    code, log = run_nproc(["train", recipe, "-o", tmp_path / "run", "--set", f"train.distributed={mode}"], tmp_path,
-                          LORAFIT_TEST_WRITES=str(writes))
+    evaluation = ["--set", "eval.at_end=true", "--set", "eval.limit=5", "--set", "eval.batch_size=2",
+                  "--set", "eval.max_new_tokens=6"] if mode == "ddp" else []
+    code, log = run_nproc(["train", recipe, "-o", tmp_path / "run", "--set", f"train.distributed={mode}", *evaluation],
+                          tmp_path, LORAFIT_TEST_WRITES=str(writes))
     assert code == 0, log
     run = tmp_path / "run"
     diff = max_abs_diff(adapter_weights(run / "adapter"), adapter_weights(one_process / "adapter"))
@@ -152,6 +155,18 @@ def test_two_ranks_of_batch_4_train_what_one_process_of_batch_8_trains(tmp_path,
     assert len(adapter_writes) == 1 and adapter_writes[0].startswith("0 "), writes.read_text()
     if mode == "ddp":
         assert_peft_loads(run / "adapter", model_dir)
+        assert_same_evaluation_as_one_process(run)
+
+
+def assert_same_evaluation_as_one_process(run: Path) -> None:
+    """The task evaluation at the end, shared out over 2 ranks (3 batches: 2 + 1), gives one process's
+    predictions and metrics for the same adapter: each input once, none padded in twice."""
+    shared = json.loads((run / "eval.json").read_text())
+    result = run_cli(["eval", run, "--limit", "5", "-o", run / "one.json", "-q"])
+    assert result.exit_code == 0, result.output
+    one = json.loads((run / "one.json").read_text())
+    assert shared["num_examples"] == len(shared["predictions"]) == 5
+    assert shared["predictions"] == one["predictions"] and shared["metrics"] == one["metrics"]
 
 
 def assert_peft_loads(adapter: Path, model_dir: Path) -> None:
