@@ -238,3 +238,26 @@ def test_killed_then_terminated_two_rank_run_resumes_to_the_uninterrupted_adapte
     diff = max_abs_diff(adapter_weights(run / "adapter"), adapter_weights(tmp_path / "reference" / "adapter"))
     assert diff <= 1e-6, f"resumed 2-rank adapter differs from the uninterrupted one by {diff}"
     assert json.loads((run / "summary.json").read_text())["steps"] == 60
+
+
+def test_fsdp_run_resumes_from_a_checkpoint_to_the_same_adapter(tmp_path, model_dir):
+    """fsdp checkpoints hold whole tensors gathered from the shards (weights, AdamW moments) and every
+    rank's RNG (dropout on); resuming from the step-3 checkpoint with 2 ranks redoes steps 4-6 exactly."""
+    import shutil
+
+    text = EQUIVALENCE_RECIPE.replace("dropout: 0.0", "dropout: 0.1").replace(
+        "log_every: 1,", "log_every: 1, save_every: 3, keep_checkpoints: 5,")
+    recipe = write_recipe(tmp_path / "tiny.yaml", model_dir, text)
+    reference = tmp_path / "reference"
+    code, log = run_nproc(["train", recipe, "-o", reference, "-q", "--set", "train.distributed=fsdp"], tmp_path)
+    assert code == 0, log
+    assert checkpoint_steps(reference) == [3, 6]
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    shutil.rmtree(run / "adapter")
+    shutil.rmtree(run / "checkpoints" / "step-000006")
+    code, log = run_nproc(["train", "--resume", run], tmp_path)
+    assert code == 0, log
+    assert "(step 3)" in log
+    diff = max_abs_diff(adapter_weights(run / "adapter"), adapter_weights(reference / "adapter"))
+    assert diff <= 1e-6, f"resumed fsdp adapter differs from the uninterrupted one by {diff}"

@@ -40,7 +40,7 @@ from lorafit.data.batches import (
     length_sorted_batches,
     resolve_batching,
 )
-from lorafit.errors import DivergedError
+from lorafit.errors import DataError, DivergedError
 from lorafit.fast.attention import FastAttentionDropout
 from lorafit.fast.dropout import use_fast_dropout
 from lorafit.fast.memory import limit_onednn_primitive_cache, release_free_heap, trim_due
@@ -359,7 +359,9 @@ def fit(
         seed_everything(dist.rank_seed(seed))
     if fast.model_dropout:
         use_fast_dropout(model)
-    steps_per_epoch = max(1, batches_per_epoch(len(train), config.batch_size, dist.world))
+    steps_per_epoch = batches_per_epoch(len(train), config.batch_size, dist.world)
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(train)} training example(s) for {dist.world} processes: each rank needs at least one")
     if run.state.step == 0 and valid:
         on_log(run.timed_record(lambda: run.validate(valid)))  # the base model's loss: the curve's start
     model.train()
