@@ -21,8 +21,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from lorafit.runs.atomic import atomic_directory, recover_directory, write_text_atomic
 from lorafit.errors import RunDirError
+from lorafit.runs.atomic import atomic_directory, recover_directory, write_text_atomic
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"

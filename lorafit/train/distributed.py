@@ -351,8 +351,8 @@ def launch(nproc: int, argv: list[str]) -> int:
     cores // N torch threads (OMP_NUM_THREADS, unless set)."""
     import logging
 
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     os.environ.setdefault("OMP_NUM_THREADS", str(thread_share(nproc)))

@@ -18,6 +18,7 @@ import warnings
 
 from lorafit import __version__
 from lorafit.console import Reporter, format_train_record, format_train_status, print_metrics
+from lorafit.errors import RecipeError, RunDirError
 from lorafit.eval.generate import decoding_settings, generate
 from lorafit.eval.predict import eval_items, evaluate
 from lorafit.fast.precision import resolve_precision
@@ -31,7 +32,6 @@ from lorafit.runs.rundir import EVAL_FILE, SUMMARY_FILE, TENSORBOARD_DIR, RunDir
 from lorafit.runs.tensorboard import TensorBoardLog, summary_writer_class
 from lorafit.tasks import task_data_dir
 from lorafit.tasks.types import Task
-from lorafit.errors import RecipeError, RunDirError
 from lorafit.train import distributed
 from lorafit.train.distributed import Dist
 from lorafit.train.loop import FitResult, fit, total_optimizer_steps
