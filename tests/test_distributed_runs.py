@@ -145,6 +145,7 @@ def test_two_ranks_of_batch_4_train_what_one_process_of_batch_8_trains(tmp_path,
     run = tmp_path / "run"
     diff = max_abs_diff(adapter_weights(run / "adapter"), adapter_weights(one_process / "adapter"))
     assert diff <= TOLERANCE, f"{mode}: 2 ranks x 4 differ from 1 x 8 by {diff}"
+    assert header(run / "adapter")["lorafit_base_identity"] == header(one_process / "adapter")["lorafit_base_identity"]
     assert losses(run, "loss") == pytest.approx(losses(one_process, "loss"), abs=TOLERANCE)
     assert losses(run, "valid_loss") == pytest.approx(losses(one_process, "valid_loss"), abs=TOLERANCE)
     assert f"distributed: 2 processes ({mode}, gloo)" in log
@@ -167,6 +168,13 @@ def assert_same_evaluation_as_one_process(run: Path) -> None:
     one = json.loads((run / "one.json").read_text())
     assert shared["num_examples"] == len(shared["predictions"]) == 5
     assert shared["predictions"] == one["predictions"] and shared["metrics"] == one["metrics"]
+
+
+def header(adapter: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
+        return f.metadata()
 
 
 def assert_peft_loads(adapter: Path, model_dir: Path) -> None:
