@@ -28,28 +28,46 @@ app = typer.Typer(
 
 
 def cli_command(fn):
-    """Run a command body: user errors become one line on stderr and their exit code, never a traceback."""
+    """Run a command body: user errors become one line on stderr and their exit code, never a traceback.
+
+    A worker of a multi-process run (torchrun sets RANK) shows an error once for the job: a user error
+    (the same on every rank) on rank 0 only; an unexpected one on the rank it happened on, with its
+    rank; the error a rank gets because another rank went away, not at all (LORAFIT_DEBUG shows all)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        rank = int(os.environ.get("RANK", "0"))
+        debug = bool(os.environ.get("LORAFIT_DEBUG"))
         try:
             return fn(*args, **kwargs)
         except LorafitError as e:
-            typer.echo(f"error: {e}", err=True)
+            if rank == 0 or debug:
+                typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            if rank == 0:
+                typer.echo("interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except typer.Exit:
             raise
         except Exception as e:  # noqa: BLE001 - last resort: one line, traceback only on request
-            if os.environ.get("LORAFIT_DEBUG"):
+            if debug:
                 traceback.print_exc()
+            if "RANK" in os.environ and not debug and _peer_failure(e):
+                raise typer.Exit(EXIT_OTHER) from None
             message = str(e).splitlines()[0] if str(e) else ""
-            typer.echo(f"error: unexpected {type(e).__name__}: {message} (LORAFIT_DEBUG=1 shows the traceback)", err=True)
+            where = f"rank {rank}: " if rank else ""
+            typer.echo(f"error: {where}unexpected {type(e).__name__}: {message} (LORAFIT_DEBUG=1 shows the traceback)",
+                       err=True)
             raise typer.Exit(EXIT_OTHER) from None
 
     return wrapper
+
+
+def _peer_failure(error: Exception) -> bool:
+    from lorafit.train.distributed import is_peer_failure
+
+    return is_peer_failure(error)
 
 
 def version_callback(value: bool) -> None:
@@ -87,6 +105,7 @@ def train(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default: recipe output_dir or runs/NAME).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in the output directory.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run (RECIPE's, or the run directory given) from its newest readable checkpoint.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Train with N processes on this machine (torch.distributed; docs/distributed.md).")] = 1,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -102,16 +121,30 @@ def train(
       lorafit train recipes/e2e-smollm2.yaml --resume
       lorafit train --resume runs/e2e-r4
       lorafit train recipes/quickstart.yaml --overwrite --json > summary.json
+      lorafit train recipes/e2e-smollm2.yaml --nproc 2       two processes, one global batch
+      torchrun --nproc_per_node 2 -m lorafit train recipes/e2e-smollm2.yaml    the same
 
     Ctrl-C or SIGTERM writes a checkpoint and exits 130; --resume continues it (docs/trust.md).
     """
     from lorafit.runs.rundir import locate_run
 
-    # A bad recipe or run directory fails in a blink, before torch and transformers load.
-    loaded_recipe, run, note = locate_run(recipe, set_, output, resume=resume, overwrite=overwrite)
+    # A bad recipe or run directory fails in a blink, before torch and transformers load. Under torchrun
+    # only rank 0 checks the directory: it alone creates it, and another rank could look after it did.
+    rank = int(os.environ.get("RANK", "0"))
+    loaded_recipe, run, note = locate_run(recipe, set_, output, resume=resume, overwrite=overwrite, check=rank == 0)
+    if nproc > 1 and "RANK" not in os.environ:
+        from lorafit.train.distributed import launch
+
+        argv = ["train", str(recipe), *[a for s in set_ for a in ("--set", s)], *(["-o", str(output)] if output else []),
+                *(["--overwrite"] if overwrite else []), *(["--resume"] if resume else []),
+                *(["--quiet"] if quiet else []), *(["--json"] if json_out else [])]
+        code = launch(nproc, argv)
+        if code:
+            raise typer.Exit(code)
+        return
     from lorafit.workflows.train import run_training
 
-    reporter = Reporter(quiet, json_out)
+    reporter = Reporter(quiet or rank != 0, json_out and rank == 0)
     if note:
         reporter.info(note)
     summary = run_training(loaded_recipe, run, overwrite=overwrite, resume=resume, reporter=reporter)

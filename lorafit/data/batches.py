@@ -209,13 +209,43 @@ def collate_packed(items: Sequence[Encoded]) -> dict[str, torch.Tensor]:
     }
 
 
+def rank_shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
+    """Rank `rank`'s contiguous part of a global batch of `world` ranks: sizes differ by at most one."""
+    n = len(indices)
+    return list(indices[rank * n // world : (rank + 1) * n // world])
+
+
+def sharded_batch_order(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, mode: str, window: int = BUCKET_WINDOW_BATCHES,
+    shard: tuple[int, int] = (0, 1),
+) -> list[list[int]]:
+    """Rank `shard[0]` of `shard[1]`: its part of each global batch of batch_size x ranks examples.
+
+    The global batches are `batch_order`'s for batch_size x ranks, so N ranks with batch b see, step
+    by step, the very examples one process with batch N*b sees (the same seeded, epoch-dependent order;
+    bucketing and packing as usual, within each rank's part). A last global batch with fewer examples
+    than ranks is dropped on every rank (at most ranks - 1 examples an epoch), so every rank reads the
+    same number of batches and runs the same number of optimizer steps. One rank: `batch_order`.
+    """
+    rank, world = shard
+    batches = batch_order(lengths, batch_size * world, seed, epoch, mode, window)
+    return [rank_shard(b, rank, world) for b in batches if len(b) >= world]
+
+
+def batches_per_epoch(num_examples: int, batch_size: int, world: int = 1) -> int:
+    """How many batches each rank reads in an epoch (`sharded_batch_order`)."""
+    full, tail = divmod(num_examples, batch_size * world)
+    return full + (1 if tail >= world else 0)
+
+
 def iterate_batches(
     encoded: Sequence[Encoded], batch_size: int, pad_id: int, *, seed: int, epoch: int, mode: str, skip: int = 0,
-    window: int = BUCKET_WINDOW_BATCHES, pad_to_multiple: int = 1,
+    window: int = BUCKET_WINDOW_BATCHES, pad_to_multiple: int = 1, shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Collated batches of one epoch, starting after `skip` batches (for resuming)."""
+    """Collated batches of one epoch, starting after `skip` batches (for resuming); `shard` (rank,
+    ranks): this rank's part of every global batch (`sharded_batch_order`)."""
     lengths = [len(e) for e in encoded]
-    for indices in batch_order(lengths, batch_size, seed, epoch, mode, window)[skip:]:
+    for indices in sharded_batch_order(lengths, batch_size, seed, epoch, mode, window, shard)[skip:]:
         items = [encoded[i] for i in indices]
         yield collate_packed(items) if mode == "pack" else collate(items, pad_id, pad_to_multiple)
 

@@ -62,11 +62,14 @@ def generate(
     *,
     on_batch: Callable[[int], None] = lambda n: None,
     postprocess: Callable[[str], str] = first_line,
-) -> list[str]:
+    shard: tuple[int, int] = (0, 1),
+) -> list[str | None]:
     """Generate one completion per prompt, in the prompts' order.
 
     Prompts are processed longest-first in batches of `settings.batch_size` (less padding), and
-    `on_batch(n)` is called after each batch with the number of prompts done in it.
+    `on_batch(n)` is called after each batch with the number of prompts done in it. `shard` (rank,
+    ranks): only batches i with i % ranks == rank, the others' outputs None (the very batches one
+    process makes, so the outputs are the same).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -85,7 +88,11 @@ def generate(
         encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
+    rank, world = shard
+    outputs = outputs if world == 1 else [None] * len(prompts)
     for start in range(0, len(order), settings.batch_size):
+        if (start // settings.batch_size) % world != rank:
+            continue
         rows = order[start : start + settings.batch_size]
         ids, mask = left_padded([encoded[i] for i in rows], pad_id)
         generated = model.generate(

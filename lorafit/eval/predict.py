@@ -23,14 +23,17 @@ from lorafit.tasks.types import Task
 @torch.no_grad()
 def classify(
     model: nn.Module, tokenizer, items: Sequence, max_length: int, batch_size: int,
-    on_batch: Callable[[int], None] = lambda n: None,
+    on_batch: Callable[[int], None] = lambda n: None, shard: tuple[int, int] = (0, 1),
 ) -> list:
-    """Predicted labels (int) or scores (float, regression) for ClassificationExamples, in order."""
+    """Predicted labels (int) or scores (float, regression) for ClassificationExamples, in order;
+    `shard` (rank, ranks): only batches i with i % ranks == rank, the others' predictions None."""
     model.eval()
     device = next(model.parameters()).device
     encoded, _ = encode_classification(items, tokenizer, max_length)
     predictions: list = [None] * len(encoded)
-    for rows, batch in length_sorted_batches(encoded, batch_size, tokenizer.pad_token_id or 0):
+    for i, (rows, batch) in enumerate(length_sorted_batches(encoded, batch_size, tokenizer.pad_token_id or 0)):
+        if i % shard[1] != shard[0]:
+            continue
         inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits.float()  # (B, C)
         values = logits.squeeze(-1).tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
@@ -42,12 +45,20 @@ def classify(
 
 def predict(
     model: nn.Module, tokenizer, task: Task, items: Sequence, settings: EvalConfig, max_length: int,
-    on_batch: Callable[[int], None] = lambda n: None,
+    on_batch: Callable[[int], None] = lambda n: None, shard: tuple[int, int] = (0, 1),
+    gather: Callable[[list], list[list]] = lambda mine: [mine],
 ) -> list:
-    """Predictions of `model` for the task's eval items."""
+    """Predictions of `model` for the task's eval items. Several ranks: `shard` (rank, ranks) says
+    which batches this rank predicts, `gather` collects every rank's list, and each item takes the
+    prediction of the rank that made it."""
     if task.kind == "generation":
-        return generate(model, tokenizer, [item.prompt for item in items], settings, on_batch=on_batch)
-    return classify(model, tokenizer, items, max_length, settings.batch_size, on_batch=on_batch)
+        mine = generate(model, tokenizer, [item.prompt for item in items], settings, on_batch=on_batch, shard=shard)
+    else:
+        mine = classify(model, tokenizer, items, max_length, settings.batch_size, on_batch=on_batch, shard=shard)
+    if shard[1] == 1:
+        return mine
+    ranks = gather(mine)
+    return [next(p[i] for p in ranks if p[i] is not None) for i in range(len(items))]
 
 
 def eval_items(task: Task, data_dir: Path | None, split: str, options: DataConfig, limit: int | None) -> list:
@@ -60,12 +71,14 @@ def eval_items(task: Task, data_dir: Path | None, split: str, options: DataConfi
 
 def evaluate(
     model: nn.Module, tokenizer, task: Task, items: Sequence, settings: EvalConfig, max_length: int,
-    on_batch: Callable[[int], None] = lambda n: None,
+    on_batch: Callable[[int], None] = lambda n: None, shard: tuple[int, int] = (0, 1),
+    gather: Callable[[list], list[list]] = lambda mine: [mine],
 ) -> dict:
     """Predictions of a loaded model on `items` and the task's metrics: {"predictions", "metrics",
-    "seconds"} (seconds: predicting only)."""
+    "seconds"} (seconds: predicting only); `shard`, `gather`: see `predict`."""
     started = time.perf_counter()
-    predictions = predict(model, tokenizer, task, items, settings, max_length, on_batch=on_batch)
+    predictions = predict(model, tokenizer, task, items, settings, max_length, on_batch=on_batch, shard=shard,
+                          gather=gather)
     seconds = time.perf_counter() - started
     return {"predictions": predictions, "metrics": score(task, predictions, items)["metrics"], "seconds": round(seconds, 2)}
 

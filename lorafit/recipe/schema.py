@@ -72,7 +72,7 @@ class TrainConfig:
 
     epochs: float = _opt(1.0, "passes over the training data (fractions allowed)", gt=0)
     max_steps: int | None = _opt(None, "optimizer steps to run; when set, overrides epochs", gt=0)
-    batch_size: int = _opt(8, "examples per forward pass", gt=0)
+    batch_size: int = _opt(8, "examples per forward pass (per rank with several processes)", gt=0)
     grad_accum: int = _opt(1, "forward passes per optimizer step", gt=0)
     lr: float = _opt(2e-4, "peak learning rate (AdamW)", gt=0)
     weight_decay: float = _opt(0.0, "AdamW weight decay", ge=0)
@@ -91,6 +91,13 @@ class TrainConfig:
     keep_checkpoints: int = _opt(2, "how many recent checkpoints to keep", gt=0)
     method: Literal["lora", "full", "head"] = _opt(
         "lora", "lora: train LoRA adapters (+ head); full: train every weight; head: train only the head / modules_to_save"
+    )
+    distributed: Literal["ddp", "fsdp"] = _opt(
+        "ddp",
+        "with several processes (lorafit train --nproc N, or torchrun): ddp: every rank holds the whole model, "
+        "trainable gradients summed over the ranks; fsdp: FSDP2 shards every weight over the ranks (one unit per "
+        "decoder layer), for a base too big for one device (no task evaluation during training). batch_size is "
+        "per rank: the global batch is batch_size x ranks x grad_accum (docs/distributed.md)",
     )
 
 

@@ -21,8 +21,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from lorafit.runs.atomic import atomic_directory, recover_directory, write_text_atomic
 from lorafit.errors import RunDirError
+from lorafit.runs.atomic import atomic_directory, recover_directory, write_text_atomic
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -171,12 +171,15 @@ def run_directory(recipe, output: Path | None) -> RunDir:
     return RunDir(output or (Path(recipe.output_dir) if recipe.output_dir else Path("runs") / recipe.name))
 
 
-def locate_run(recipe_path: Path, overrides: list[str], output: Path | None, *, resume: bool, overwrite: bool = False):
+def locate_run(recipe_path: Path, overrides: list[str], output: Path | None, *, resume: bool, overwrite: bool = False,
+               check: bool = True):
     """(recipe, RunDir, note) to train with; `note` says why a given recipe is not used, else "".
 
     RECIPE is a recipe file (the run goes to --output, else its output_dir, else runs/<name>) or, with
     --resume, a run directory (`lorafit train --resume runs/x`). On --resume the recipe saved in the run
     directory is the one trained with; a recipe file or --set that differs from it is noted, not used.
+    `check` False: the directory is not checked for a new run (ranks > 0 of a multi-process run: rank 0
+    checks it and creates it, maybe before they look).
     """
     from lorafit.recipe import load_recipe, recipe_hash
 
@@ -191,7 +194,8 @@ def locate_run(recipe_path: Path, overrides: list[str], output: Path | None, *, 
     else:
         given = load_recipe(recipe_path, overrides)
         run = run_directory(given, output)
-    run.check(overwrite=overwrite, resume=resume)  # fail fast, before any model is loaded
+    if check or resume:
+        run.check(overwrite=overwrite, resume=resume)  # fail fast, before any model is loaded
     if not resume:
         return given, run, ""
     saved = load_recipe(run.recipe)

@@ -12,6 +12,12 @@ a screen long. Only trainable parameters (LoRA A/B, a head, chosen biases) are g
 so AdamW keeps moments for ~0.1-1% of the weights. Batch order depends only on (seed, epoch), and
 checkpoints hold the optimizer, scheduler, RNG states and the data position, so a resumed run continues
 the very same sequence of updates.
+
+Several processes (train/distributed.py) run this same loop: each rank reads its part of every
+global batch, the loss of each micro-batch is divided by the target tokens of the whole step summed
+over the ranks (all-reduced before backward), and the gradients are summed over the ranks before the
+update, so N ranks with batch b take the very steps one process takes with batch N*b. One process is
+`Dist()`, whose collectives return their input.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from torch import nn
 
 from lorafit.data.batches import (
     Encoded,
+    batches_per_epoch,
     count_examples,
     count_target_tokens,
     iterate_batches,
     length_sorted_batches,
     resolve_batching,
 )
-from lorafit.errors import DivergedError
+from lorafit.errors import DataError, DivergedError
 from lorafit.fast.attention import FastAttentionDropout
 from lorafit.fast.dropout import use_fast_dropout
 from lorafit.fast.memory import limit_onednn_primitive_cache, release_free_heap, trim_due
@@ -42,6 +49,7 @@ from lorafit.fast.precision import FrozenWeightCasts, autocast_context, resolve_
 from lorafit.recipe.schema import TrainConfig
 from lorafit.rng import rng_state, seed_everything, set_rng_state
 from lorafit.runs.interrupts import interrupts_deferred
+from lorafit.train.distributed import Dist, full_value, load_value
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 Snapshot = Callable[[], dict]
@@ -78,12 +86,12 @@ class LogWindow:
     real: int = 0  # real input tokens (for tokens/s)
 
 
-def total_optimizer_steps(num_examples: int, config: TrainConfig) -> int:
-    """max_steps if set, else ceil(epochs * batches per epoch / grad_accum), at least 1."""
+def total_optimizer_steps(num_examples: int, config: TrainConfig, world: int = 1) -> int:
+    """max_steps if set, else ceil(epochs * batches per epoch (per rank) / grad_accum), at least 1."""
     if config.max_steps is not None:
         return config.max_steps
-    batches_per_epoch = math.ceil(num_examples / config.batch_size)
-    return max(1, math.ceil(config.epochs * batches_per_epoch / config.grad_accum))
+    per_epoch = batches_per_epoch(num_examples, config.batch_size, world)
+    return max(1, math.ceil(config.epochs * per_epoch / config.grad_accum))
 
 
 def lr_multiplier(step: int, warmup: int, total: int, kind: str) -> float:
@@ -102,21 +110,32 @@ def lr_multiplier(step: int, warmup: int, total: int, kind: str) -> float:
 @torch.no_grad()
 def validation_loss(
     model: nn.Module, encoded: Sequence[Encoded], loss_fn: LossFn, batch_size: int, pad_id: int, precision: str,
-    casts: FrozenWeightCasts | None = None,
+    casts: FrozenWeightCasts | None = None, dist: Dist = Dist(),
 ) -> float | None:
     """Mean per-target-token loss over `encoded` in eval mode (dropout off); `casts`: the run's
-    bf16 weight copies (fast/precision.py), reused rather than made again."""
+    bf16 weight copies (fast/precision.py), reused rather than made again.
+
+    Several ranks: the batches one process would make are dealt out (batch i to rank i % ranks), each
+    example once, and the loss and token sums added up over the ranks: the one-process number. fsdp
+    ranks must run their forward passes together, so one with a batch fewer runs its first again,
+    uncounted."""
     if not encoded:
         return None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    batches = [batch for _, batch in length_sorted_batches(encoded, batch_size, pad_id)]
+    mine = [batches[i] for i in dist.my_share(len(batches))]
+    rounds = -(-len(batches) // dist.world) if dist.sharded else len(mine)
     total, tokens = 0.0, 0
-    for _, batch in length_sorted_batches(encoded, batch_size, pad_id):
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for i in range(rounds):
+        batch = {k: v.to(device) for k, v in (mine[i] if i < len(mine) else batches[0]).items()}
         with autocast_context(precision, device, casts):
-            total += loss_fn(model, batch).item()
-        tokens += count_target_tokens(batch)
+            loss = loss_fn(model, batch).item()
+        if i < len(mine):
+            total += loss
+            tokens += count_target_tokens(batch)
+    total, tokens = dist.sum([total, tokens])
     model.train(was_training)
     return total / max(tokens, 1)
 
@@ -125,12 +144,13 @@ class Training:
     """The mutable state of one `fit` call and the steps that change it."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, total: int, seed: int, precision: str,
-                 batching: str, loss_fn: LossFn, pad_id: int, fast: FastOptions) -> None:
-        self.model, self.config, self.total, self.seed = model, config, total, seed
+                 batching: str, loss_fn: LossFn, pad_id: int, fast: FastOptions, dist: Dist) -> None:
+        self.model, self.config, self.total, self.seed, self.dist = model, config, total, seed, dist
         self.batching, self.loss_fn, self.pad_id, self.fast = batching, loss_fn, pad_id, fast
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
-        self.casts = FrozenWeightCasts() if self.precision == "bf16" else None  # one bf16 copy per frozen weight
+        # One bf16 copy per frozen weight; not under fsdp, whose whole weights exist only during a forward.
+        self.casts = FrozenWeightCasts() if self.precision == "bf16" and not dist.sharded else None
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -146,31 +166,52 @@ class Training:
         # The state at the last optimizer-step boundary: what a checkpoint must hold even when Ctrl-C
         # arrives halfway through the micro-batches of the next step.
         self.boundary = {"state": vars(self.state).copy(), "rng": rng_state()}
+        self.stop = False  # all ranks stop after this step (a signal reached one of them)
 
     def restore(self, snapshot: dict) -> None:
         """Continue exactly where `snapshot` (see `snapshot`) stopped."""
         trainable = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, value in snapshot["trainable"].items():
-                trainable[name].copy_(value)
-        self.optimizer.load_state_dict(snapshot["optimizer"])
+                load_value(trainable[name], value)
+        if self.dist.sharded:  # optimizer moments are sharded like their parameters
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer, snapshot["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(snapshot["optimizer"])
         self.scheduler.load_state_dict(snapshot["scheduler"])
         self.state = TrainState(**snapshot["state"])
         self.history = list(snapshot.get("history", []))
-        set_rng_state(snapshot["rng"])
-        self.boundary = {"state": vars(self.state).copy(), "rng": snapshot["rng"]}
+        rng = snapshot.get("rng_by_rank", [snapshot["rng"]])[self.dist.rank]
+        set_rng_state(rng)
+        self.boundary = {"state": vars(self.state).copy(), "rng": rng}
         self.last_trim = (self.state.step, self.started)
 
     def snapshot(self) -> dict:
-        """The full resumable state at the last step boundary (weights, optimizer, RNG, data position)."""
-        return {
-            "trainable": {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad},
-            "optimizer": self.optimizer.state_dict(),
+        """The full resumable state at the last step boundary (weights, optimizer, RNG, data position).
+        Several ranks: every rank calls it at the same step (it gathers each rank's RNG state, and
+        fsdp's shards); the weights and optimizer are the same on every rank (ddp) or gathered whole."""
+        if self.dist.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            optimizer = get_optimizer_state_dict(self.model, self.optimizer,
+                                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            optimizer = self.optimizer.state_dict()
+        snapshot = {
+            "trainable": {n: full_value(p.detach()).clone() for n, p in self.model.named_parameters() if p.requires_grad},
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "state": dict(self.boundary["state"]),
             "rng": self.boundary["rng"],
             "history": list(self.history),
         }
+        if self.dist.world > 1:  # each rank draws its own dropout masks
+            snapshot["rng_by_rank"] = self.dist.gather_objects(self.boundary["rng"])
+            snapshot["world_size"] = self.dist.world
+        return snapshot
 
     def step_batches(self, train: Sequence[Encoded]) -> Iterator[list[dict]]:
         """The grad_accum micro-batches of each optimizer step until the last step, epoch after epoch
@@ -181,6 +222,7 @@ class Training:
                 train, self.config.batch_size, self.pad_id, seed=self.seed, epoch=self.state.epoch,
                 mode=self.batching, skip=self.state.batch_in_epoch,
                 window=self.fast.bucket_window_batches, pad_to_multiple=self.fast.pad_to_multiple,
+                shard=(self.dist.rank, self.dist.world),
             ):
                 micro.append(batch)
                 self.state.batch_in_epoch += 1
@@ -192,10 +234,12 @@ class Training:
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
 
-    def backward(self, micro: list[dict]) -> tuple[float, int, int]:
-        """Accumulate gradients over one step's micro-batches. Returns (mean token loss, target tokens,
-        real input tokens); a non-finite loss stops training before any weight changes."""
-        step_tokens = sum(count_target_tokens(b) for b in micro)
+    def backward(self, micro: list[dict]) -> tuple[float, int, int, int]:
+        """Accumulate gradients over one step's micro-batches (this rank's parts of them) and sum them
+        over the ranks. Returns the step's (mean token loss, target tokens, real input tokens, examples),
+        all over every rank; a non-finite loss stops training before any weight changes."""
+        # Every rank divides by the step's target tokens summed over all ranks and micro-batches.
+        step_tokens = int(self.dist.sum([sum(count_target_tokens(b) for b in micro)], torch.int64)[0])
         step_loss, real_tokens = 0.0, 0
         attention = FastAttentionDropout if self.fast.attention_dropout else nullcontext
         for b in micro:
@@ -206,23 +250,27 @@ class Training:
             loss.backward()
             step_loss += loss.item()
             real_tokens += int(b["attention_mask"].sum())
+        self.dist.sum_gradients(self.params)
+        examples = sum(count_examples(b) for b in micro)
+        step_loss, real_tokens, examples, stop = self.dist.sum([step_loss, real_tokens, examples, self.dist.stop_requested])
+        self.stop = stop > 0
         if not math.isfinite(step_loss):
             raise DivergedError(
                 f"training loss became {step_loss} at step {self.state.step + 1}; the adapter was not saved "
                 "and the last good checkpoint is kept (try a lower train.lr)"
             )
-        return step_loss, step_tokens, real_tokens
+        return step_loss, step_tokens, int(real_tokens), int(examples)
 
-    def update(self, micro: list[dict], loss: float, tokens: int, real: int) -> float:
+    def update(self, loss: float, tokens: int, real: int, examples: int) -> float:
         """Clip, AdamW step, schedule step, and the record of it, as one uninterruptible unit; returns
         the gradient norm before clipping."""
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
         with interrupts_deferred():  # the update and the record of it happen together (runs/interrupts.py)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+            grad_norm = float(full_value(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.state.examples_seen += sum(count_examples(b) for b in micro)
+            self.state.examples_seen += examples
             self.state.tokens_seen += real
             self.state.step += 1
             self.boundary = {"state": vars(self.state).copy(), "rng": rng_state()}
@@ -269,7 +317,7 @@ class Training:
 
     def validate(self, valid: Sequence[Encoded]) -> dict:
         self.valid_loss = validation_loss(self.model, valid, self.loss_fn, self.config.batch_size, self.pad_id,
-                                          self.precision, self.casts)
+                                          self.precision, self.casts, self.dist)
         return {"valid_loss": self.valid_loss}
 
     def record(self, record: dict) -> dict:
@@ -286,7 +334,7 @@ def fit(
     on_log: Callable[[dict], None] = lambda record: None,
     on_step: Callable[[TrainState, Snapshot], None] = lambda state, snapshot: None,
     on_task_eval: Callable[[TrainState], dict] | None = None, task_eval_every: int = 0,
-    on_interrupt: Callable[[Snapshot], None] | None = None, resume: dict | None = None,
+    on_interrupt: Callable[[Snapshot], None] | None = None, resume: dict | None = None, dist: Dist = Dist(),
 ) -> FitResult:
     """Train `model`'s trainable parameters on `train` as `config` (the recipe's train section) says.
 
@@ -296,34 +344,44 @@ def fit(
     on_task_eval(state): task metrics every `task_eval_every` steps, logged with the step.
     on_interrupt(snapshot): on Ctrl-C, with the state of the last completed step, before the
     KeyboardInterrupt propagates. resume: a snapshot returned earlier; training continues exactly there.
+    dist: this process's rank in a multi-process job (every rank calls fit; the callbacks run on every
+    rank, in step, so a snapshot is taken by all of them together); a signal to any rank stops every
+    rank after the same step.
     """
     limit_onednn_primitive_cache(fast.onednn_primitive_cache)  # before the run's first bf16 matmul
     kind = "generation" if train and train[0].labels is not None else "classification"
-    run = Training(model, config, total=total_optimizer_steps(len(train), config), seed=seed, precision=precision,
-                   batching=resolve_batching(config.batching, kind), loss_fn=loss_fn, pad_id=pad_id, fast=fast)
+    run = Training(model, config, total=total_optimizer_steps(len(train), config, dist.world), seed=seed,
+                   precision=precision, batching=resolve_batching(config.batching, kind), loss_fn=loss_fn,
+                   pad_id=pad_id, fast=fast, dist=dist)
     if resume is not None:
         run.restore(resume)
     else:
-        seed_everything(seed)
+        seed_everything(dist.rank_seed(seed))
     if fast.model_dropout:
         use_fast_dropout(model)
-    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    steps_per_epoch = batches_per_epoch(len(train), config.batch_size, dist.world)
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(train)} training example(s) for {dist.world} processes: each rank needs at least one")
     if run.state.step == 0 and valid:
         on_log(run.timed_record(lambda: run.validate(valid)))  # the base model's loss: the curve's start
     model.train()
-    try:
-        for micro in run.step_batches(train):
-            grad_norm = run.update(micro, *run.backward(micro))
-            run.trim_heap_if_due()
-            if run.due(config.log_every) or run.state.step == run.total:
-                on_log(run.train_record(grad_norm, steps_per_epoch))
-            if run.due(config.eval_every) or run.state.step == run.total:
-                on_log(run.timed_record(lambda: run.validate(valid)))
-            if on_task_eval is not None and run.due(task_eval_every):
-                on_log(run.timed_record(lambda: on_task_eval(run.state)))
-            on_step(run.state, run.snapshot)
-    except KeyboardInterrupt:
-        if on_interrupt is not None:
-            on_interrupt(run.snapshot)
-        raise
+    with dist.stop_at_step_boundary():  # several ranks: a signal stops them all after the same step
+        try:
+            for micro in run.step_batches(train):
+                grad_norm = run.update(*run.backward(micro))
+                run.trim_heap_if_due()
+                if run.due(config.log_every) or run.state.step == run.total:
+                    on_log(run.train_record(grad_norm, steps_per_epoch))
+                if run.due(config.eval_every) or run.state.step == run.total:
+                    on_log(run.timed_record(lambda: run.validate(valid)))
+                if on_task_eval is not None and run.due(task_eval_every):
+                    on_log(run.timed_record(lambda: on_task_eval(run.state)))
+                on_step(run.state, run.snapshot)
+                if run.stop:  # every rank saw the same all-reduced request: all stop after this step
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            # Several ranks save together only when they agreed to stop (a second signal stops at once).
+            if on_interrupt is not None and (dist.world == 1 or run.stop):
+                on_interrupt(run.snapshot)
+            raise
     return run.result()

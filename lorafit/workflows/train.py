@@ -1,7 +1,12 @@
 """`lorafit train`, top to bottom in `run_training`:
 
-    recipe (located by the CLI) -> task -> model (the one loader) -> data -> run directory
+    recipe (located by the CLI) -> task -> [process group] -> model (the one loader) -> data -> run directory
         -> fit -> save adapter -> evaluate -> plot, base-vs-adapted examples -> summary.json
+
+Several processes (torchrun, `lorafit train --nproc N`) each run all of it; rank 0 alone creates the
+run directory (the others wait for it), writes files and prints; checkpoints and the adapter are taken
+by all ranks together and written by rank 0, with a barrier after each; the task evaluation is shared
+out and gathered. After the last collective the other ranks are done; rank 0 plots and summarises.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import warnings
 
 from lorafit import __version__
 from lorafit.console import Reporter, format_train_record, format_train_status, print_metrics
+from lorafit.errors import RecipeError, RunDirError
 from lorafit.eval.generate import decoding_settings, generate
 from lorafit.eval.predict import eval_items, evaluate
 from lorafit.fast.precision import resolve_precision
@@ -26,6 +32,8 @@ from lorafit.runs.rundir import EVAL_FILE, SUMMARY_FILE, TENSORBOARD_DIR, RunDir
 from lorafit.runs.tensorboard import TensorBoardLog, summary_writer_class
 from lorafit.tasks import task_data_dir
 from lorafit.tasks.types import Task
+from lorafit.train import distributed
+from lorafit.train.distributed import Dist
 from lorafit.train.loop import FitResult, fit, total_optimizer_steps
 from lorafit.train.setup import load_task, loss_function, parameter_summary, prepare_data, save_trained
 
@@ -38,16 +46,31 @@ def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, 
     task = load_task(recipe)
     if recipe.log.tensorboard:
         summary_writer_class()  # fail now, not after loading the model, when tensorboard is missing
-    loaded = load_for_training(recipe, task.num_labels)
-    report_model(recipe, task, loaded, reporter)
-    train_data, valid_data, data_counts = prepare_data(recipe, task, loaded.tokenizer)
-    report_data(data_counts, recipe, task, reporter)
-    snapshot = open_run(run, recipe, overwrite=overwrite, resume=resume, reporter=reporter)
-    step = snapshot["state"]["step"] if snapshot else 0
-    tensorboard = TensorBoardLog(run.path / TENSORBOARD_DIR, step) if recipe.log.tensorboard else None
-    result = train_with_progress(recipe, task, loaded, run, train_data, valid_data, snapshot, tensorboard, reporter)
-    save_trained(loaded, recipe, task, run.adapter)
-    evaluation = evaluate_at_end(run, recipe, task, loaded, reporter) if recipe.eval.at_end else None
+    with distributed.session(recipe.train.distributed) as dist:  # one process: no process group
+        check_distributed(recipe, task, dist)
+        if dist.world > 1:
+            reporter.info(distributed.describe(dist, recipe.train.batch_size, recipe.train.grad_accum))
+        loaded = load_for_training(recipe, task.num_labels)
+        loaded.model = dist.prepare(loaded.model)  # ddp: trainable weights from rank 0; fsdp: sharded
+        report_model(recipe, task, loaded, reporter)
+        train_data, valid_data, data_counts = prepare_data(recipe, task, loaded.tokenizer)
+        report_data(data_counts, recipe, task, reporter)
+        # Rank 0 creates (or reopens) the run directory and reads the checkpoint; the others wait for it.
+        snapshot = dist.broadcast_object(
+            open_run(run, recipe, overwrite=overwrite, resume=resume, reporter=reporter, world=dist.world)
+            if dist.main else None
+        )
+        step = snapshot["state"]["step"] if snapshot else 0
+        tensorboard = TensorBoardLog(run.path / TENSORBOARD_DIR, step) if recipe.log.tensorboard and dist.main else None
+        result = train_with_progress(recipe, task, loaded, run, train_data, valid_data, snapshot, tensorboard,
+                                     reporter, dist)
+        with dist.full_trainable(loaded.model):  # fsdp: the trainable weights gathered whole on every rank
+            if dist.main:
+                save_trained(loaded, recipe, task, run.adapter)
+        dist.barrier()
+        evaluation = evaluate_at_end(run, recipe, task, loaded, reporter, dist) if recipe.eval.at_end else None
+    if not dist.main:
+        return {}  # rank 0 writes the rest
     if tensorboard is not None:
         tensorboard.log_eval(evaluation["metrics"] if evaluation else {}, result.state.step)
         tensorboard.close()
@@ -87,9 +110,23 @@ def report_data(counts: dict, recipe: Recipe, task: Task, reporter: Reporter) ->
     )
 
 
-def open_run(run: RunDir, recipe: Recipe, *, overwrite: bool, resume: bool, reporter: Reporter) -> dict | None:
+def check_distributed(recipe: Recipe, task: Task, dist: Dist) -> None:
+    """What several fsdp ranks cannot do yet, refused before the model loads: generating text (task
+    evaluation, held-out examples) needs every rank's forward passes in step."""
+    if not dist.sharded:
+        return
+    keys = [k for k, on in (("eval.every", recipe.eval.every), ("eval.at_end", recipe.eval.at_end),
+                            ("eval.show_examples", recipe.eval.show_examples)) if on]
+    if keys:
+        raise RecipeError(f"train.distributed: fsdp runs no task evaluation yet; set {', '.join(keys)} off "
+                          "(the validation loss is still computed) and evaluate the adapter with lorafit eval")
+
+
+def open_run(run: RunDir, recipe: Recipe, *, overwrite: bool, resume: bool, reporter: Reporter,
+             world: int = 1) -> dict | None:
     """Create (or reopen) the run directory and write the recipe; on resume, the newest readable
-    checkpoint (None: start from step 0) with metrics.jsonl cut back to it."""
+    checkpoint (None: start from step 0) with metrics.jsonl cut back to it. A checkpoint written by
+    another number of processes is refused: the global batch, hence the data order, would differ."""
     if not resume:
         run.prepare(overwrite=overwrite)
     run.write_recipe(dump_recipe(recipe))
@@ -102,21 +139,29 @@ def open_run(run: RunDir, recipe: Recipe, *, overwrite: bool, resume: bool, repo
         if run.metrics.exists():
             run.metrics.unlink()
     else:
+        written_by = snapshot.get("world_size", 1)
+        if written_by != world:
+            raise RunDirError(f"{found[0]}: checkpoint was written by {written_by} process(es); resume it with "
+                              f"--nproc {written_by} (this run has {world})")
         reporter.info(f"resuming from {found[0]} (step {snapshot['state']['step']})")
         run.truncate_metrics(after_step=snapshot["state"]["step"])
     return snapshot
 
 
 def train_with_progress(recipe: Recipe, task: Task, loaded: Loaded, run: RunDir, train_data: list, valid_data: list,
-                        snapshot: dict | None, tensorboard: TensorBoardLog | None, reporter: Reporter) -> FitResult:
+                        snapshot: dict | None, tensorboard: TensorBoardLog | None, reporter: Reporter,
+                        dist: Dist = Dist()) -> FitResult:
     """`fit` with the run's outputs attached: progress bar, metrics.jsonl, TensorBoard, checkpoints
-    every train.save_every steps and on Ctrl-C / SIGTERM, task metrics every eval.every steps."""
-    total = total_optimizer_steps(len(train_data), recipe.train)
+    every train.save_every steps and on Ctrl-C / SIGTERM, task metrics every eval.every steps.
+    Several ranks: every rank takes the snapshot (a collective), rank 0 writes it, all wait for it."""
+    total = total_optimizer_steps(len(train_data), recipe.train, dist.world)
     done_before = snapshot["state"]["step"] if snapshot else 0
     recipe_text = dump_recipe(recipe)
     last: dict = {}  # the latest training record: the bar's status (epoch, loss, lr, tok/s)
 
     def on_log(record: dict) -> None:
+        if not dist.main:
+            return
         run.append_metrics(record)
         progress.log(format_train_record(record, total))
         if "loss" in record:
@@ -124,17 +169,23 @@ def train_with_progress(recipe: Recipe, task: Task, loaded: Loaded, run: RunDir,
         if tensorboard is not None:
             tensorboard.log(record)
 
+    def save(snapshot_fn) -> None:
+        snapshot = snapshot_fn()  # every rank: it gathers the ranks' RNG states (and fsdp's shards)
+        if dist.main:
+            run.save_checkpoint(snapshot, recipe_text, recipe.train.keep_checkpoints)
+        dist.barrier()
+
     def on_step(state, snapshot_fn) -> None:
         progress.advance(1, status=format_train_status(last))
         if recipe.train.save_every and state.step % recipe.train.save_every == 0:
-            run.save_checkpoint(snapshot_fn(), recipe_text, recipe.train.keep_checkpoints)
+            save(snapshot_fn)
 
     def on_interrupt(snapshot_fn) -> None:
-        run.save_checkpoint(snapshot_fn(), recipe_text, recipe.train.keep_checkpoints)
+        save(snapshot_fn)
         reporter.info(f"interrupted: checkpoint written; continue with: lorafit train --resume {run.path}")
 
     def on_task_eval(state) -> dict:
-        metrics = evaluate_split(recipe, task, loaded, reporter)["metrics"]
+        metrics = evaluate_split(recipe, task, loaded, reporter, dist=dist)["metrics"]
         return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
 
     with sigterm_as_interrupt(), warnings.catch_warnings(), reporter.progress("train", total, plain_ticks=False) as progress:
@@ -144,25 +195,31 @@ def train_with_progress(recipe: Recipe, task: Task, loaded: Loaded, run: RunDir,
             loaded.model, train_data, valid_data, recipe.train, seed=recipe.seed, precision=recipe.precision,
             loss_fn=loss_function(task), pad_id=loaded.tokenizer.pad_token_id, on_log=on_log, on_step=on_step,
             on_task_eval=on_task_eval, task_eval_every=recipe.eval.every, on_interrupt=on_interrupt, resume=snapshot,
+            dist=dist,
         )
     return result
 
 
-def evaluate_split(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter, limit: int | None = None) -> dict:
-    """Task metrics on recipe.eval.split (its first eval.limit inputs) for the model as it is now."""
+def evaluate_split(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter, limit: int | None = None,
+                   dist: Dist = Dist()) -> dict:
+    """Task metrics on recipe.eval.split (its first eval.limit inputs) for the model as it is now.
+    Several ranks: each predicts its share of the batches one process would make, the predictions are
+    gathered, and every rank scores them (no rank waits on another's scoring)."""
     items = eval_items(task, task_data_dir(task, recipe.data_dir), recipe.eval.split, recipe.data, limit or recipe.eval.limit)
     with reporter.progress("generate" if task.kind == "generation" else "classify", len(items)) as progress:
         evaluated = evaluate(loaded.model, loaded.tokenizer, task, items, recipe.eval, recipe.data.max_length,
-                             on_batch=progress.advance)
+                             on_batch=progress.advance, shard=(dist.rank, dist.world), gather=dist.gather_objects)
     return {"task": task.name, "split": recipe.eval.split, "num_examples": len(items),
             "settings": decoding_settings(recipe.eval), **evaluated}
 
 
-def evaluate_at_end(run: RunDir, recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter) -> dict:
-    """The task's metrics at the end of training, printed and written to eval.json."""
-    result = evaluate_split(recipe, task, loaded, reporter)
-    print_metrics(reporter, result)
-    run.write_json(EVAL_FILE, result)
+def evaluate_at_end(run: RunDir, recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter,
+                    dist: Dist = Dist()) -> dict:
+    """The task's metrics at the end of training, printed and written to eval.json (by rank 0)."""
+    result = evaluate_split(recipe, task, loaded, reporter, dist=dist)
+    if dist.main:
+        print_metrics(reporter, result)
+        run.write_json(EVAL_FILE, result)
     return result
 
 
