@@ -46,7 +46,9 @@ def predict(
 ) -> list:
     """Predictions of `model` for the task's eval items."""
     if task.kind == "generation":
-        return generate(model, tokenizer, [item.prompt for item in items], settings, on_batch=on_batch)
+        from lorafit.data.chat import eval_prompts
+
+        return generate(model, tokenizer, eval_prompts(items, tokenizer), settings, on_batch=on_batch)
     return classify(model, tokenizer, items, max_length, settings.batch_size, on_batch=on_batch)
 
 

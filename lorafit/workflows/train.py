@@ -10,9 +10,11 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 
 from lorafit import __version__
 from lorafit.console import Reporter, format_train_record, format_train_status, print_metrics
+from lorafit.data.chat import eval_prompts
 from lorafit.eval.generate import decoding_settings, generate
 from lorafit.eval.predict import eval_items, evaluate
 from lorafit.fast.precision import resolve_precision
@@ -30,7 +32,8 @@ from lorafit.train.loop import FitResult, fit, total_optimizer_steps
 from lorafit.train.setup import load_task, loss_function, parameter_summary, prepare_data, save_trained
 
 
-def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, reporter: Reporter) -> dict:
+def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, reporter: Reporter,
+                 use_cache: bool = True) -> dict:
     """Train as the recipe says and write the run directory; returns the summary dict.
 
     `recipe` and `run` come from `runs.rundir.locate_run` (the saved recipe when resuming)."""
@@ -40,7 +43,7 @@ def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, 
         summary_writer_class()  # fail now, not after loading the model, when tensorboard is missing
     loaded = load_for_training(recipe, task.num_labels)
     report_model(recipe, task, loaded, reporter)
-    train_data, valid_data, data_counts = prepare_data(recipe, task, loaded.tokenizer)
+    train_data, valid_data, data_counts = prepare_data(recipe, task, loaded.tokenizer, use_cache=use_cache)
     report_data(data_counts, recipe, task, reporter)
     snapshot = open_run(run, recipe, overwrite=overwrite, resume=resume, reporter=reporter)
     step = snapshot["state"]["step"] if snapshot else 0
@@ -85,6 +88,8 @@ def report_data(counts: dict, recipe: Recipe, task: Task, reporter: Reporter) ->
         f"({counts['train_truncated']} truncated, {counts['train_skipped']} skipped as too long); "
         f"batching {resolve_batching(recipe.train.batching, task.kind)}"
     )
+    if counts.get("data_cache"):
+        reporter.info(counts["data_cache"])
 
 
 def open_run(run: RunDir, recipe: Recipe, *, overwrite: bool, resume: bool, reporter: Reporter) -> dict | None:
@@ -107,7 +112,7 @@ def open_run(run: RunDir, recipe: Recipe, *, overwrite: bool, resume: bool, repo
     return snapshot
 
 
-def train_with_progress(recipe: Recipe, task: Task, loaded: Loaded, run: RunDir, train_data: list, valid_data: list,
+def train_with_progress(recipe: Recipe, task: Task, loaded: Loaded, run: RunDir, train_data: Sequence, valid_data: Sequence,
                         snapshot: dict | None, tensorboard: TensorBoardLog | None, reporter: Reporter) -> FitResult:
     """`fit` with the run's outputs attached: progress bar, metrics.jsonl, TensorBoard, checkpoints
     every train.save_every steps and on Ctrl-C / SIGTERM, task metrics every eval.every steps."""
@@ -177,7 +182,7 @@ def show_examples(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter
     if count <= 0 or task.kind != "generation" or loaded.spec is None:
         return []
     items = eval_items(task, task_data_dir(task, recipe.data_dir), recipe.eval.split, recipe.data, count)
-    prompts = [item.prompt for item in items]
+    prompts = eval_prompts(items, loaded.tokenizer)  # chat items rendered with the model's template
     with lora_disabled(loaded.model):
         base = generate(loaded.model, loaded.tokenizer, prompts, recipe.eval)
     adapted = generate(loaded.model, loaded.tokenizer, prompts, recipe.eval)
