@@ -4,6 +4,7 @@
     alpaca          {instruction, input (optional), output}             -> prompt, completion (Alpaca's prompt)
     classification  {text_field, text_pair_field?, label_field}          -> text, text_pair, label
     chat            {messages_field: [{role, content}, ...]}             -> messages
+                    or {prompt_field / prompt_template, completion_field} -> one user turn + one assistant reply
 
 Every field name is remappable in the recipe (`data.*_field`). A completion may be a list of strings
 (several references): one row each. Bad rows are a one-line `DataError` naming the file, row and field.
@@ -38,6 +39,7 @@ class Format:
     num_labels: int = 0
     label_names: tuple[str, ...] | None = None  # string labels -> ids by position (sorted train labels)
     messages_field: str = "messages"
+    system_prompt: str | None = None
     instruction_field: str = "instruction"
     input_field: str = "input"
     output_field: str = "output"
@@ -75,12 +77,17 @@ def format_of(options: DataConfig) -> Format:
                       num_labels=o.num_labels)
     if name == "alpaca":
         return Format(name, instruction_field=o.instruction_field, input_field=o.input_field, output_field=o.output_field)
-    return Format("chat", messages_field=o.messages_field)
+    if o.completion_field:  # one user turn (the prompt) and one assistant reply (the completion)
+        if not (o.prompt_field or o.prompt_template):
+            raise DataError("data.format chat with data.completion_field needs data.prompt_field or data.prompt_template")
+        return Format("chat", prompt_field=o.prompt_field, prompt_template=None if o.prompt_field else o.prompt_template,
+                      completion_field=o.completion_field, system_prompt=o.system_prompt)
+    return Format("chat", messages_field=o.messages_field, system_prompt=o.system_prompt)
 
 
 def columns_needed(fmt: Format) -> list[str]:
     """The source fields a format reads (a missing column fails before any row is processed)."""
-    if fmt.name == "completion":
+    if fmt.name == "completion" or fmt.completion_field:
         return [f for f in (fmt.prompt_field, fmt.completion_field) if f]
     if fmt.name == "classification":
         return [f for f in (fmt.text_field, fmt.text_pair_field, fmt.label_field) if f]
@@ -190,7 +197,14 @@ def normalise(fmt: Format, batch: dict, indices: list[int], where) -> dict:
             out.setdefault("label", []).append(_label(fmt, row[fmt.label_field], at))
             out["row"].append(index)
         else:
-            out.setdefault("messages", []).append(_messages(fmt, row[fmt.messages_field], at))
+            if fmt.completion_field:
+                messages = [{"role": "user", "content": _prompt(fmt, row, at)},
+                            {"role": "assistant", "content": _text(row[fmt.completion_field], at, fmt.completion_field)}]
+            else:
+                messages = _messages(fmt, row[fmt.messages_field], at)
+            if fmt.system_prompt and messages[0]["role"] != "system":
+                messages.insert(0, {"role": "system", "content": fmt.system_prompt})
+            out.setdefault("messages", []).append(messages)
             out["row"].append(index)
     return out
 

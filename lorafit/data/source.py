@@ -94,8 +94,10 @@ def _suffix(path: Path) -> str:
 
 
 def _split_of(path: Path) -> str | None:
+    # a word of the name that starts with a split name: train.jsonl, trainset.csv.gz, dev-00001.parquet, validation
     words = re.split(r"[^a-z]+", path.name.lower())
-    return next((SPLIT_ALIASES[w] for w in words if w in SPLIT_ALIASES), None)
+    return next((SPLIT_ALIASES[a] for w in words for a in ("train", "validation", "valid", "val", "dev", "test")
+                 if w.startswith(a)), None)
 
 
 def _saved_splits(path: Path) -> tuple[str, ...]:

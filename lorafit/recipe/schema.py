@@ -83,8 +83,12 @@ class DataConfig:
         "(instruction/input/output); auto: completion if completion_field, classification if label_field, else chat",
     )
     prompt_field: str | None = _opt(None, "field holding the prompt text (completion format; or use prompt_template)")
-    messages_field: str = _opt("messages", "field holding the conversation: a list of {role, content} (chat format)",
-                               nonempty=True)
+    messages_field: str = _opt(
+        "messages", "field holding the conversation, a list of {role, content} (chat format; or give prompt_field / "
+        "prompt_template + completion_field for one user turn and one assistant reply)", nonempty=True)
+    system_prompt: str | None = _opt(
+        None, "chat format: a system message put first in each conversation that has none (null: the template's default)"
+    )
     instruction_field: str = _opt("instruction", "field holding the instruction (alpaca format)", nonempty=True)
     input_field: str = _opt("input", "field holding the optional input (alpaca format)", nonempty=True)
     output_field: str = _opt("output", "field holding the response to learn (alpaca format)", nonempty=True)
