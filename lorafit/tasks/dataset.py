@@ -11,6 +11,7 @@ Validation carved out of train (`data.valid_fraction`) takes whole source rows, 
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
@@ -76,13 +77,19 @@ def eval_rows(options: DataConfig, data_dir: Path | None, split: str):
 
 def load_eval(options: DataConfig, data_dir: Path | None, split: str, _options=None) -> list:
     """Eval items: one per source row (its completions as references), classification examples, or for chat
-    one per conversation (everything before its last assistant turn; that turn is the reference)."""
+    one per distinct context (everything before a conversation's last assistant turn; those turns are the references)."""
     from lorafit.data.chat import eval_item
     from lorafit.tasks.types import ClassificationExample
 
     fmt, rows = eval_rows(options, data_dir, split)
-    if fmt.encoder == "chat":
-        return [eval_item(m) for m in rows["messages"]]
+    if fmt.encoder == "chat":  # conversations with the same context are one item with every reference (as E2E's MRs)
+        items: dict[str, EvalItem] = {}
+        for messages in rows["messages"]:
+            item = eval_item(messages)
+            key = json.dumps(item.meta["messages"], sort_keys=True)
+            seen = items.get(key)
+            items[key] = item if seen is None else EvalItem(seen.prompt, seen.references + item.references, seen.meta)
+        return list(items.values())
     if fmt.encoder == "classification":
         return [ClassificationExample(t, p, label) for t, p, label in zip(rows["text"], rows["text_pair"], rows["label"], strict=True)]
     refs: dict[int, list[str]] = {}
