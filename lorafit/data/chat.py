@@ -25,7 +25,28 @@ from lorafit.tasks.types import EvalItem
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The conversation as the tokenizer's chat template writes it (text, special tokens included)."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def fast_renderer(tokenizer, sample: list[dict]):
+    """`render`, calling the compiled jinja template directly (apply_chat_template's per-call checks cost more
+    than the rendering at a million rows). Used only if it writes `sample` exactly as apply_chat_template does."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        template = _compile_jinja_template(tokenizer.chat_template)
+        specials = dict(tokenizer.special_tokens_map)
+
+        def direct(tok, messages, add_generation_prompt=False):
+            return template.render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
+
+        for gen in (False, True):
+            if direct(tokenizer, sample, gen) != render(tokenizer, sample, gen):
+                return render
+        return direct
+    except Exception:  # noqa: BLE001 - a private helper of transformers: any trouble, use the public path
+        return render
 
 
 def check_template(tokenizer) -> None:
@@ -34,7 +55,7 @@ def check_template(tokenizer) -> None:
                         "or the completion format")
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer, messages: list[dict], render=render) -> tuple[str, list[tuple[int, int]]]:
     """(rendered conversation, [(start, end) character span of each assistant turn])."""
     full = render(tokenizer, messages)
     spans = []
@@ -80,7 +101,8 @@ def _by_prefixes(tokenizer, full: str, spans: list[tuple[int, int]]) -> tuple[li
 
 def encode_chat_batch(tokenizer, conversations: list[list[dict]], max_length: int) -> dict[str, list]:
     """Columns input_ids, labels, length, truncated, dropped for a batch of conversations."""
-    rendered = [assistant_spans(tokenizer, messages) for messages in conversations]
+    renderer = fast_renderer(tokenizer, conversations[0]) if conversations else render
+    rendered = [assistant_spans(tokenizer, messages, renderer) for messages in conversations]
     texts = [full for full, _ in rendered]
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
