@@ -135,3 +135,13 @@ def test_non_utf8_missing_source_and_offline_hub(tmp_path, monkeypatch):
         run(recipe(source="someorg/somedata"))
     with pytest.raises(DataError, match=r"offline"):
         run(recipe(source="someorg/somedata"))
+
+
+def test_carved_dev_eval_items_are_the_carved_training_rows(tmp_path):
+    rows = [{"q": f"q{i}", "a": f" a{i}"} for i in range(50)]
+    jsonl(tmp_path / "d.jsonl", rows)
+    r = recipe(source=str(tmp_path / "d.jsonl"), prompt_field="q", completion_field="a", valid_fraction=0.1)
+    task, data = run(r)
+    items = task.load_eval(tmp_path, "dev")
+    assert len(items) == len(data.valid) == 5
+    assert [it.prompt for it in items] == [rows[i]["q"] for i in sorted(data.valid.column("row"))]

@@ -137,6 +137,7 @@ def quiet_progress() -> None:
 def prepare(recipe: Recipe, task: Task, tokenizer, *, use_cache: bool = True) -> Prepared:
     """Training and validation sequences for `recipe`, with counts for the log."""
     options = recipe.data
+    use_cache = use_cache and options.cache
     quiet_progress()
     train_split = options.train_split if options.source else "train"
     valid_split = (options.valid_split or recipe.eval.split) if options.source else recipe.eval.split

@@ -52,14 +52,23 @@ def source_format(options: DataConfig, data_dir: Path | None) -> tuple[SourceSpe
     return spec, fmt
 
 
-def normalised_split(spec: SourceSpec, fmt: Format, split: str, *, keep_in_memory: bool = False, cache_file: str | None = None):
-    """The split's rows in the format's normalised columns (+ `row`), as a datasets.Dataset."""
+def normalised_split(spec: SourceSpec, fmt: Format, split: str, *, keep_in_memory: bool = False,
+                     cache_file: str | None = None, carve: float = 0.0):
+    """The split's rows in the format's normalised columns (+ `row`), as a datasets.Dataset.
+
+    `carve` > 0: only the rows `carved_rows` picks for validation (read before normalising: a carved dev
+    split of a huge train split costs only its own rows)."""
     raw = load_split(spec, split)
     check_columns(raw, fmt)
-    return raw.dataset.map(
-        partial(normalise, fmt, where=raw.where), batched=True, with_indices=True, batch_size=1000,
-        remove_columns=raw.dataset.column_names, keep_in_memory=keep_in_memory, cache_file_name=cache_file,
-        new_fingerprint=f"lorafit-normalise-{spec.fingerprint()}-{split}", desc=f"read {split}",
+    dataset, where = raw.dataset, raw.where
+    if carve > 0:
+        picked = carved_rows(len(dataset), carve)
+        dataset = dataset.select(picked)
+        where = lambda i: raw.where(int(picked[i]))  # noqa: E731 - error messages name the source row
+    return dataset.map(
+        partial(normalise, fmt, where=where), batched=True, with_indices=True, batch_size=1000,
+        remove_columns=dataset.column_names, keep_in_memory=keep_in_memory, cache_file_name=cache_file,
+        new_fingerprint=f"lorafit-normalise-{spec.fingerprint()}-{split}-{carve}", desc=f"read {split}",
     )
 
 
@@ -68,10 +77,7 @@ def eval_rows(options: DataConfig, data_dir: Path | None, split: str):
     spec, fmt = source_format(options, data_dir)
     wanted = options.valid_split if split == "dev" and options.valid_split else split
     if wanted not in spec.splits and split == "dev" and options.valid_fraction > 0:
-        rows = normalised_split(spec, fmt, options.train_split, keep_in_memory=True)
-        raw_count = max(rows["row"]) + 1 if len(rows) else 0
-        keep = set(carved_rows(raw_count, options.valid_fraction).tolist())
-        return fmt, rows.filter(lambda r: r["row"] in keep, keep_in_memory=True)
+        return fmt, normalised_split(spec, fmt, options.train_split, keep_in_memory=True, carve=options.valid_fraction)
     return fmt, normalised_split(spec, fmt, wanted, keep_in_memory=True)
 
 
