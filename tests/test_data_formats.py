@@ -145,3 +145,16 @@ def test_carved_dev_eval_items_are_the_carved_training_rows(tmp_path):
     items = task.load_eval(tmp_path, "dev")
     assert len(items) == len(data.valid) == 5
     assert [it.prompt for it in items] == [rows[i]["q"] for i in sorted(data.valid.column("row"))]
+
+
+def test_recipe_combinations_that_cannot_work_are_named():
+    with pytest.raises(DataError, match=r"data\.source is read by task: text; task e2e reads its own files"):
+        get_task("e2e", recipe("e2e", source="x.jsonl").data)
+    with pytest.raises(DataError, match=r"set data\.source or data\.train_file"):
+        get_task("text", recipe(source="x.jsonl", train_file="y.jsonl", completion_field="a", prompt_field="q").data)
+    with pytest.raises(DataError, match=r"data\.valid_split .* or data\.valid_fraction .* not both"):
+        get_task("text", recipe(source="x.jsonl", valid_split="dev", valid_fraction=0.1).data)
+    with pytest.raises(DataError, match=r"classification needs data\.text_field, data\.label_field and data\.num_labels"):
+        get_task("text", recipe(source="x.jsonl", format="classification", text_field="t").data)
+    with pytest.raises(DataError, match=r"completion needs data\.completion_field"):
+        get_task("text", recipe(source="x.jsonl", format="completion").data)

@@ -177,7 +177,7 @@ def tokenised(key_parts: dict, build_rows: Callable[[], object], fmt: Format, to
     encoded = rows.map(
         encode_batch, batched=True, batch_size=1000, remove_columns=rows.column_names, num_proc=procs,
         fn_kwargs={"fmt": fmt, "tokenizer": tokenizer, "max_length": max_length},
-        cache_file_name=str(work / "data.arrow"), new_fingerprint=key, desc=desc,
+        cache_file_name=str(work / "data.arrow"), load_from_cache_file=False, new_fingerprint=key, desc=desc,
     )
     files = sorted({Path(f["filename"]).name for f in encoded.cache_files})
     if not use_cache:

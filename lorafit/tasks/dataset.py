@@ -118,6 +118,8 @@ def source_task(options: DataConfig) -> Task:
     """The Task for `data.source` (kind and scoring from data.format; splits checked when read)."""
     from lorafit.tasks.text import score_classification, score_generation
 
+    if options.valid_fraction > 0 and options.valid_split:
+        raise DataError("set data.valid_split (a split of the source) or data.valid_fraction (carved from train), not both")
     fmt = format_of(options)
     relative = not Path(options.source).expanduser().is_absolute()
     if fmt.kind == "generation":
