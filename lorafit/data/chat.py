@@ -19,6 +19,8 @@ max_length; a conversation with no assistant token left is dropped (counted).
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from lorafit.data.batches import IGNORE_INDEX
 from lorafit.errors import DataError
 from lorafit.tasks.types import EvalItem
@@ -66,7 +68,8 @@ def assistant_spans(tokenizer, messages: list[dict], render=render) -> tuple[str
             before = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
         except Exception as e:  # noqa: BLE001 - jinja raises what the template author wrote
             raise DataError(f"the chat template cannot render the conversation before message {i + 1}: {e}") from None
-        through = render(tokenizer, messages[: i + 1]).rstrip()
+        # the last turn ends where the conversation does: no second rendering (a third of the cost at scale)
+        through = full.rstrip() if i == len(messages) - 1 else render(tokenizer, messages[: i + 1]).rstrip()
         if not (full.startswith(before) and full.startswith(through) and len(through) > len(before)):
             raise DataError(
                 "the tokenizer's chat template renders a conversation differently as it grows (message "
@@ -77,14 +80,14 @@ def assistant_spans(tokenizer, messages: list[dict], render=render) -> tuple[str
 
 
 def mask_from_offsets(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
-    """Labels: the id where the token starts inside an assistant span, else IGNORE_INDEX."""
-    labels = []
-    k = 0
-    for token, (start, end) in zip(ids, offsets, strict=True):
-        while k < len(spans) and start >= spans[k][1]:
-            k += 1
-        inside = k < len(spans) and spans[k][0] <= start < spans[k][1] and end > start
-        labels.append(token if inside else IGNORE_INDEX)
+    """Labels: the id where the token starts inside an assistant span, else IGNORE_INDEX.
+
+    Token starts increase along the text, so each span is one slice, found by bisection."""
+    starts = [start for start, _ in offsets]
+    labels = [IGNORE_INDEX] * len(ids)
+    for first, last in spans:
+        a, b = bisect_left(starts, first), bisect_left(starts, last)
+        labels[a:b] = ids[a:b]
     return labels
 
 
