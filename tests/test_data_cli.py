@@ -61,3 +61,18 @@ def test_bad_data_is_one_line_exit_2(cli, tmp_path, model_dir, rows, data, messa
         lines = done.output.strip().splitlines()
         assert lines[-1].startswith("error: ") and message in lines[-1], done.output
         assert "Traceback" not in done.output
+
+
+def test_train_on_a_source_with_a_carved_split_then_eval(cli, tmp_path, model_dir):
+    jsonl(tmp_path / "qa.jsonl", [{"q": f"Q{i}:", "a": f" A{i}"} for i in range(40)])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"# test\nmodel: {model_dir}\ntask: text\ndata:\n  source: {tmp_path / 'qa.jsonl'}\n"
+                      "  prompt_field: q\n  completion_field: a\n  valid_fraction: 0.1\n"
+                      "train: {max_steps: 2, batch_size: 4}\neval: {at_end: true, limit: 3, max_new_tokens: 4}\n"
+                      "log: {plot: false}\n", encoding="utf-8")
+    done = cli("train", recipe, "-o", tmp_path / "run", "--json", "--no-cache")
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["train_examples"], summary["valid_examples"], summary["steps"]) == (36, 4, 2)
+    assert "not kept (--no-cache)" in summary["data_cache"] and not (tmp_path / "cache" / "data").exists()
+    assert summary["metrics"]["exact_match"] is not None
