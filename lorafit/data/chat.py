@@ -152,3 +152,13 @@ def eval_prompts(items, tokenizer) -> list[str]:
         text = render(tokenizer, messages, add_generation_prompt=True)
         prompts.append(text[len(bos):] if adds_bos and text.startswith(bos) else text)
     return prompts
+
+
+def plain_decoding(items, settings):
+    """Decoding settings for `items`: chat items are already in the template, so eval.chat_template must not
+    wrap them again."""
+    from dataclasses import replace
+
+    if settings.chat_template and any(getattr(item, "meta", {}).get("messages") is not None for item in items):
+        return replace(settings, chat_template=False)
+    return settings

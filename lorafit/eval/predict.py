@@ -46,9 +46,9 @@ def predict(
 ) -> list:
     """Predictions of `model` for the task's eval items."""
     if task.kind == "generation":
-        from lorafit.data.chat import eval_prompts
+        from lorafit.data.chat import eval_prompts, plain_decoding
 
-        return generate(model, tokenizer, eval_prompts(items, tokenizer), settings, on_batch=on_batch)
+        return generate(model, tokenizer, eval_prompts(items, tokenizer), plain_decoding(items, settings), on_batch=on_batch)
     return classify(model, tokenizer, items, max_length, settings.batch_size, on_batch=on_batch)
 
 

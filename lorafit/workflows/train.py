@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from lorafit import __version__
 from lorafit.console import Reporter, format_train_record, format_train_status, print_metrics
-from lorafit.data.chat import eval_prompts
+from lorafit.data.chat import eval_prompts, plain_decoding
 from lorafit.eval.generate import decoding_settings, generate
 from lorafit.eval.predict import eval_items, evaluate
 from lorafit.fast.precision import resolve_precision
@@ -183,9 +183,10 @@ def show_examples(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter
         return []
     items = eval_items(task, task_data_dir(task, recipe.data_dir), recipe.eval.split, recipe.data, count)
     prompts = eval_prompts(items, loaded.tokenizer)  # chat items rendered with the model's template
+    settings = plain_decoding(items, recipe.eval)
     with lora_disabled(loaded.model):
-        base = generate(loaded.model, loaded.tokenizer, prompts, recipe.eval)
-    adapted = generate(loaded.model, loaded.tokenizer, prompts, recipe.eval)
+        base = generate(loaded.model, loaded.tokenizer, prompts, settings)
+    adapted = generate(loaded.model, loaded.tokenizer, prompts, settings)
     examples = []
     reporter.info("\nheld-out inputs, base model vs. with the trained adapter:")
     for item, b, a in zip(items, base, adapted, strict=True):
