@@ -108,6 +108,7 @@ def train(
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Train with N processes on this machine (torch.distributed; docs/distributed.md).")] = 1,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Tokenise the data afresh; read and write no data cache.")] = False,
 ) -> None:
     """Train a LoRA adapter as RECIPE says; writes a run directory (recipe, adapter, metrics, plot).
 
@@ -147,8 +148,39 @@ def train(
     reporter = Reporter(quiet or rank != 0, json_out and rank == 0)
     if note:
         reporter.info(note)
-    summary = run_training(loaded_recipe, run, overwrite=overwrite, resume=resume, reporter=reporter)
+    summary = run_training(loaded_recipe, run, overwrite=overwrite, resume=resume, reporter=reporter,
+                           use_cache=not no_cache and loaded_recipe.data.cache)
     reporter.summary(summary)
+
+
+@app.command()
+@cli_command
+def data(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a recipe key.")] = [],  # noqa: B006
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the token-length histogram PNG here (default: data-NAME-lengths.png).")] = None,
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="No PNG.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Tokenise afresh; read and write no data cache.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what the model will train on: examples per split, token lengths, truncation, the loss mask.
+
+    Tokenises as `lorafit train` does (and fills the same cache, so training starts at once);
+    loads the tokenizer only, not the model. The first training example is printed with the
+    tokens outside the loss dimmed.
+
+    \b
+    Examples:
+      lorafit data recipes/e2e-chat-smollm2.yaml
+      lorafit data my.yaml --set data.max_length=256 --plot lengths.png
+    """
+    from lorafit.recipe import load_recipe
+    from lorafit.workflows.data import show_data
+
+    parsed = load_recipe(recipe, set_)
+    png = None if no_plot else (plot or Path(f"data-{parsed.name}-lengths.png"))
+    reporter = Reporter(False, json_out)
+    reporter.summary(show_data(parsed, reporter, use_cache=not no_cache and parsed.data.cache, plot=png))
 
 
 @app.command()

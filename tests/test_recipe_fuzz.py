@@ -95,7 +95,7 @@ def value_strategy(tp: typing.Any) -> st.SearchStrategy:
 
 
 def field_strategy(f: dataclasses.Field) -> st.SearchStrategy:
-    if f.name == "dropout":
+    if f.name in ("dropout", "valid_fraction"):  # [0, 1)
         return st.floats(0.0, 0.99)
     if f.name == "targets_regex":
         return st.sampled_from([None, r".*\.(q|v)_proj", "layers\\.0\\..*"])

@@ -238,13 +238,19 @@ def batches_per_epoch(num_examples: int, batch_size: int, world: int = 1) -> int
     return full + (1 if tail >= world else 0)
 
 
+def row_lengths(encoded: Sequence[Encoded]) -> Sequence[int]:
+    """Each example's token count: a lazy sequence's `lengths` column (data/lazy.py: no row is read), else len()."""
+    lengths = getattr(encoded, "lengths", None)
+    return lengths if lengths is not None else [len(e) for e in encoded]
+
+
 def iterate_batches(
     encoded: Sequence[Encoded], batch_size: int, pad_id: int, *, seed: int, epoch: int, mode: str, skip: int = 0,
     window: int = BUCKET_WINDOW_BATCHES, pad_to_multiple: int = 1, shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Collated batches of one epoch, starting after `skip` batches (for resuming); `shard` (rank,
     ranks): this rank's part of every global batch (`sharded_batch_order`)."""
-    lengths = [len(e) for e in encoded]
+    lengths = row_lengths(encoded)
     for indices in sharded_batch_order(lengths, batch_size, seed, epoch, mode, window, shard)[skip:]:
         items = [encoded[i] for i in indices]
         yield collate_packed(items) if mode == "pack" else collate(items, pad_id, pad_to_multiple)
@@ -255,7 +261,8 @@ def length_sorted_batches(
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """(indices, batch) pairs over all examples sorted by length, for evaluation: little padding,
     and the indices put results back in the original order."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    lengths = row_lengths(encoded)
+    order = sorted(range(len(encoded)), key=lambda i: lengths[i])
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         yield rows, collate([encoded[i] for i in rows], pad_id)

@@ -52,7 +52,10 @@ def predict(
     which batches this rank predicts, `gather` collects every rank's list, and each item takes the
     prediction of the rank that made it."""
     if task.kind == "generation":
-        mine = generate(model, tokenizer, [item.prompt for item in items], settings, on_batch=on_batch, shard=shard)
+        from lorafit.data.chat import eval_prompts, plain_decoding
+
+        mine = generate(model, tokenizer, eval_prompts(items, tokenizer), plain_decoding(items, settings),
+                        on_batch=on_batch, shard=shard)
     else:
         mine = classify(model, tokenizer, items, max_length, settings.batch_size, on_batch=on_batch, shard=shard)
     if shard[1] == 1:

@@ -50,7 +50,7 @@ class LoraConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """`data:` files and fields for `task: text`; the length and subsampling keys apply to every task."""
+    """`data:` what `task: text` reads (data.source or *_file) and how (format, fields); lengths, subsets, cache: every task."""
 
     train_file: str | None = _opt(None, "training file (jsonl or csv) for task: text")
     valid_file: str | None = _opt(None, "validation file for task: text")
@@ -64,6 +64,36 @@ class DataConfig:
     max_length: int = _opt(512, "tokens per example; longer prompts are cut from the left, the completion kept", gt=0)
     max_train_examples: int | None = _opt(None, "train on a seeded random subset of this many examples", gt=0)
     max_valid_examples: int | None = _opt(200, "examples used for the validation loss; null: all", ge=0)
+    source: str | None = _opt(
+        None, "task text: a file or directory datasets reads (jsonl, json, csv, tsv, parquet, arrow, a save_to_disk "
+        "dir), a glob of shards (data/*.parquet), or a Hub dataset id (online only); relative to data_dir",
+        nonempty=True,
+    )
+    source_config: str | None = _opt(None, "Hub dataset configuration name (data.source is a Hub id)")
+    source_revision: str | None = _opt(None, "Hub dataset revision: branch, tag or commit (data.source is a Hub id)")
+    train_split: str = _opt("train", "split of data.source to train on", nonempty=True)
+    valid_split: str | None = _opt(
+        None, "split of data.source for validation (as eval.split); null: the source's dev/validation split if any"
+    )
+    valid_fraction: float = _opt(
+        0.0, "carve this fraction of the training rows out as the validation split (seeded); 0: off", ge=0, lt=1
+    )
+    format: Literal["auto", "completion", "classification", "chat", "alpaca"] = _opt(
+        "auto", "row format: completion (prompt + completion), classification, chat (a list of messages), alpaca "
+        "(instruction/input/output); auto: completion if completion_field, classification if label_field, else chat",
+    )
+    prompt_field: str | None = _opt(None, "field holding the prompt text (completion format; or use prompt_template)")
+    messages_field: str = _opt(
+        "messages", "field holding the conversation, a list of {role, content} (chat format; or give prompt_field / "
+        "prompt_template + completion_field for one user turn and one assistant reply)", nonempty=True)
+    system_prompt: str | None = _opt(
+        None, "chat format: a system message put first in each conversation that has none (null: the template's default)"
+    )
+    instruction_field: str = _opt("instruction", "field holding the instruction (alpaca format)", nonempty=True)
+    input_field: str = _opt("input", "field holding the optional input (alpaca format)", nonempty=True)
+    output_field: str = _opt("output", "field holding the response to learn (alpaca format)", nonempty=True)
+    cache: bool = _opt(True, "keep the tokenised data on disk (<cache>/data) and reuse it while nothing it depends on changes")
+    num_proc: int | None = _opt(None, "processes that tokenise; null: one per 2 CPU cores above 2, at most 8", gt=0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,6 +32,9 @@ __all__ = [
 
 def get_task(name: str, options: DataConfig | None = None) -> Task:
     """The task called `name`; `text` needs `options` (the recipe's `data:` section), others ignore them."""
+    if options is not None and options.source and name != "text":
+        raise DataError(f"data.source is read by task: text; task {name} reads its own files (remove data.source, "
+                        "or set task: text)")
     if name == "text":
         if options is None:
             raise DataError(

@@ -342,7 +342,14 @@ def text_task(options: DataConfig) -> Task:
     """The text task for these `data:` settings (its kind and label count depend on them).
 
     Its loaders use these options; they accept the same options again (or None) as their third argument.
+    With `data.source` the rows are read by `datasets` instead (tasks/dataset.py: any format, any size).
     """
+    if options.source:
+        if options.train_file or options.valid_file or options.test_file:
+            raise DataError(f"task {NAME}: set data.source or data.train_file/valid_file/test_file, not both")
+        from lorafit.tasks.dataset import source_task
+
+        return source_task(options)
     validate(options)
     files = {s: getattr(options, key) for s, key in SPLIT_FILES.items() if getattr(options, key)}
     relative = any(not Path(f).expanduser().is_absolute() for f in files.values())

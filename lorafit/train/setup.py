@@ -5,6 +5,7 @@ models/loader.py, the one loader)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from lorafit import __version__
@@ -14,7 +15,6 @@ from lorafit.data.batches import (
     encode_classification,
     encode_generation,
     resolve_batching,
-    subsample,
 )
 from lorafit.errors import DataError
 from lorafit.lora import InjectionReport, safetensors_os_errors, save_adapter
@@ -22,7 +22,7 @@ from lorafit.models import model_identity
 from lorafit.models.loader import Loaded
 from lorafit.recipe import Recipe, recipe_hash
 from lorafit.runs.atomic import atomic_directory
-from lorafit.tasks import get_task, task_data_dir
+from lorafit.tasks import get_task
 from lorafit.tasks.types import Task
 from lorafit.train.loss import causal_lm_loss, classification_loss
 
@@ -39,26 +39,16 @@ def encode(task: Task, examples: list, tokenizer, max_length: int) -> tuple[list
     return encode_classification(examples, tokenizer, max_length)
 
 
-def prepare_data(recipe: Recipe, task: Task, tokenizer) -> tuple[list[Encoded], list[Encoded], dict]:
-    """Encoded training and validation examples, and counts for the log."""
+def prepare_data(recipe: Recipe, task: Task, tokenizer, *, use_cache: bool = True) -> tuple[Sequence[Encoded], Sequence[Encoded], dict]:
+    """Encoded training and validation examples (lazy, Arrow-backed: data/pipeline.py), and counts for the log.
+
+    Tokens are cached on disk (data/cache.py) unless `use_cache` is False (`lorafit train --no-cache`)."""
+    from lorafit.data.pipeline import cache_line, prepare
+
     if resolve_batching(recipe.train.batching, task.kind) == "pack" and task.kind != "generation":
         raise DataError(f"train.batching: 'pack' joins causal-LM examples; task {task.name} is {task.kind}, use 'bucket' or 'pad'")
-    data_dir = task_data_dir(task, recipe.data_dir)
-    train_split, valid_split = "train", recipe.eval.split
-    train_examples = subsample(task.load_train(data_dir, train_split, recipe.data), recipe.data.max_train_examples, recipe.seed)
-    valid_examples = task.load_train(data_dir, valid_split, recipe.data) if valid_split in task.splits else []
-    valid_examples = subsample(valid_examples, recipe.data.max_valid_examples, recipe.seed)
-    train, train_stats = encode(task, train_examples, tokenizer, recipe.data.max_length)
-    valid, valid_stats = encode(task, valid_examples, tokenizer, recipe.data.max_length)
-    counts = {
-        "train_examples": train_stats.examples,
-        "train_truncated": train_stats.truncated,
-        "train_skipped": train_stats.skipped,
-        "valid_examples": valid_stats.examples,
-        "valid_truncated": valid_stats.truncated,
-        "valid_skipped": valid_stats.skipped,
-    }
-    return train, valid, counts
+    prepared = prepare(recipe, task, tokenizer, use_cache=use_cache)
+    return prepared.train, prepared.valid, {**prepared.counts, "data_cache": cache_line(prepared)}
 
 
 def loss_function(task: Task):

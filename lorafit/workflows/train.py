@@ -15,10 +15,12 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 
 from lorafit import __version__
 from lorafit.console import Reporter, format_train_record, format_train_status, print_metrics
 from lorafit.errors import RecipeError, RunDirError
+from lorafit.data.chat import eval_prompts, plain_decoding
 from lorafit.eval.generate import decoding_settings, generate
 from lorafit.eval.predict import eval_items, evaluate
 from lorafit.fast.precision import resolve_precision
@@ -38,7 +40,8 @@ from lorafit.train.loop import FitResult, fit, total_optimizer_steps
 from lorafit.train.setup import load_task, loss_function, parameter_summary, prepare_data, save_trained
 
 
-def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, reporter: Reporter) -> dict:
+def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, reporter: Reporter,
+                 use_cache: bool = True) -> dict:
     """Train as the recipe says and write the run directory; returns the summary dict.
 
     `recipe` and `run` come from `runs.rundir.locate_run` (the saved recipe when resuming)."""
@@ -53,7 +56,11 @@ def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, 
         loaded = load_for_training(recipe, task.num_labels)
         loaded.model = dist.prepare(loaded.model)  # ddp: trainable weights from rank 0; fsdp: sharded
         report_model(recipe, task, loaded, reporter)
-        train_data, valid_data, data_counts = prepare_data(recipe, task, loaded.tokenizer)
+        if not dist.main:
+            dist.barrier()  # rank 0 tokenises first and fills the on-disk cache; the others then read it
+        train_data, valid_data, data_counts = prepare_data(recipe, task, loaded.tokenizer, use_cache=use_cache)
+        if dist.main and dist.world > 1:
+            dist.barrier()
         report_data(data_counts, recipe, task, reporter)
         # Rank 0 creates (or reopens) the run directory and reads the checkpoint; the others wait for it.
         snapshot = dist.broadcast_object(
@@ -108,6 +115,8 @@ def report_data(counts: dict, recipe: Recipe, task: Task, reporter: Reporter) ->
         f"({counts['train_truncated']} truncated, {counts['train_skipped']} skipped as too long); "
         f"batching {resolve_batching(recipe.train.batching, task.kind)}"
     )
+    if counts.get("data_cache"):
+        reporter.info(counts["data_cache"])
 
 
 def check_distributed(recipe: Recipe, task: Task, dist: Dist) -> None:
@@ -148,7 +157,7 @@ def open_run(run: RunDir, recipe: Recipe, *, overwrite: bool, resume: bool, repo
     return snapshot
 
 
-def train_with_progress(recipe: Recipe, task: Task, loaded: Loaded, run: RunDir, train_data: list, valid_data: list,
+def train_with_progress(recipe: Recipe, task: Task, loaded: Loaded, run: RunDir, train_data: Sequence, valid_data: Sequence,
                         snapshot: dict | None, tensorboard: TensorBoardLog | None, reporter: Reporter,
                         dist: Dist = Dist()) -> FitResult:
     """`fit` with the run's outputs attached: progress bar, metrics.jsonl, TensorBoard, checkpoints
@@ -234,10 +243,11 @@ def show_examples(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter
     if count <= 0 or task.kind != "generation" or loaded.spec is None:
         return []
     items = eval_items(task, task_data_dir(task, recipe.data_dir), recipe.eval.split, recipe.data, count)
-    prompts = [item.prompt for item in items]
+    prompts = eval_prompts(items, loaded.tokenizer)  # chat items rendered with the model's template
+    settings = plain_decoding(items, recipe.eval)
     with lora_disabled(loaded.model):
-        base = generate(loaded.model, loaded.tokenizer, prompts, recipe.eval)
-    adapted = generate(loaded.model, loaded.tokenizer, prompts, recipe.eval)
+        base = generate(loaded.model, loaded.tokenizer, prompts, settings)
+    adapted = generate(loaded.model, loaded.tokenizer, prompts, settings)
     examples = []
     reporter.info("\nheld-out inputs, base model vs. with the trained adapter:")
     for item, b, a in zip(items, base, adapted, strict=True):

@@ -1,0 +1,193 @@
+"""Tokenise once, keep it on disk: normalised rows -> an Arrow file of token ids, loss masks and lengths.
+
+    tokenised(key_parts, build_rows, fmt, tokenizer, max_length, ...) -> (datasets.Dataset, CacheInfo)
+
+The key is a hash of everything the tokens depend on: the data's fingerprint (file paths, sizes and
+mtimes, or the parsed rows' content), the tokenizer (its vocabulary and merges, special tokens, chat
+template), max_length, the format and its field names, and `ENCODER_VERSION` (bumped when the encoders
+change). Any change is a different key, so a stale cache is never read. A hit memory-maps the Arrow
+file(s): no data file is opened, nothing is tokenised. A miss tokenises with `datasets.map` (batched,
+in `num_proc` processes when there are cores to spare), writes into a temporary directory and renames it
+into place, so an interrupted run leaves no half-written entry.
+
+Location: `<lorafit cache>/data/<key>/` ($LORAFIT_CACHE, else $XDG_CACHE_HOME/lorafit, else ~/.cache/lorafit).
+With `use_cache=False` (`lorafit train --no-cache`) nothing is read from or written to it: the files go to
+a temporary directory removed at exit.
+
+Columns: input_ids, labels (generation, chat) or target (+ token_type_ids) (classification), length,
+truncated (bool), dropped (0 kept, 1 too long / no assistant token left), row (the source row).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorafit.data.batches import IGNORE_INDEX
+from lorafit.data.formats import Format
+
+ENCODER_VERSION = 1
+DONE = "lorafit_cache.json"
+
+
+@dataclass
+class CacheInfo:
+    path: Path
+    hit: bool
+    key: str
+
+
+def cache_root() -> Path:
+    from lorafit.models.aliases import cache_dir
+
+    return cache_dir() / "data"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what decides the token ids: the tokenizer's full definition, special tokens and chat template."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                   tokenizer("a b", add_special_tokens=True)["input_ids"])).encode())
+    h.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    return h.hexdigest()[:20]
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps({**parts, "encoder": ENCODER_VERSION}, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def default_num_proc(rows: int) -> int | None:
+    """One tokenising process per 2 cores above 2 (the rest train / serve the OS), at most 8; small data: one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    procs = min(8, (cores - 2) // 2) if cores > 2 else 1
+    return procs if procs > 1 and rows >= 50_000 else None
+
+
+# ------------------------------------------------------------------------------------------- encoders
+
+
+def encode_generation_batch(tokenizer, prompts: list[str], completions: list[str], max_length: int) -> dict:
+    """`batches.encode_generation`, column-wise, keeping dropped rows (flagged) so indices stay aligned.
+
+    Same rule: `prompt_ids + completion_ids + [eos]`, the prompt masked; too long: the prompt is cut from
+    the left; a completion leaving fewer than 8 prompt tokens is dropped."""
+    eos = tokenizer.eos_token_id
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "truncated": [], "dropped": []}
+    for prompt, completion in zip(prompt_ids, completion_ids, strict=True):
+        completion = list(completion) + [eos]
+        room = max_length - len(completion)
+        dropped = room < min(8, len(prompt))
+        truncated = not dropped and len(prompt) > room
+        if truncated:
+            prompt = prompt[len(prompt) - room :]
+        ids = [] if dropped else list(prompt) + completion
+        out["input_ids"].append(ids)
+        out["labels"].append([] if dropped else [IGNORE_INDEX] * len(prompt) + completion)
+        out["length"].append(len(ids))
+        out["truncated"].append(truncated)
+        out["dropped"].append(1 if dropped else 0)
+    return out
+
+
+def encode_classification_batch(tokenizer, texts: list[str], pairs: list | None, labels: list, max_length: int) -> dict:
+    """`batches.encode_classification`, column-wise: the tokenizer's own truncation for the long rows only."""
+    batch = tokenizer(texts, pairs, truncation=False, verbose=False)
+    long_rows = [i for i, ids in enumerate(batch["input_ids"]) if len(ids) > max_length]
+    if long_rows:
+        cut = tokenizer([texts[i] for i in long_rows], [pairs[i] for i in long_rows] if pairs else None,
+                        truncation=True, max_length=max_length)
+        for j, i in enumerate(long_rows):
+            for key in batch:
+                batch[key][i] = cut[key][j]
+    out = {"input_ids": list(batch["input_ids"]), "target": list(labels),
+           "length": [len(ids) for ids in batch["input_ids"]],
+           "truncated": [i in set(long_rows) for i in range(len(texts))], "dropped": [0] * len(texts)}
+    if batch.get("token_type_ids") is not None:
+        out["token_type_ids"] = list(batch["token_type_ids"])
+    return out
+
+
+def encode_batch(batch: dict, *, fmt: Format, tokenizer, max_length: int) -> dict:
+    """One `datasets.map` batch of normalised rows -> token columns (+ the source `row`)."""
+    if fmt.encoder == "generation":
+        out = encode_generation_batch(tokenizer, batch["prompt"], batch["completion"], max_length)
+    elif fmt.encoder == "classification":
+        pairs = batch["text_pair"] if any(p is not None for p in batch["text_pair"]) else None
+        pairs = [p or "" for p in pairs] if pairs else None
+        out = encode_classification_batch(tokenizer, batch["text"], pairs, batch["label"], max_length)
+    else:
+        from lorafit.data.chat import encode_chat_batch
+
+        out = encode_chat_batch(tokenizer, batch["messages"], max_length)
+    out["row"] = batch["row"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the cache
+
+_TEMP_DIRS: list[str] = []
+
+
+def _scratch() -> Path:
+    path = tempfile.mkdtemp(prefix="lorafit-data-")
+    if not _TEMP_DIRS:
+        atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in _TEMP_DIRS])
+    _TEMP_DIRS.append(path)
+    return Path(path)
+
+
+def _open(directory: Path, files: list[str]):
+    import datasets
+
+    parts = [datasets.Dataset.from_file(str(directory / f)) for f in files]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def tokenised(key_parts: dict, build_rows: Callable[[], object], fmt: Format, tokenizer, max_length: int, *,
+              use_cache: bool = True, num_proc: int | None = None, desc: str = "tokenise"):
+    """(Arrow dataset of token columns, CacheInfo); `build_rows()` (normalised rows) runs only on a miss."""
+    key = cache_key({**key_parts, "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length,
+                     "format": fmt.settings()})
+    final = cache_root() / key
+    if use_cache and (final / DONE).is_file():
+        files = json.loads((final / DONE).read_text())["files"]
+        try:
+            return _open(final, files), CacheInfo(final, True, key)
+        except (OSError, ValueError):  # a damaged entry: rebuild it
+            shutil.rmtree(final, ignore_errors=True)
+    rows = build_rows()
+    work = _scratch() if not use_cache else final.parent / f".tmp-{key}-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    procs = num_proc if num_proc is not None else default_num_proc(len(rows))
+    procs = procs if procs and procs > 1 and len(rows) >= 2 * procs else None
+    encoded = rows.map(
+        encode_batch, batched=True, batch_size=1000, remove_columns=rows.column_names, num_proc=procs,
+        fn_kwargs={"fmt": fmt, "tokenizer": tokenizer, "max_length": max_length},
+        cache_file_name=str(work / "data.arrow"), load_from_cache_file=False, new_fingerprint=key, desc=desc,
+    )
+    files = sorted({Path(f["filename"]).name for f in encoded.cache_files})
+    if not use_cache:
+        return encoded, CacheInfo(work, False, key)
+    (work / DONE).write_text(json.dumps({"files": files, "parts": key_parts, "rows": len(encoded)}, default=str))
+    del encoded
+    if final.exists():  # another process finished first: keep theirs
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        os.replace(work, final)
+    files = json.loads((final / DONE).read_text())["files"]
+    return _open(final, files), CacheInfo(final, False, key)
+
