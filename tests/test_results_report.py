@@ -22,7 +22,8 @@ def test_experiment_ids_are_unique_and_every_trained_row_names_a_shipped_recipe(
     for e in rows:
         assert (e.recipe in shipped) != bool(e.zero_shot), e.id
     # Every table the issue asks for has rows, and the rank sweep covers the paper's ranks on both tasks.
-    assert {e.table for e in rows} == {"e2e", "glue", "rank", "targets", "wikisql"}
+    assert {e.table for e in rows} == {"e2e", "glue", "rank", "targets", "wikisql", "converged-glue",
+                                       "converged-wikisql", "converged-e2e"}
     assert sorted(e.extra["rank"] for e in rows if e.id.startswith("rank-e2e-")) == [1, 2, 8, 64]  # r=4: e2e-lora-qv-r4
     assert sorted(e.extra["rank"] for e in rows if e.id.startswith("rank-sst2-")) == [1, 2, 4, 64]  # r=8: glue-sst2-lora
 
@@ -82,3 +83,23 @@ def test_train_time_leaves_validation_passes_out():
                {"step": 5, "valid_loss": 0.9, "elapsed_s": 34.0},  # 4 s validating
                {"step": 10, "loss": 0.8, "elapsed_s": 50.0}]
     assert results.train_time(records) == 50.0 - 10.0 - 4.0
+
+
+def test_converged_rows_sweep_three_lrs_then_rerun_the_best_with_two_more_seeds(tmp_path):
+    import results_converged as rc
+
+    rows = rc.converged_rows(results.Experiment, tmp_path)
+    sweep = [e for e in rows if e.id.startswith("cg-mrpc-lora-lr")]
+    assert [e.extra["lr"] for e in sweep] == list(rc.LRS["lora"]) and not any("best" in e.id for e in rows)
+    for lr, f1 in zip(rc.LRS["lora"], (0.80, 0.86, 0.83), strict=True):  # the middle lr is best
+        write_result(tmp_path, rc.sweep_id("mrpc", "lora", lr), {"f1": f1})
+    rows = rc.converged_rows(results.Experiment, tmp_path)
+    best = [e for e in rows if e.id.startswith("cg-mrpc-lora-best")]
+    assert [e.extra["seed"] for e in best] == [1, 2] and {e.extra["lr"] for e in best} == {"1e-3"}
+    assert all("train.lr=1e-3" in e.overrides for e in best)
+    for seed, f1 in ((1, 0.84), (2, 0.88)):
+        write_result(tmp_path, rc.seed_id("mrpc", "lora", seed), {"f1": f1})
+    summary = rc.seed_summary(tmp_path, "mrpc", "lora")
+    assert summary["median"] == 0.86 and (summary["min"], summary["max"]) == (0.84, 0.88) and summary["seeds"] == 3
+    # Long rows checkpoint, so `run --hours` can stop and continue them.
+    assert all(any(o.startswith("train.save_every=") for o in e.overrides) for e in rows if e.table.startswith("converged"))
