@@ -1,7 +1,8 @@
 """Multi-process training on one CPU machine: 1 process x T threads vs P processes x T/P threads.
 
     .venv/bin/python bench/bench_distributed.py                      # 2 cores: 1 x 2 threads vs 2 x 1 thread
-    .venv/bin/python bench/bench_distributed.py --steps 30 --cores 16 --nproc 2 4
+    .venv/bin/python bench/bench_distributed.py --sides 1x16 2x8 4x4 --steps 30
+    .venv/bin/python bench/bench_distributed.py --sides 1x1          # one more row: 1 process, 1 thread
 
 Each side is a real `lorafit train` of the shipped e2e-smollm2 recipe (SmolLM2-135M, LoRA r=4 on q/v,
 packed rows) on the same global batch: 1 process with batch B, or P processes with batch B/P each
@@ -30,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_side(steps: int, batch: int, nproc: int, threads: int, workdir: Path, precision: str) -> dict:
+def run_side(steps: int, batch: int, nproc: int, threads: int, workdir: Path, precision: str) -> dict:  # noqa: PLR0913
     """One `lorafit train` of e2e-smollm2 with `nproc` processes of `threads` threads each."""
     run = workdir / f"run-{nproc}x{threads}"
     args = [sys.executable, "-m", "lorafit", "train", str(REPO / "lorafit/recipes/e2e-smollm2.yaml"), "-o", str(run),
@@ -78,14 +79,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the timing")
     parser.add_argument("--batch", type=int, default=8, help="global batch (examples per optimizer step)")
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--nproc", type=int, nargs="+", default=[2])
+    parser.add_argument("--sides", nargs="+", default=["1x2", "2x1"], help="PROCESSESxTHREADS each; the first is the baseline")
     parser.add_argument("--precision", default="fp32")
     opts = parser.parse_args()
     sides = []
     with tempfile.TemporaryDirectory() as tmp:
-        for nproc in [1, *opts.nproc]:
-            side = run_side(opts.steps, opts.batch, nproc, opts.cores // nproc, Path(tmp), opts.precision)
+        for spec in opts.sides:
+            nproc, threads = map(int, spec.split("x"))
+            side = run_side(opts.steps, opts.batch, nproc, threads, Path(tmp), opts.precision)
             if "error" not in side:
                 side["tokens_per_s"] = round(throughput(side, opts.warmup), 1)
                 side["final_loss"] = side["records"][-1]["loss"]
@@ -111,7 +112,7 @@ def main() -> None:
         print(f"| {method} | {r['trainable_params']:,} | {r['bytes']:,} ({r['bytes'] / 2**20:.1f} MiB) |")
     out = REPO / "bench/out"
     out.mkdir(exist_ok=True)
-    (out / "bench_distributed.json").write_text(json.dumps({"sides": sides, "all_reduced": reduced,
+    (out / f"bench_distributed-{'-'.join(opts.sides)}.json").write_text(json.dumps({"sides": sides, "all_reduced": reduced,
                                                             "options": vars(opts)}, indent=2) + "\n")
 
 
