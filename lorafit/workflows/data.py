@@ -103,12 +103,13 @@ def show_data(recipe: Recipe, reporter: Reporter, *, use_cache: bool = True, plo
         reporter.info(f"\nhistogram: {png}")
     first = prepared.train[0]
     if not reporter.quiet:
-        trained = sum(1 for t in (first.labels or ()) if t != IGNORE_INDEX)
-        reporter.info(f"\nfirst training example ({len(first)} tokens, {trained} trained; dim: not in the loss):")
-        if first.labels is None:
+        if first.labels is None:  # classification: the whole text is input, the label is what is learned
+            reporter.info(f"\nfirst training example ({len(first)} tokens):")
             reporter.console.print(tokenizer.decode(first.input_ids), markup=False)
             reporter.info(f"label: {first.target}")
         else:
+            trained = sum(1 for t in first.labels if t != IGNORE_INDEX)
+            reporter.info(f"\nfirst training example ({len(first)} tokens, {trained} trained; dim: not in the loss):")
             reporter.console.print(masked_text(tokenizer, first))
             learned = tokenizer.decode([t for t in first.labels if t != IGNORE_INDEX])
             reporter.info(f"\ntrained on: {learned!r}")
