@@ -48,14 +48,13 @@ def run(runs: Path, task: str, rank: int, seed: int) -> Path | None:
 
 def lorafit_eval(target: Path, task: str, limit: int | None, options: list[str], out: Path, log: list[str]) -> dict | None:
     """`lorafit eval` in a subprocess (as a user would run it); cached in `out`."""
-    if not out.is_file():
-        command = [*os.environ.get("LORAFIT", "lorafit").split(), "eval", str(target), "--task", task, *options,
-                   "-o", str(out), "--quiet"]
-        if limit:
-            command += ["--limit", str(limit)]
+    args = ["eval", str(target), "--task", task, *options, "-o", str(out), "--quiet"] + (["--limit", str(limit)] if limit else [])
+    if out.is_file():
+        log.append(f"lorafit {' '.join(args)}  (result cached in {out})")
+    else:
         start = time.time()
-        done = subprocess.run(command, capture_output=True, text=True)
-        log.append(f"{' '.join(command)}  ({time.time() - start:.0f} s, exit {done.returncode})")
+        done = subprocess.run([*os.environ.get("LORAFIT", "lorafit").split(), *args], capture_output=True, text=True)
+        log.append(f"lorafit {' '.join(args)}  ({time.time() - start:.0f} s, exit {done.returncode})")
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)
             return None
@@ -135,7 +134,7 @@ def task_section(runs: Path, work: Path, img: Path, prefix: str, limit: int | No
     # 3: amplification.
     out += ["### How does ΔW compare to W? (paper Table 7)", "",
             "Mean over layers of each target. ||UᵀWV||_F with U, V the top-r singular vectors of ΔW, of W, or random.", "",
-            "| adapter | target | ||ΔW||_F | ||W||_F | ΔW dirs | W top dirs | random | ΔW dirs / random | amplification ||ΔW||/||UᵀWV|| |",
+            "| adapter | target | ‖ΔW‖_F | ‖W‖_F | ΔW dirs | W top dirs | random | ΔW dirs / random | amplification ‖ΔW‖/‖UᵀWV‖ |",
             "|---|---|---|---|---|---|---|---|---|"]
     for label, rep in (("r=8", small), ("r=64", big)):
         for target in rep["by_target"]:
