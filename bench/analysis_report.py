@@ -48,14 +48,13 @@ def run(runs: Path, task: str, rank: int, seed: int) -> Path | None:
 
 def lorafit_eval(target: Path, task: str, limit: int | None, options: list[str], out: Path, log: list[str]) -> dict | None:
     """`lorafit eval` in a subprocess (as a user would run it); cached in `out`."""
-    if not out.is_file():
-        command = [*os.environ.get("LORAFIT", "lorafit").split(), "eval", str(target), "--task", task, *options,
-                   "-o", str(out), "--quiet"]
-        if limit:
-            command += ["--limit", str(limit)]
+    args = ["eval", str(target), "--task", task, *options, "-o", str(out), "--quiet"] + (["--limit", str(limit)] if limit else [])
+    if out.is_file():
+        log.append(f"lorafit {' '.join(args)}  (result cached in {out})")
+    else:
         start = time.time()
-        done = subprocess.run(command, capture_output=True, text=True)
-        log.append(f"{' '.join(command)}  ({time.time() - start:.0f} s, exit {done.returncode})")
+        done = subprocess.run([*os.environ.get("LORAFIT", "lorafit").split(), *args], capture_output=True, text=True)
+        log.append(f"lorafit {' '.join(args)}  ({time.time() - start:.0f} s, exit {done.returncode})")
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)
             return None
@@ -78,7 +77,8 @@ def phi_table(compares: list[dict], d: int) -> list[str]:
         for target, g in compare["by_target"].items():
             lines.append(f"| {target} | {compare['side']} | {g['layers']} | "
                          + " | ".join(fmt(g["diagonal_mean"][i - 1]) for i in points) + " |")
-    lines.append("| random subspaces, E = max(i,j)/d_in | | | " + " | ".join(fmt(i / d, 4) for i in points) + " |")
+    lines.append("| random subspaces, E = max(i,j)/d (d = d_in; for an output side d_out) | | | "
+                 + " | ".join(fmt(i / d, 4) for i in points) + " |")
     return lines
 
 
@@ -89,21 +89,21 @@ def both_sides(first: Path, second: Path, input_side: dict) -> list[dict]:
 
 def task_section(runs: Path, work: Path, img: Path, prefix: str, limit: int | None, log: list[str]) -> list[str]:
     task, base, d, metric, options = TASKS[prefix]
-    out = [f"## {prefix.upper()} ({task}, base {base}, q/v are {d} x {d})", ""]
+    out = [f"## {prefix.upper()} ({task}, base {base}, hidden size d = {d})", ""]
     r8, r64 = run(runs, prefix, 8, 1), run(runs, prefix, 64, 1)
     missing = [f"{prefix}-r{r}-s{s}" for r in (8, 64) for s in (1, 2) if run(runs, prefix, r, s) is None]
     if missing:
         out += [f"Missing runs (not trained in the budget): {', '.join(missing)}.", ""]
     if r8 is None or r64 is None:
         return out + ["Nothing to analyse without both r=8 and r=64 at seed 1.", ""]
-    out += ["| run | steps | examples seen | train seconds (1 thread) | final valid loss |", "|---|---|---|---|---|"]
+    out += ["| run | steps | tokens seen | train seconds (1 thread) | final valid loss |", "|---|---|---|---|---|"]
     for rank in (8, 64):
         for seed in (1, 2):
             path = run(runs, prefix, rank, seed)
             summary = path / "summary.json" if path else None
             if summary is not None and summary.is_file():
                 s = json.loads(summary.read_text())
-                out.append(f"| {path.name} | {s['steps']} | {s['examples_seen']} | {s['seconds']:.0f} | "
+                out.append(f"| {path.name} | {s['steps']} | {s['tokens_seen']} | {s['seconds']:.0f} | "
                            f"{fmt(s['final_valid_loss'], 4)} (from {fmt(s['initial_valid_loss'], 4)}) |")
     out.append("")
 
@@ -134,7 +134,7 @@ def task_section(runs: Path, work: Path, img: Path, prefix: str, limit: int | No
     # 3: amplification.
     out += ["### How does ΔW compare to W? (paper Table 7)", "",
             "Mean over layers of each target. ||UᵀWV||_F with U, V the top-r singular vectors of ΔW, of W, or random.", "",
-            "| adapter | target | ||ΔW||_F | ||W||_F | ΔW dirs | W top dirs | random | ΔW dirs / random | amplification ||ΔW||/||UᵀWV|| |",
+            "| adapter | target | ‖ΔW‖_F | ‖W‖_F | ΔW dirs | W top dirs | random | ΔW dirs / random | amplification ‖ΔW‖/‖UᵀWV‖ |",
             "|---|---|---|---|---|---|---|---|---|"]
     for label, rep in (("r=8", small), ("r=64", big)):
         for target in rep["by_target"]:

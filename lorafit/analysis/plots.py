@@ -72,9 +72,10 @@ def plot_phi(report: dict, path: Path) -> Path:
     layers = report["layers"]
     panels = [("mean over layers", compare["mean"]["matrix"])]
     for target in dict.fromkeys(r["target"] for r in layers):
-        mine = [r["name"] for r in layers if r["target"] == target and r["name"] in compare["layers"]]
+        mine = [r for r in layers if r["target"] == target and r["name"] in compare["layers"]]
+        mine.sort(key=lambda r: (r["depth"] is None, r["depth"] or 0))  # file order is not depth order
         if mine:
-            name = mine[len(mine) // 2]
+            name = mine[len(mine) // 2]["name"]
             panels.append((name, compare["layers"][name]["matrix"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), dpi=110, squeeze=False,
                              layout="constrained")
