@@ -119,6 +119,9 @@ def test_models_completion_chat_and_stream(env):
     assert out.choices[0].text == host.tokenizer.decode(expected, skip_special_tokens=True)
     assert out.usage.prompt_tokens == 13 and out.usage.completion_tokens == 12 and out.model == "r4"
     assert out.choices[0].finish_reason == "length"
+    ids = host.tokenizer("name[Ginger]")["input_ids"]
+    by_ids = client.completions.create(model="r4", prompt=ids, max_tokens=12, temperature=0)
+    assert by_ids.choices[0].text == out.choices[0].text
 
     messages = [{"role": "user", "content": "hi there"}]
     chat = client.chat.completions.create(model="r8", messages=messages, max_tokens=10, temperature=0,
