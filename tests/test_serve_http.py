@@ -15,14 +15,17 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-import openai
 import pytest
 import torch
-from multi_fixtures import make_adapter
-from tiny import tiny_llama, tiny_tokenizer
 
-from lorafit.adapters.host import AdapterHost
+httpx = pytest.importorskip("httpx", reason="pip install -e '.[serve]'")
+openai = pytest.importorskip("openai", reason="pip install -e '.[serve]'")
+pytest.importorskip("fastapi", reason="pip install -e '.[serve]'")
+
+from multi_fixtures import make_adapter  # noqa: E402
+from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+
+from lorafit.adapters.host import AdapterHost  # noqa: E402
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
