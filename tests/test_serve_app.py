@@ -1,21 +1,24 @@
 """`lorafit serve` pieces in-process (no server start): the safe defaults and a full queue over HTTP with
 the openai client on a TestClient, stop strings in the text stream, A/B route picks, option checks."""
 
-import openai
 import pytest
 import torch
-from multi_fixtures import host_for
-from starlette.testclient import TestClient
-from tiny import tiny_llama, tiny_tokenizer
-from typer.testing import CliRunner
 
-from lorafit.cli import app as cli
-from lorafit.serve.app import ServerConfig, build_app
-from lorafit.serve.engine import Engine, Sampling
-from lorafit.serve.protocol import APIError
-from lorafit.serve.routing import Route, RouteError, parse_route
-from lorafit.serve.security import check_api_key
-from lorafit.serve.text import TextStream
+openai = pytest.importorskip("openai", reason="pip install -e '.[serve]'")
+pytest.importorskip("fastapi", reason="pip install -e '.[serve]'")
+
+from multi_fixtures import host_for  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from lorafit.cli import app as cli  # noqa: E402
+from lorafit.serve.app import ServerConfig, build_app  # noqa: E402
+from lorafit.serve.engine import Engine, Sampling  # noqa: E402
+from lorafit.serve.protocol import APIError  # noqa: E402
+from lorafit.serve.routing import Route, RouteError, parse_route  # noqa: E402
+from lorafit.serve.security import check_api_key  # noqa: E402
+from lorafit.serve.text import TextStream  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -51,8 +51,8 @@ def test_unload_waits_for_pinned_requests_and_reload_takes_another_slot(adapters
     a_events, b_events = [], []
     prompt = ids(host, "name[Ginger]")
     a = engine.submit(prompt, "r4", Sampling(20), a_events.append)
-    engine.run_once()  # a admitted, first tokens out
-    assert a.sent >= 1 and a.finish_reason is None
+    engine.run_once()  # a admitted: its first token goes out after the prefill, before the next step's
+    assert [len(tokens) for _, tokens in a_events] == [1, 1] and a.sent == 2 and a.finish_reason is None
     engine.unload_adapter("r4")
     assert not engine.has_adapter("r4")
     with pytest.raises(APIError) as e:

@@ -15,14 +15,17 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-import openai
 import pytest
 import torch
-from multi_fixtures import make_adapter
-from tiny import tiny_llama, tiny_tokenizer
 
-from lorafit.adapters.host import AdapterHost
+httpx = pytest.importorskip("httpx", reason="pip install -e '.[serve]'")
+openai = pytest.importorskip("openai", reason="pip install -e '.[serve]'")
+pytest.importorskip("fastapi", reason="pip install -e '.[serve]'")
+
+from multi_fixtures import make_adapter  # noqa: E402
+from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+
+from lorafit.adapters.host import AdapterHost  # noqa: E402
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +122,9 @@ def test_models_completion_chat_and_stream(env):
     assert out.choices[0].text == host.tokenizer.decode(expected, skip_special_tokens=True)
     assert out.usage.prompt_tokens == 13 and out.usage.completion_tokens == 12 and out.model == "r4"
     assert out.choices[0].finish_reason == "length"
+    ids = host.tokenizer("name[Ginger]")["input_ids"]
+    by_ids = client.completions.create(model="r4", prompt=ids, max_tokens=12, temperature=0)
+    assert by_ids.choices[0].text == out.choices[0].text
 
     messages = [{"role": "user", "content": "hi there"}]
     chat = client.chat.completions.create(model="r8", messages=messages, max_tokens=10, temperature=0,
