@@ -4,10 +4,10 @@ with non-zero B, saved in PEFT's format with lorafit's base identity (no network
 import json
 
 import torch
+from tiny import randomize_lora, tiny_bert, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 from lorafit.lora import LoraSpec, add_lora, save_adapter
 from lorafit.models import model_identity
-from tiny import randomize_lora, tiny_bert, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 # name -> (rank, targets): ranks 1..16, different target sets (one adapter skips whole layer kinds).
 LLAMA_ADAPTERS = {

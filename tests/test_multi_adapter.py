@@ -8,16 +8,21 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from multi_fixtures import (
+    BERT_ADAPTERS,
+    bert_adapters,
+    gpt2_adapters,
+    host_for,
+    llama_adapters,
+    make_adapter,
+)
 from safetensors.torch import load_file, save_file
+from tiny import tiny_bert, tiny_gpt2, tiny_llama, token_batch
 from torch import nn
 
 from lorafit.errors import AdapterError
 from lorafit.lora import WEIGHTS_NAME
 from lorafit.lora.multi import MultiLoRALinear, SlotModules, SlotRouting, lora_delta_multi
-from multi_fixtures import (
-    BERT_ADAPTERS, bert_adapters, gpt2_adapters, host_for, llama_adapters, make_adapter,
-)
-from tiny import tiny_bert, tiny_gpt2, tiny_llama, token_batch
 
 torch.set_num_threads(1)
 TOL = 1e-5

@@ -3,11 +3,11 @@ leaving mid-decode (continuous batching), and per-row seeded sampling."""
 
 import pytest
 import torch
+from multi_fixtures import host_for, llama_adapters
+from tiny import tiny_gpt2, tiny_llama
 
 from lorafit.adapters.decode import DecodeBatch, Request
 from lorafit.eval.generate import left_padded
-from multi_fixtures import host_for, llama_adapters
-from tiny import tiny_gpt2, tiny_llama
 
 torch.set_num_threads(1)
 

@@ -5,13 +5,12 @@ import json
 
 import pytest
 import torch
-
-from lorafit.adapters.host import AdapterHost
-from lorafit.errors import DataError
-from lorafit.errors import AdapterError
-from lorafit.workflows.generate import parse_adapter_args, run_generate
 from multi_fixtures import bert_adapters, llama_adapters
 from tiny import save_tiny_model, tiny_tokenizer
+
+from lorafit.adapters.host import AdapterHost
+from lorafit.errors import AdapterError, DataError
+from lorafit.workflows.generate import parse_adapter_args, run_generate
 
 torch.set_num_threads(1)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..lora.multi import SlotRouting
+from lorafit.lora.multi import SlotRouting
 
 
 @dataclass

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import AdapterError
-from ..lora import LoraSpec, lora_scale, read_adapter_config, read_adapter_tensors, spec_from_config
-from ..lora.layer import is_linear
-from ..models import model_identity
+from lorafit.errors import AdapterError
+from lorafit.lora import LoraSpec, lora_scale, read_adapter_config, read_adapter_tensors, spec_from_config
+from lorafit.lora.layer import is_linear
+from lorafit.models import model_identity
 
 PREFIX = "base_model.model."
 CLASSIFIER_HEADS = ("classifier", "score")  # PEFT adds these to modules_to_save for SEQ_CLS adapters

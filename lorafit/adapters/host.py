@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import AdapterError, ModelError
-from ..lora.multi import DEFAULT_KERNEL, Kernel, MultiLoRALinear, SlotModules, SlotRouting
-from ..models import ModelRef, load_base, resolve_model
-from .decode import DecodeBatch, Request
-from .files import AdapterParts, BaseShape, read_adapter
+from lorafit.adapters.decode import DecodeBatch, Request
+from lorafit.adapters.files import AdapterParts, BaseShape, read_adapter
+from lorafit.errors import AdapterError, ModelError
+from lorafit.lora.multi import DEFAULT_KERNEL, Kernel, MultiLoRALinear, SlotModules, SlotRouting
+from lorafit.models import ModelRef, load_base, resolve_model
 
 DEFAULT_MAX_RANK = 64
 

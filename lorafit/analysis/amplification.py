@@ -24,8 +24,8 @@ import math
 import torch
 from torch import nn
 
-from ..errors import AdapterError
-from .spectrum import FactorSVD, frobenius_norm
+from lorafit.analysis.spectrum import FactorSVD, frobenius_norm
+from lorafit.errors import AdapterError
 
 
 def _is_conv1d(module: nn.Module) -> bool:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import AdapterError
-from ..lora import (
+from lorafit.errors import AdapterError
+from lorafit.lora import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     lora_scale,

@@ -18,9 +18,9 @@ from collections import defaultdict
 
 import torch
 
-from .factors import AdapterFactors
-from .similarity import phi_summary
-from .spectrum import FactorSVD, spectrum_summary
+from lorafit.analysis.factors import AdapterFactors
+from lorafit.analysis.similarity import phi_summary
+from lorafit.analysis.spectrum import FactorSVD, spectrum_summary
 
 
 def layer_records(factors: AdapterFactors, svds: dict[str, FactorSVD], amplifications: dict[str, dict] | None = None) -> list[dict]:

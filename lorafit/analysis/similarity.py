@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import AdapterError
-from .factors import AdapterFactors, LayerFactors
+from lorafit.analysis.factors import AdapterFactors, LayerFactors
+from lorafit.errors import AdapterError
 
 SIDES = ("input", "output")
 

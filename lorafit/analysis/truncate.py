@@ -32,10 +32,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from ..errors import AdapterError, LorafitError
-from ..lora import CONFIG_NAME, WEIGHTS_NAME
-from .factors import A_SUFFIX, B_SUFFIX, PREFIX, AdapterFactors
-from .spectrum import FactorSVD, factor_svd
+from lorafit.analysis.factors import A_SUFFIX, B_SUFFIX, PREFIX, AdapterFactors
+from lorafit.analysis.spectrum import FactorSVD, factor_svd
+from lorafit.errors import AdapterError, LorafitError
+from lorafit.lora import CONFIG_NAME, WEIGHTS_NAME
 
 
 def truncated_factors(svd: FactorSVD, rank: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layer import is_conv1d, is_linear
+from lorafit.lora.layer import is_conv1d, is_linear
 
 Kernel = Literal["gather", "loop"]
 DEFAULT_KERNEL: Kernel = "loop"  # measured faster on CPU at 8 adapters (bench/bench_multi_adapter.py --kernels)

@@ -26,9 +26,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import LorafitError
-from .engine import Engine, Sampling
-from .protocol import (
+from lorafit.errors import LorafitError
+from lorafit.serve.engine import Engine, Sampling
+from lorafit.serve.protocol import (
     APIError,
     ChatRequest,
     CompletionRequest,
@@ -42,9 +42,9 @@ from .protocol import (
     now,
     usage,
 )
-from .routing import Route, RouteError
-from .security import adapter_dir_under, check_api_key
-from .text import TextStream
+from lorafit.serve.routing import Route, RouteError
+from lorafit.serve.security import adapter_dir_under, check_api_key
+from lorafit.serve.text import TextStream
 
 log = logging.getLogger("lorafit.serve")
 

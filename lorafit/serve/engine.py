@@ -31,8 +31,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from ..adapters.decode import DecodeBatch, Request
-from .protocol import APIError
+from lorafit.adapters.decode import DecodeBatch, Request
+from lorafit.serve.protocol import APIError
 
 log = logging.getLogger("lorafit.serve")
 

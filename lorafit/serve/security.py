@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
-from .protocol import APIError
+from lorafit.serve.protocol import APIError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

@@ -21,6 +21,7 @@ from lorafit.data.formats import Format, columns_needed, format_of, label_names_
 from lorafit.data.source import RawSplit, SourceSpec, load_split, resolve_source
 from lorafit.errors import DataError
 from lorafit.recipe.schema import DataConfig
+from lorafit.tasks.text_scores import score_classification, score_generation
 from lorafit.tasks.types import EvalItem, GenerationExample, Task
 
 NAME = "text"
@@ -116,8 +117,6 @@ def load_train(options: DataConfig, data_dir: Path | None, split: str, _options=
 
 def source_task(options: DataConfig) -> Task:
     """The Task for `data.source` (kind and scoring from data.format; splits checked when read)."""
-    from lorafit.tasks.text import score_classification, score_generation
-
     if options.valid_fraction > 0 and options.valid_split:
         raise DataError("set data.valid_split (a split of the source) or data.valid_fraction (carved from train), not both")
     fmt = format_of(options)

@@ -15,15 +15,15 @@ import json
 import os
 from pathlib import Path
 
-from ..analysis.amplification import amplification, base_weight
-from ..analysis.factors import AdapterFactors, read_factors
-from ..analysis.plots import plot_report
-from ..analysis.report import build_report, compare_section
-from ..analysis.similarity import SIDES, compare_adapters
-from ..analysis.spectrum import factor_svd
-from ..analysis.truncate import truncate_adapter
-from ..errors import EXIT_BAD_INPUT, AdapterError, LorafitError
-from ..models import load_base, resolve_model
+from lorafit.analysis.amplification import amplification, base_weight
+from lorafit.analysis.factors import AdapterFactors, read_factors
+from lorafit.analysis.plots import plot_report
+from lorafit.analysis.report import build_report, compare_section
+from lorafit.analysis.similarity import SIDES, compare_adapters
+from lorafit.analysis.spectrum import factor_svd
+from lorafit.analysis.truncate import truncate_adapter
+from lorafit.errors import EXIT_BAD_INPUT, AdapterError, LorafitError
+from lorafit.models import load_base, resolve_model
 
 REPORT_FILE = "analysis.json"
 

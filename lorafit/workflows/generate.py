@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import AdapterError, DataError
+from lorafit.errors import AdapterError, DataError
 
 FIELDS = ("prompt", "adapter", "max_new_tokens", "temperature", "top_p", "seed", "id")
 
@@ -138,8 +138,8 @@ def run_generate(
     """
     import time
 
-    from ..adapters.decode import Request
-    from ..adapters.host import AdapterHost
+    from lorafit.adapters.decode import Request
+    from lorafit.adapters.host import AdapterHost
 
     requests = read_requests(input_jsonl, adapters, max_new_tokens)  # bad input fails before any loading
     output_jsonl = Path(output_jsonl)

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import AdapterError, LorafitError, ModelError
+from lorafit.errors import AdapterError, LorafitError, ModelError
 
 
 class ServeError(LorafitError):
@@ -40,7 +40,7 @@ class ServeOptions:
 
 def check_options(opts: ServeOptions):
     """Everything that can be checked before the model loads; returns (base name, {route: Route})."""
-    from ..serve.routing import Route, RouteError, parse_route
+    from lorafit.serve.routing import Route, RouteError, parse_route
 
     base = opts.name or opts.model
     for name, directory in opts.adapters.items():
@@ -81,9 +81,9 @@ def run_serve(opts: ServeOptions, info=print) -> None:
     base, routes = check_options(opts)  # a typo fails in a blink, before torch loads
     import uvicorn
 
-    from ..adapters.host import AdapterHost
-    from ..serve.app import ServerConfig, build_app
-    from ..serve.engine import Engine
+    from lorafit.adapters.host import AdapterHost
+    from lorafit.serve.app import ServerConfig, build_app
+    from lorafit.serve.engine import Engine
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("lorafit.serve").setLevel(logging.INFO)

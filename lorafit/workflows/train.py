@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from lorafit import __version__
 from lorafit.console import Reporter, format_train_record, format_train_status, print_metrics
-from lorafit.errors import RecipeError, RunDirError
 from lorafit.data.chat import eval_prompts, plain_decoding
+from lorafit.errors import RecipeError, RunDirError
 from lorafit.eval.generate import decoding_settings, generate
 from lorafit.eval.predict import eval_items, evaluate
 from lorafit.fast.precision import resolve_precision
