@@ -50,8 +50,8 @@ def machine() -> dict:
     info = {"cpu": "unknown", "flags": []}
     try:
         text = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name"))
-        flags = set(next(l for l in text.splitlines() if l.startswith("flags")).split(":", 1)[1].split())
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+        flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
         info["flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     except (OSError, StopIteration):
         pass
@@ -165,7 +165,7 @@ def bench_generate(args, work: Path) -> list[tuple]:
         bare.generate(input_ids=ids[:4], attention_mask=mask[:4], **gen)
         t, _ = timed(lambda: bare.generate(input_ids=ids, attention_mask=mask, **gen))
     results.append(("HF generate, bare base", t, total / t))
-    del bare
+    bare = None  # free it before PEFT loads its own copy
 
     peft_base, _ = load_base(ref)
     peft = PeftModel.from_pretrained(peft_base, str(work / names[0]), adapter_name=names[0])
