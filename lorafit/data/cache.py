@@ -184,10 +184,12 @@ def tokenised(key_parts: dict, build_rows: Callable[[], object], fmt: Format, to
         return encoded, CacheInfo(work, False, key)
     (work / DONE).write_text(json.dumps({"files": files, "parts": key_parts, "rows": len(encoded)}, default=str))
     del encoded
-    if final.exists():  # another process finished first: keep theirs
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        os.replace(work, final)
+    try:
+        os.replace(work, final)  # atomic; fails when another process finished the same entry first
+    except OSError:
+        if not (final / DONE).is_file():
+            raise
+        shutil.rmtree(work, ignore_errors=True)  # keep theirs: the same key, the same tokens
     files = json.loads((final / DONE).read_text())["files"]
     return _open(final, files), CacheInfo(final, False, key)
 
