@@ -25,6 +25,7 @@ from lorafit.errors import AdapterError
 from lorafit.lora import LoraSpec, lora_scale, read_adapter_config, read_adapter_tensors, spec_from_config
 from lorafit.lora.layer import is_linear
 from lorafit.models import model_identity
+from lorafit.models.base import identity_mismatch
 
 PREFIX = "base_model.model."
 CLASSIFIER_HEADS = ("classifier", "score")  # PEFT adds these to modules_to_save for SEQ_CLS adapters
@@ -170,11 +171,6 @@ def _check_identity(parts: AdapterParts, base: BaseShape, metadata: dict) -> Non
         raise AdapterError(f"{parts.source}: lorafit_base_identity in its header is not valid JSON") from None
     heads = {f"{m}.{n}": t.shape for m, ps in parts.saved.items() for n, t in ps.items()}
     actual = base.identity(heads)
-    keys = sorted(set(expected) | set(actual), key=lambda k: (k == "fingerprint", k))
-    diffs = [k for k in keys if expected.get(k) != actual.get(k)]
-    if diffs:
-        key = diffs[0]
-        raise AdapterError(
-            f"{parts.source}: trained on another base model ({key}: adapter has {expected.get(key)!r}, "
-            f"base has {actual.get(key)!r})"
-        )
+    mismatch = identity_mismatch(expected, actual)
+    if mismatch:
+        raise AdapterError(f"{parts.source}: trained on another base model ({mismatch})")

@@ -162,3 +162,15 @@ def model_identity(model) -> dict:
         "vocab_size": getattr(config, "vocab_size", None),
         "fingerprint": fingerprint,
     }
+
+
+def identity_mismatch(expected: dict, actual: dict) -> str | None:
+    """How two `model_identity` dicts differ, as "key: adapter has X, base has Y", or None.
+
+    Sizes first (they say what differs); the fingerprint catches the rest (same sizes, other layout)."""
+    keys = sorted(set(expected) | set(actual), key=lambda k: (k == "fingerprint", k))
+    diffs = [k for k in keys if expected.get(k) != actual.get(k)]
+    if not diffs:
+        return None
+    key = diffs[0]
+    return f"{key}: adapter has {expected.get(key)!r}, base has {actual.get(key)!r}"

@@ -34,7 +34,7 @@ from lorafit.lora import (
     spec_from_config,
 )
 from lorafit.lora.inject import find_saved_modules
-from lorafit.models.base import HEAD_MODULES, load_base, model_identity
+from lorafit.models.base import HEAD_MODULES, identity_mismatch, load_base, model_identity
 from lorafit.models.resolve import ModelRef, resolve_model
 from lorafit.recipe.schema import Recipe
 from lorafit.rng import seed_everything
@@ -72,17 +72,9 @@ def check_base_identity(model: nn.Module, metadata: dict, source: str) -> None:
     recorded = metadata.get("lorafit_base_identity")
     if not recorded:
         return  # a PEFT-saved adapter: tensor shapes are checked when loading
-    expected = json.loads(recorded)
-    actual = model_identity(model)
-    # Sizes first (they say what differs); the fingerprint catches the rest (same sizes, other layout).
-    keys = sorted(set(expected) | set(actual), key=lambda k: (k == "fingerprint", k))
-    diffs = [k for k in keys if expected.get(k) != actual.get(k)]
-    if diffs:
-        key = diffs[0]
-        raise AdapterError(
-            f"{source}: adapter was trained on another base model ({key}: adapter has "
-            f"{expected.get(key)!r}, base has {actual.get(key)!r})"
-        )
+    mismatch = identity_mismatch(json.loads(recorded), model_identity(model))
+    if mismatch:
+        raise AdapterError(f"{source}: adapter was trained on another base model ({mismatch})")
 
 
 # ---------------------------------------------------------------------------------------------- training
