@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lorafit.eval.generate import left_padded
 from lorafit.lora.multi import SlotRouting
 
 
@@ -114,12 +115,7 @@ class DecodeBatch:
                 raise ValueError("a request needs at least one prompt token")
             if req.max_new_tokens < 1:
                 raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
-        width = max(len(r.prompt_ids) for r in requests)
-        ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for i, req in enumerate(requests):
-            ids[i, width - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids)
-            mask[i, width - len(req.prompt_ids) :] = 1
+        ids, mask = left_padded([r.prompt_ids for r in requests], self.pad_id)  # (n, width) each
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as model.generate makes them
         slots = torch.tensor([r.slot for r in requests], dtype=torch.long)
         cache = DynamicCache(config=self.model.config)

@@ -87,9 +87,8 @@ def generate(
     else:
         encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    outputs: list[str] = [""] * len(prompts)
     rank, world = shard
-    outputs = outputs if world == 1 else [None] * len(prompts)
+    outputs: list[str | None] = [""] * len(prompts) if world == 1 else [None] * len(prompts)
     for start in range(0, len(order), settings.batch_size):
         if (start // settings.batch_size) % world != rank:
             continue

@@ -81,6 +81,15 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block before the other ranks do (it fills an on-disk cache they then read)."""
+        if not self.main:
+            self.barrier()
+        yield
+        if self.main:
+            self.barrier()
+
     def broadcast_object(self, obj):
         """Rank 0's `obj` on every rank (pickled; a LoRA checkpoint is a few MB)."""
         if self.world == 1:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from lorafit import __version__
 from lorafit.console import Reporter, format_train_record, format_train_status, print_metrics
+from lorafit.data.batches import resolve_batching
 from lorafit.data.chat import eval_prompts, plain_decoding
 from lorafit.errors import RecipeError, RunDirError
 from lorafit.eval.generate import decoding_settings, generate
@@ -56,11 +57,8 @@ def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, 
         loaded = load_for_training(recipe, task.num_labels)
         loaded.model = dist.prepare(loaded.model)  # ddp: trainable weights from rank 0; fsdp: sharded
         report_model(recipe, task, loaded, reporter)
-        if not dist.main:
-            dist.barrier()  # rank 0 tokenises first and fills the on-disk cache; the others then read it
-        train_data, valid_data, data_counts = prepare_data(recipe, task, loaded.tokenizer, use_cache=use_cache)
-        if dist.main and dist.world > 1:
-            dist.barrier()
+        with dist.main_first():  # rank 0 tokenises into the on-disk cache; the other ranks then read it
+            train_data, valid_data, data_counts = prepare_data(recipe, task, loaded.tokenizer, use_cache=use_cache)
         report_data(data_counts, recipe, task, reporter)
         # Rank 0 creates (or reopens) the run directory and reads the checkpoint; the others wait for it.
         snapshot = dist.broadcast_object(
@@ -108,8 +106,6 @@ def report_model(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter)
 
 
 def report_data(counts: dict, recipe: Recipe, task: Task, reporter: Reporter) -> None:
-    from lorafit.data.batches import resolve_batching
-
     reporter.info(
         f"data: {counts['train_examples']} train / {counts['valid_examples']} validation examples "
         f"({counts['train_truncated']} truncated, {counts['train_skipped']} skipped as too long); "
