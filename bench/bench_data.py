@@ -122,8 +122,10 @@ def machine() -> str:
     import torch
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores usable, Python {platform.python_version()}, torch {torch.__version__}, "
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import benchlib
+
+    return (f"{benchlib.cpu_model()} ({', '.join(benchlib.cpu_flags())}), {len(os.sched_getaffinity(0))} cores usable, Python {platform.python_version()}, torch {torch.__version__}, "
             f"transformers {transformers.__version__}, datasets {datasets.__version__}")
 
 

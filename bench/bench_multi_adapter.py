@@ -34,6 +34,9 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
 
 from lorafit.adapters.decode import DecodeBatch, Request  # noqa: E402
 from lorafit.adapters.host import AdapterHost  # noqa: E402
@@ -47,14 +50,7 @@ def machine() -> dict:
     import peft
     import transformers
 
-    info = {"cpu": "unknown", "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
-        flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
-        info["flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    except (OSError, StopIteration):
-        pass
+    info = {"cpu": benchlib.cpu_model(), "flags": benchlib.cpu_flags(("avx2", "avx512f", "avx512_bf16", "amx_bf16"))}
     info |= {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
              "peft": peft.__version__, "threads": torch.get_num_threads(),
              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}

@@ -26,11 +26,7 @@ from torch import nn
 
 from lorafit.analysis.spectrum import FactorSVD, frobenius_norm
 from lorafit.errors import AdapterError
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    """transformers' GPT-2 Conv1D (weight stored (d_in, d_out)), by duck typing like lorafit.lora."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+from lorafit.lora.layer import is_conv1d
 
 
 def base_weight(model: nn.Module, name: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -43,7 +39,7 @@ def base_weight(model: nn.Module, name: str, shape: tuple[int, int]) -> torch.Te
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
         raise AdapterError(f"base model module {name} ({type(module).__name__}) has no 2-D weight")
     w = weight.detach().to(torch.float64)
-    w = w.T if _is_conv1d(module) else w
+    w = w.T if is_conv1d(module) else w  # Conv1D stores (d_in, d_out)
     if tuple(w.shape) != tuple(shape):
         raise AdapterError(
             f"base model module {name} has weight {tuple(w.shape)} (d_out, d_in), the adapter's update is "
