@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from lorafit.analysis.factors import A_SUFFIX, B_SUFFIX, PREFIX, AdapterFactors
 from lorafit.analysis.spectrum import FactorSVD, factor_svd
-from lorafit.errors import AdapterError, LorafitError
-from lorafit.lora import CONFIG_NAME, WEIGHTS_NAME
+from lorafit.errors import AdapterError
+from lorafit.lora import CONFIG_NAME, WEIGHTS_NAME, safetensors_os_errors
+from lorafit.runs.atomic import atomic_directory
 
 
 def truncated_factors(svd: FactorSVD, rank: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,17 +97,8 @@ def truncate_adapter(factors: AdapterFactors, rank: int, output: str | Path, svd
 
 
 def _write_atomic(output: Path, tensors: dict[str, torch.Tensor], header: dict[str, str], config: dict) -> None:
-    """Write both files into `<output>.tmp-<pid>` and rename it into place (no half-written adapter)."""
-    tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    """Both files written into a temporary directory that replaces `output` in one step
+    (runs/atomic.py): no half-written adapter, an existing one intact on failure."""
+    with atomic_directory(output) as tmp, safetensors_os_errors():
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=header)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        if output.is_dir():
-            output.rmdir()  # checked empty above
-        tmp.rename(output)
-    except (OSError, SafetensorError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
-        raise LorafitError(f"{output}: cannot write the truncated adapter ({reason})") from None

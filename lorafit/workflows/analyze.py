@@ -12,7 +12,6 @@ Only the adapter file is read unless `model` is given (the amplification factor 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from lorafit.analysis.amplification import amplification, base_weight
@@ -24,6 +23,7 @@ from lorafit.analysis.spectrum import factor_svd
 from lorafit.analysis.truncate import truncate_adapter
 from lorafit.errors import EXIT_BAD_INPUT, AdapterError, LorafitError
 from lorafit.models import load_base, resolve_model
+from lorafit.runs.atomic import write_text_atomic
 
 REPORT_FILE = "analysis.json"
 
@@ -63,16 +63,6 @@ def layer_amplifications(factors: AdapterFactors, svds: dict, model: str) -> dic
             raise AdapterError(f"{factors.directory}: {e} (base {model})") from None
         result[layer.name] = amplification(svds[layer.name], w)
     return result
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise LorafitError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def run_analyze(
@@ -115,5 +105,5 @@ def run_analyze(
         except OSError as e:
             raise LorafitError(f"{output}: cannot write plots ({e.strerror or e})") from None
         report["files"] = [str(output / REPORT_FILE), *map(str, pngs)]
-        _write_json(output / REPORT_FILE, report)
+        write_text_atomic(output / REPORT_FILE, json.dumps(report, indent=1) + "\n")
     return report

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lorafit.errors import AdapterError, DataError
+from lorafit.runs.atomic import write_text_atomic
 
 FIELDS = ("prompt", "adapter", "max_new_tokens", "temperature", "top_p", "seed", "id")
 
@@ -169,11 +169,8 @@ def run_generate(
             "completion_tokens": len(row.tokens),
             "finish_reason": row.finish_reason,
         })
-    tmp = output_jsonl.with_name(output_jsonl.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for result in results:
-            f.write(json.dumps(result, ensure_ascii=False) + "\n")
-    os.replace(tmp, output_jsonl)  # the results file appears complete or not at all
+    # The results file appears complete or not at all.
+    write_text_atomic(output_jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
     new_tokens = sum(r["completion_tokens"] for r in results)
     return {
         "model": model,
