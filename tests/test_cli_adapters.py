@@ -21,7 +21,7 @@ def test_generate_mixes_adapters_and_base_rows_and_keeps_input_order(tmp_path, m
             {"prompt": "x y", "adapter": "r16", "max_new_tokens": 3}]
     requests.write_text("".join(json.dumps(r) + "\n" for r in rows))
     done = invoke("generate", "--model", model_dir, "-a", f"r4={adapters['r4'][0]}", "-a", f"r16={adapters['r16'][0]}",
-                  "-i", requests, "-o", tmp_path / "out.jsonl", "--max-new-tokens", 5, "--json")
+                  "-i", requests, "-o", tmp_path / "out.jsonl", "--max-new-tokens", 5, "--json", "--precision", "fp32")
     assert done.exit_code == 0, done.output
     results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["adapter"] for r in results] == ["r4", None, "r16"]

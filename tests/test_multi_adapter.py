@@ -79,7 +79,7 @@ def reference(base, x, slots, pairs):
 
 
 @pytest.mark.parametrize("conv1d", [False, True])
-@pytest.mark.parametrize("kernel", ["loop", "gather"])
+@pytest.mark.parametrize("kernel", ["loop", "gather", "auto"])
 @pytest.mark.parametrize("slots", [[0, 1, 2, 3, 5, 0, 2], [1, 1, 2, 2, 3, 0, 0], [4, 0, 0]])
 def test_layer_matches_per_row_reference(conv1d, kernel, slots):
     base, layer, routing, pairs = make_layer(conv1d, kernel)
@@ -169,7 +169,7 @@ def _peft_model(build, adapters, names):
     return model.eval()
 
 
-@pytest.mark.parametrize("kernel", ["loop", "gather"])
+@pytest.mark.parametrize("kernel", ["loop", "gather", "auto"])
 def test_mixed_llama_batch_equals_each_adapter_alone_and_peft(llama, kernel):
     host = host_for(tiny_llama, kernel=kernel)
     for name, (directory, _) in llama.items():
@@ -344,7 +344,7 @@ def rss_mb():
 
 
 def test_load_unload_cycles_reuse_slots_and_memory(llama):
-    host = host_for(tiny_llama)
+    host = host_for(tiny_llama, kernel="loop")  # loop uses each slot's true rank: bitwise comparable as r_max grows
     host.load_adapter("keep", llama["r4"][0])
     ids, mask = padded_batch(["keep", None])
     expected = host.logits(ids, mask, ["keep", None])

@@ -82,7 +82,7 @@ def test_missing_and_empty_input(tmp_path):
 
 def test_host_loads_an_encoder_for_classification(tmp_path):
     base = save_tiny_model(tmp_path / "bert", "bert", num_labels=2)
-    host = AdapterHost.load(str(base))
+    host = AdapterHost.load(str(base), precision="fp32")
     assert not host.causal
     adapters = bert_adapters(tmp_path)
     for name, (directory, _) in adapters.items():

@@ -84,9 +84,9 @@ def env(tmp_path_factory):
     (root / "sneaky").symlink_to(outside)
     main, port, main_log = start(
         ["--model", str(model_dir), "--name", "tiny", "--api-key", KEY, "--adapter-root", str(root),
-         "--allow-adapter-loading", "--max-batch", "8", "--route", "ab=r1:50,r4:50",
+         "--allow-adapter-loading", "--max-batch", "8", "--route", "ab=r1:50,r4:50", "--precision", "fp32",
          *[a for n in ("r1", "r4", "r8") for a in ("--adapter", f"{n}={root / n}")]], tmp / "main.log")
-    host = AdapterHost.load(str(model_dir), task="generate")  # the reference, while the servers start
+    host = AdapterHost.load(str(model_dir), task="generate", precision="fp32")  # the reference, while the server starts
     for name in ADAPTERS:
         host.load_adapter(name, root / name)
     try:

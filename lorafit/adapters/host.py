@@ -24,10 +24,27 @@ from torch import nn
 from lorafit.adapters.decode import DecodeBatch, Request
 from lorafit.adapters.files import AdapterParts, BaseShape, read_adapter
 from lorafit.errors import AdapterError, ModelError
+from lorafit.fast.precision import resolve_precision
 from lorafit.lora.multi import DEFAULT_KERNEL, Kernel, MultiLoRALinear, SlotModules, SlotRouting
 from lorafit.models import ModelRef, load_base, resolve_model
 
 DEFAULT_MAX_RANK = 64
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def cast_base(model: nn.Module, precision: str | None) -> str:
+    """Put the base's weights in `precision` ("auto": bf16 where the hardware multiplies bf16 natively,
+    as for training; None: leave them as they are); returns the precision the weights are in. Only
+    parameters are cast: buffers such as rotary `inv_freq` stay fp32, so positions keep their
+    precision. Tied weights stay tied (one Parameter)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    if precision is not None and params:
+        dtype = torch.bfloat16 if resolve_precision(precision, params[0].device) == "bf16" else torch.float32
+        for p in params:
+            p.data = p.data.to(dtype)
+    return "bf16" if params and params[0].dtype == torch.bfloat16 else "fp32"
 
 
 @dataclass(frozen=True)
@@ -62,8 +79,12 @@ class AdapterHost:
     """A base model with adapters in slots; see the module docstring."""
 
     def __init__(self, model: nn.Module, tokenizer, *, causal: bool, max_rank: int = DEFAULT_MAX_RANK,
-                 capacity: int = 8, kernel: Kernel = DEFAULT_KERNEL, name: str = "base") -> None:
+                 capacity: int = 8, kernel: Kernel = DEFAULT_KERNEL, name: str = "base",
+                 precision: str | None = None) -> None:
+        """Wrap a loaded `model`, in `precision` (None: as it is; see `cast_base`). Adapters are kept
+        in fp32 whatever the base's precision (see `MultiLoRALinear`)."""
         self.model, self.tokenizer, self.causal, self.name = model.eval(), tokenizer, causal, name
+        self.precision = cast_base(model, precision)
         self.max_rank, self.kernel = max_rank, kernel
         self.routing = SlotRouting()
         self.base = BaseShape.of(model)  # before any wrapping: the modules adapters may name
@@ -76,9 +97,10 @@ class AdapterHost:
 
     @classmethod
     def load(cls, base_model: str, *, task: str | None = None, max_rank: int = DEFAULT_MAX_RANK,
-             kernel: Kernel = DEFAULT_KERNEL) -> AdapterHost:
+             kernel: Kernel = DEFAULT_KERNEL, precision: str = "auto") -> AdapterHost:
         """Load `base_model` (alias, directory or HF id) once. `task` "generate" or "classify"; by
-        default a causal LM checkpoint is for generation and anything else an encoder for classification."""
+        default a causal LM checkpoint is for generation and anything else an encoder for classification.
+        `precision`: "fp32", "bf16" or "auto" (bf16 on hardware with native bf16 matmuls, like training)."""
         ref = resolve_model(base_model)
         if task is None:
             task = "generate" if _is_causal_lm(ref) else "classify"
@@ -86,7 +108,8 @@ class AdapterHost:
             raise ModelError(f"task must be 'generate' or 'classify', got {task!r}")
         # A classifier base gets a placeholder 2-label head: every adapter brings its own.
         model, tokenizer = load_base(ref, 0 if task == "generate" else 2)
-        return cls(model, tokenizer, causal=task == "generate", max_rank=max_rank, kernel=kernel, name=ref.name)
+        return cls(model, tokenizer, causal=task == "generate", max_rank=max_rank, kernel=kernel, name=ref.name,
+                   precision=precision)
 
     # ------------------------------------------------------------------------------------------ adapters
 
@@ -139,7 +162,8 @@ class AdapterHost:
         if path not in self._layers:
             parent_name, _, child = path.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
-            layer = MultiLoRALinear(getattr(parent, child), self.routing, self._capacity, self.kernel)
+            layer = MultiLoRALinear(getattr(parent, child), self.routing, self._capacity, self.kernel,
+                                    lora_dtype=torch.float32)
             setattr(parent, child, layer)
             self._layers[path] = layer
         return self._layers[path]

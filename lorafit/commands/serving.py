@@ -12,6 +12,12 @@ from lorafit.commands.app import JsonOpt, QuietOpt, app, cli_command
 from lorafit.console import Reporter
 
 
+def _precision_choice(value: str) -> str:
+    if value not in ("fp32", "bf16", "auto"):
+        raise typer.BadParameter(f"{value!r} is not one of fp32, bf16, auto")
+    return value
+
+
 @app.command()
 @cli_command
 def generate(
@@ -22,6 +28,7 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Default for rows without max_new_tokens.")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     max_rank: Annotated[int, typer.Option("--max-rank", min=1, help="Refuse adapters of higher rank.")] = 64,
+    precision: Annotated[str, typer.Option("--precision", callback=_precision_choice, help="fp32, bf16, or auto: bf16 where the CPU/GPU multiplies bf16 natively (AVX512-BF16, AMX), else fp32.")] = "auto",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -48,10 +55,10 @@ def generate(
 
         result = run_generate(
             model, adapters, input_file, output, max_new_tokens=max_new_tokens, batch_size=batch_size,
-            max_rank=max_rank, on_start=on_start, progress=lambda n: bar["handle"].advance(n),
+            max_rank=max_rank, precision=precision, on_start=on_start, progress=lambda n: bar["handle"].advance(n),
         )
     reporter.info(f"{result['requests']} completions ({result['completion_tokens']} tokens, "
-                  f"{result['tokens_per_s']} tokens/s) -> {result['output']}")
+                  f"{result['tokens_per_s']} tokens/s, {result['precision']}) -> {result['output']}")
     reporter.summary(result)
 
 
@@ -71,6 +78,7 @@ def serve(
     route_seed: Annotated[int, typer.Option("--route-seed", help="Seed of the routes' RNG (requests without a `user`).")] = 0,
     name: Annotated[str | None, typer.Option("--name", help="The base model's name for clients (default: --model as given).")] = None,
     max_rank: Annotated[int, typer.Option("--max-rank", min=1, help="Largest adapter rank accepted.")] = 64,
+    precision: Annotated[str, typer.Option("--precision", callback=_precision_choice, help="fp32, bf16, or auto: bf16 where the CPU/GPU multiplies bf16 natively (AVX512-BF16, AMX), else fp32.")] = "auto",
 ) -> None:
     """Serve a base model and LoRA adapters over an OpenAI-compatible HTTP API (continuous batching).
 
@@ -93,5 +101,5 @@ def serve(
     from lorafit.workflows.serve import ServeOptions, run_serve
 
     run_serve(ServeOptions(model, parse_adapter_args(adapter), name, host, port, max_batch, max_queue, max_rank, api_key,
-                           adapter_root, allow_adapter_loading, list(route), route_seed),
+                           adapter_root, allow_adapter_loading, list(route), route_seed, precision),
               info=lambda line: typer.echo(line, err=True))

@@ -17,6 +17,9 @@ padded rows of A and columns of B are exact zeros and add exact zeros. Two kerne
 - "gather": gather A[idx], B[idx] per row and do two batched matmuls (bgmv-style; cost ~ r_max);
 - "loop": one pair of thin matmuls per slot present in the batch, on that slot's rows (cost ~ rank_s).
   Rows that sit together (a batch sorted by slot) are sliced as views, with no copy.
+- "auto" (the default) picks per forward: loop when the slots present average >= 4 rows each (few,
+  fat matmuls), gather when they are thinly spread (many slots, a row or two each: one call per
+  layer beats 2 x slots tiny calls).
 
 The slot index reaches the layers through a `SlotRouting` object shared by the layers of one model:
 `with routing.use(idx): model(...)` sets it for one forward and restores what was there before, so
@@ -45,8 +48,12 @@ from torch import nn
 
 from lorafit.lora.layer import is_conv1d, is_linear
 
-Kernel = Literal["gather", "loop"]
-DEFAULT_KERNEL: Kernel = "loop"  # measured faster on CPU at 8 adapters (bench/bench_multi_adapter.py --kernels)
+Kernel = Literal["gather", "loop", "auto"]
+DEFAULT_KERNEL: Kernel = "auto"
+# "auto" loops when the slots present have >= this many rows each on average, else gathers. Measured
+# on SmolLM2 decode steps over 8 adapters (2-core AVX-512 CPU, docs/adapters.md): 16 rows (2 per
+# slot) gather 124 ms vs loop 138 ms a step; 64 rows (8 per slot) loop <= gather.
+LOOP_MIN_ROWS_PER_SLOT = 4
 
 
 # ---------------------------------------------------------------------------------------------- routing
@@ -143,6 +150,8 @@ def lora_delta_multi(
 
     a (capacity, r_max, d_in), b (capacity, d_out, r_max) with the scale already in b.
     """
+    if kernel == "auto":
+        kernel = "loop" if plan.rows >= LOOP_MIN_ROWS_PER_SLOT * max(1, len(plan.groups)) else "gather"
     if kernel == "gather":
         # (rows, r_max, d_in) and (rows, d_out, r_max): each row's own adapter, padded ranks included.
         a_rows = a.index_select(0, plan.row_slots)
@@ -150,7 +159,7 @@ def lora_delta_multi(
         low = torch.bmm(x, a_rows.transpose(1, 2))  # (rows, T, r_max)
         return torch.bmm(low, b_rows.transpose(1, 2))  # (rows, T, d_out)
     if kernel != "loop":
-        raise ValueError(f"unknown kernel {kernel!r}: expected 'gather' or 'loop'")
+        raise ValueError(f"unknown kernel {kernel!r}: expected 'gather', 'loop' or 'auto'")
     out = None
     for slot, rows in plan.groups:
         rank = ranks[slot]
@@ -181,7 +190,8 @@ class MultiLoRALinear(nn.Module):
     does), so the base's parameter names, and hence its identity, are unchanged. A and B are buffers.
     """
 
-    def __init__(self, module: nn.Module, routing: SlotRouting, capacity: int = 8, kernel: Kernel = DEFAULT_KERNEL):
+    def __init__(self, module: nn.Module, routing: SlotRouting, capacity: int = 8, kernel: Kernel = DEFAULT_KERNEL,
+                 lora_dtype: torch.dtype | None = None):
         super().__init__()
         if not is_linear(module):
             raise TypeError(f"cannot wrap {type(module).__name__}: only nn.Linear and Conv1D")
@@ -193,7 +203,9 @@ class MultiLoRALinear(nn.Module):
         object.__setattr__(self, "routing", routing)  # shared, not a submodule
         object.__setattr__(self, "_original", module)
         self.ranks: list[int] = [0] * capacity  # true rank per slot; 0 = slot unused in this layer
-        factory = {"device": w.device, "dtype": w.dtype}
+        # A bf16 base keeps its adapters in fp32 (lora_dtype): the thin LoRA matmuls are faster in fp32
+        # on CPU and the delta is added in the base's dtype (docs/adapters.md, "Precision").
+        factory = {"device": w.device, "dtype": lora_dtype or w.dtype}
         self.register_buffer("lora_A", torch.zeros(capacity, 1, self.in_features, **factory), persistent=False)
         self.register_buffer("lora_B", torch.zeros(capacity, self.out_features, 1, **factory), persistent=False)
 
@@ -253,11 +265,11 @@ class MultiLoRALinear(nn.Module):
         plan = self.routing.plan(x.shape[:-1])
         if plan is None:
             return out
-        x3 = x.reshape(plan.rows, -1, x.shape[-1])  # (rows, T, d_in)
+        x3 = x.reshape(plan.rows, -1, x.shape[-1]).to(self.lora_A.dtype)  # (rows, T, d_in)
         delta = lora_delta_multi(x3, self.lora_A, self.lora_B, self.ranks, plan, self.kernel)
         if delta is None:
             return out
-        return out + delta.view(out.shape)
+        return out + delta.view(out.shape).to(out.dtype)
 
     def extra_repr(self) -> str:
         used = sum(r > 0 for r in self.ranks)

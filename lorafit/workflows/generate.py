@@ -128,13 +128,15 @@ def run_generate(
     max_new_tokens: int = 64,
     batch_size: int = 64,
     max_rank: int = 64,
+    precision: str = "auto",
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> dict:
     """Generate a completion for every request line; write results in input order; return a summary.
 
     `on_start(n)` is called with the number of requests once the model and adapters are loaded, and
-    `progress(1)` as each request finishes (a progress bar hooks in there).
+    `progress(1)` as each request finishes (a progress bar hooks in there). `precision`: fp32, bf16 or
+    auto (bf16 on hardware with native bf16 matmuls); the summary says which one ran.
     """
     import time
 
@@ -145,7 +147,7 @@ def run_generate(
     output_jsonl = Path(output_jsonl)
     if output_jsonl.parent and not output_jsonl.parent.is_dir():
         raise DataError(f"{output_jsonl}: directory {output_jsonl.parent} does not exist")
-    host = AdapterHost.load(model, task="generate", max_rank=max_rank)
+    host = AdapterHost.load(model, task="generate", max_rank=max_rank, precision=precision)
     for name, directory in adapters.items():
         host.load_adapter(name, directory)
     if on_start is not None:
@@ -179,5 +181,6 @@ def run_generate(
         "completion_tokens": new_tokens,
         "seconds": round(elapsed, 3),
         "tokens_per_s": round(new_tokens / elapsed, 1) if elapsed > 0 else None,
+        "precision": host.precision,
         "output": str(output_jsonl),
     }

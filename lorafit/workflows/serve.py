@@ -36,6 +36,7 @@ class ServeOptions:
     allow_adapter_loading: bool = False
     routes: list[str] = field(default_factory=list)
     route_seed: int = 0
+    precision: str = "auto"
 
 
 def check_options(opts: ServeOptions):
@@ -87,7 +88,7 @@ def run_serve(opts: ServeOptions, info=print) -> None:
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("lorafit.serve").setLevel(logging.INFO)
-    host = AdapterHost.load(opts.model, task="generate", max_rank=opts.max_rank)
+    host = AdapterHost.load(opts.model, task="generate", max_rank=opts.max_rank, precision=opts.precision)
     for name, directory in opts.adapters.items():
         host.load_adapter(name, directory)
     try:  # warm-up, and a model the decode loop cannot serve fails here, not on the first request
@@ -102,7 +103,8 @@ def run_serve(opts: ServeOptions, info=print) -> None:
     engine.start()
     info(f"serving {base} with adapters [{', '.join(opts.adapters) or 'none'}]"
          + (f" and routes [{', '.join(routes)}]" if routes else "")
-         + f" on http://{opts.host}:{opts.port}/v1 (max batch {opts.max_batch}, queue {opts.max_queue})")
+         + f" on http://{opts.host}:{opts.port}/v1 (max batch {opts.max_batch}, queue {opts.max_queue}, "
+           f"{host.precision})")
     server = uvicorn.Server(uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))
     try:
