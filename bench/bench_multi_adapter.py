@@ -14,7 +14,10 @@ Classification (MiniLM-L6, `minilm-l6`): 3 adapters with their own 2-label heads
 batches of 64, each row scored by its own adapter's head; lorafit mixed, PEFT adapter_names,
 PEFT one at a time, bare base (one head for all).
 
-    OMP_NUM_THREADS=2 python bench/bench_multi_adapter.py --threads 2 [--kernels] [--skip-classify]
+    OMP_NUM_THREADS=2 python bench/bench_multi_adapter.py --threads 2 [--kernels] [--skip-classify] [--precision bf16]
+
+--precision puts every system's base weights in that precision (adapters stay fp32, as lorafit and
+PEFT both keep them), so each table compares like with like.
 
 Prints machine, versions and the command, then one table per part. Nothing is asserted.
 """
@@ -39,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 from lorafit.adapters.decode import DecodeBatch, Request  # noqa: E402
-from lorafit.adapters.host import AdapterHost  # noqa: E402
+from lorafit.adapters.host import AdapterHost, cast_base  # noqa: E402
 from lorafit.models import load_base, model_identity, resolve_model  # noqa: E402
 
 WORDS = ("Ginger Bristol guinea pig playful older people cat dog Leeds shy calm rabbit parrot London young "
@@ -126,7 +129,7 @@ def bench_generate(args, work: Path) -> list[tuple]:
     total = n_new * len(texts)
     results = []
 
-    host = AdapterHost(base, tok, causal=True, kernel=args.kernel)
+    host = AdapterHost(base, tok, causal=True, kernel=args.kernel, precision=args.precision)
     load_times = []
     for name in names:
         start = time.perf_counter()
@@ -140,7 +143,7 @@ def bench_generate(args, work: Path) -> list[tuple]:
         return DecodeBatch(host.model, host.routing, [], tok.pad_token_id).run(reqs)
 
     lorafit_run(slots[:4])  # warm-up
-    kernels = ("loop", "gather") if args.kernels else (args.kernel,)
+    kernels = ("auto", "loop", "gather") if args.kernels else (args.kernel,)
     mixed_tokens = None
     for kernel in kernels:
         for layer in host._layers.values():
@@ -156,6 +159,7 @@ def bench_generate(args, work: Path) -> list[tuple]:
         host.unload_adapter(name)
 
     bare, _ = load_base(ref)
+    cast_base(bare, args.precision)
     gen = {"max_new_tokens": n_new, "min_new_tokens": n_new, "do_sample": False, "pad_token_id": tok.pad_token_id}
     with torch.no_grad():
         bare.generate(input_ids=ids[:4], attention_mask=mask[:4], **gen)
@@ -164,6 +168,7 @@ def bench_generate(args, work: Path) -> list[tuple]:
     bare = None  # free it before PEFT loads its own copy
 
     peft_base, _ = load_base(ref)
+    cast_base(peft_base, args.precision)
     peft = PeftModel.from_pretrained(peft_base, str(work / names[0]), adapter_name=names[0])
     for name in names[1:]:
         peft.load_adapter(str(work / name), adapter_name=name)
@@ -206,7 +211,7 @@ def bench_classify(args, work: Path) -> list[tuple]:
     total, bs = len(texts), 64
     results = []
 
-    host = AdapterHost(base, tok, causal=False, kernel=args.kernel)
+    host = AdapterHost(base, tok, causal=False, kernel=args.kernel, precision=args.precision)
     for name in names:
         host.load_adapter(name, work / name)
     host.classify(texts[:8], adapter=rows[:8])
@@ -214,7 +219,7 @@ def bench_classify(args, work: Path) -> list[tuple]:
     results.append(("lorafit mixed", t, total / t))
 
     bare, _ = load_base(ref, num_labels=2)
-    bare.eval()
+    cast_base(bare.eval(), args.precision)
 
     def batches():
         for s in range(0, total, bs):
@@ -224,14 +229,16 @@ def bench_classify(args, work: Path) -> list[tuple]:
         t, _ = timed(lambda: [bare(**enc) for _, enc in batches()], repeats=3)
     results.append(("bare base (one head)", t, total / t))
 
-    peft = PeftModel.from_pretrained(load_base(ref, num_labels=2)[0], str(work / names[0]), adapter_name=names[0])
+    peft_base = load_base(ref, num_labels=2)[0]
+    cast_base(peft_base, args.precision)
+    peft = PeftModel.from_pretrained(peft_base, str(work / names[0]), adapter_name=names[0])
     for name in names[1:]:
         peft.load_adapter(str(work / name), adapter_name=name)
     peft.eval()
     with torch.no_grad():
         t, theirs = timed(lambda: [peft(**enc, adapter_names=rows[s : s + bs]).logits for s, enc in batches()], repeats=3)
     results.append(("PEFT adapter_names= mixed", t, total / t))
-    diff = (torch.tensor([r["logits"] for r in ours]) - torch.cat(theirs)).abs().max().item()
+    diff = (torch.tensor([r["logits"] for r in ours]) - torch.cat(theirs).float()).abs().max().item()
     print(f"classification logits, lorafit mixed vs PEFT adapter_names: max |diff| {diff:.2e}")
 
     def one_at_a_time():
@@ -282,8 +289,9 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--kernel", default="loop", choices=["loop", "gather"])
-    parser.add_argument("--kernels", action="store_true", help="time both kernels on the mixed batch")
+    parser.add_argument("--kernel", default="auto", choices=["auto", "loop", "gather"])
+    parser.add_argument("--kernels", action="store_true", help="time every kernel on the mixed batch")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="base weights of every system")
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--skip-classify", action="store_true")
     parser.add_argument("--scaling", type=int, default=32, help="adapters loaded in the load-time test (0: skip)")
@@ -297,11 +305,11 @@ def main() -> None:
             bench_load_scaling(args, Path(tmp) / "scaling")
         if not args.skip_generate:
             results = bench_generate(args, Path(tmp) / "gen")
-            table(f"generation: SmolLM2-135M, {args.prompts} prompts over {args.adapters} adapters, greedy, "
-                  f"{args.new_tokens} new tokens each", "new tokens/s", results, results[0][0])
+            table(f"generation ({args.precision}): SmolLM2-135M, {args.prompts} prompts over {args.adapters} adapters, "
+                  f"greedy, {args.new_tokens} new tokens each", "new tokens/s", results, results[0][0])
         if not args.skip_classify:
             results = bench_classify(args, Path(tmp) / "cls")
-            table("classification: MiniLM-L6, 192 texts over 3 adapters with own heads, batch 64",
+            table(f"classification ({args.precision}): MiniLM-L6, 192 texts over 3 adapters with own heads, batch 64",
                   "texts/s", results, "lorafit mixed")
 
 

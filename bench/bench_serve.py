@@ -12,7 +12,8 @@ at eos; prompt i on adapter i % 8) with at most C in flight, for each C in --con
 and reports generated tokens/s (completion tokens from each stream's usage / wall time), time to first
 token and latency (p50 / p95). Each server runs alone on 127.0.0.1, after a warm-up request.
 
-    python bench/bench_serve.py --requests 32 --concurrency 16 --new-tokens 32 --threads 2
+    python bench/bench_serve.py --requests 32 --concurrency 16 --new-tokens 32 --threads 2 \
+        [--systems lorafit:fp32,lorafit:bf16,lorafit-batch1:fp32,peft:fp32,peft:bf16]
 
 Prints machine, CPU flags, versions and the command, then the table; writes bench/out/bench_serve.json.
 Nothing is asserted.
@@ -127,6 +128,16 @@ def summarize(system: str, concurrency: int, run: dict) -> dict:
             "latency_p95_ms": round(pct([r["latency"] for r in res], 95) * 1000)}
 
 
+def engine_time(before: dict, after: dict) -> dict:
+    """lorafit's engine counters over one level (from /health; the warm-up request included): seconds in
+    decode steps and in prefills, and the mean rows per step. Empty for a server without them."""
+    if "step_s" not in after:
+        return {}
+    delta = {k: after[k] - before.get(k, 0) for k in ("steps", "step_rows", "step_s", "prefills", "prefill_s")}
+    return {"engine_step_s": round(delta["step_s"], 1), "engine_prefill_s": round(delta["prefill_s"], 1),
+            "prefills": delta["prefills"], "rows_per_step": round(delta["step_rows"] / max(1, delta["steps"]), 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=32)
@@ -134,7 +145,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each server")
-    parser.add_argument("--systems", default="lorafit,lorafit-batch1,peft")
+    parser.add_argument("--systems", default="lorafit:fp32,lorafit-batch1:fp32,peft:fp32",
+                        help="SYSTEM:PRECISION,...; systems lorafit, lorafit-batch1, peft; precision fp32 or bf16 "
+                             "(the base weights; adapters stay fp32 in both servers)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -149,33 +162,38 @@ def main() -> None:
     models = list(dirs)
     adapter_args = [a for name, d in dirs.items() for a in ("--adapter", f"{name}={d}")]
     servers = {
-        "lorafit serve (max-batch 32)": [sys.executable, "-m", "lorafit", "serve", "--model", "smollm2-135m",
-                                         "--max-batch", "32", *adapter_args],
-        "lorafit serve --max-batch 1": [sys.executable, "-m", "lorafit", "serve", "--model", "smollm2-135m",
-                                        "--max-batch", "1", *adapter_args],
-        "PEFT baseline (one at a time)": [sys.executable, str(HERE / "peft_baseline_server.py"), "--model",
-                                          model_path, *adapter_args],
+        "lorafit": ("lorafit serve (max-batch 32)", [sys.executable, "-m", "lorafit", "serve", "--model", "smollm2-135m",
+                                                     "--max-batch", "32", *adapter_args]),
+        "lorafit-batch1": ("lorafit serve --max-batch 1", [sys.executable, "-m", "lorafit", "serve", "--model",
+                                                           "smollm2-135m", "--max-batch", "1", *adapter_args]),
+        "peft": ("PEFT baseline (one at a time)", [sys.executable, str(HERE / "peft_baseline_server.py"), "--model",
+                                                   model_path, *adapter_args]),
     }
-    chosen = dict(zip(["lorafit", "lorafit-batch1", "peft"], servers, strict=True))
     rows = []
-    for key in args.systems.split(","):
-        system = chosen[key]
+    for spec in args.systems.split(","):
+        key, _, precision = spec.partition(":")
+        precision = precision or "fp32"
+        name, cmd = servers[key]
+        system = f"{name}, {precision}"
+        cmd = [*cmd, "--dtype" if key == "peft" else "--precision", precision]
         port = free_port()
-        proc = start_server([*servers[system], "--port", str(port)], port, args.threads, work / f"{key}.log")
+        proc = start_server([*cmd, "--port", str(port)], port, args.threads, work / f"{key}-{precision}.log")
         try:
             for c in levels:
+                before = httpx.get(f"http://127.0.0.1:{port}/health").json()
                 row = summarize(system, c, asyncio.run(load(f"http://127.0.0.1:{port}", texts, models, c,
                                                             args.new_tokens)))
+                row |= engine_time(before, httpx.get(f"http://127.0.0.1:{port}/health").json())
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     columns = ["system", "concurrency", "requests", "tokens", "wall_s", "tokens_per_s", "ttft_p50_ms", "ttft_p95_ms",
-               "latency_p50_ms", "latency_p95_ms"]
+               "latency_p50_ms", "latency_p95_ms", "engine_step_s", "engine_prefill_s", "prefills", "rows_per_step"]
     print("\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:
-        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+        print("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
     OUT_DIR.mkdir(exist_ok=True)
     (OUT_DIR / "bench_serve.json").write_text(json.dumps(info | {"rows": rows, "args": vars(args)}, indent=1))
 

@@ -48,10 +48,13 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--adapter", action="append", default=[], help="NAME=DIR")
     parser.add_argument("--port", type=int, default=8101)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the base's weights (adapters: PEFT "
+                        "keeps them in fp32, autocast_adapter_dtype)")
     args = parser.parse_args()
 
     tok = AutoTokenizer.from_pretrained(args.model)
-    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
     adapters = dict(a.split("=", 1) for a in args.adapter)
     names = list(adapters)
     model = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=names[0])

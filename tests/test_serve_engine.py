@@ -114,3 +114,9 @@ def test_requests_join_a_running_batch(adapters, reference):
     for prompt, adapter, n, events, job in jobs:
         assert collect(events) == reference(prompt, adapter, n), (adapter, n)
         assert events[-1] == ("done", "length") and job.finish_reason == "length" and not job.cancelled
+    # The counters on /health: every request prefilled once; each step carried at most max_batch rows, and
+    # every token after a request's first came from a step.
+    stats = engine.stats()
+    assert stats["prefill_rows"] == len(plan) and 1 <= stats["prefills"] <= len(plan)
+    assert stats["step_rows"] == sum(n - 1 for *_, n in plan) and stats["step_rows"] <= 3 * stats["steps"]
+    assert stats["step_s"] > 0 and stats["prefill_s"] > 0 and stats["running"] == stats["waiting"] == 0

@@ -12,7 +12,8 @@ Each loop iteration (`run_once`), between two decode steps:
   3. admit waiting jobs while the batch has room (`add`: one prefill forward, first token sampled);
   4. one `step` for every running row; rows that finished (eos, max_new_tokens) leave the batch.
 New tokens go to each job's sink after the prefill (so the first token does not wait for a step)
-and after the step.
+and after the step. `stats()` (served on /health) counts the engine's time: decode steps and the rows
+they carried, prefills and the requests they admitted, each with its seconds.
 
 Adapter slots are pinned per job. `submit` resolves the public name to the adapter's slot and takes a
 reference on it; `unload` removes the public name at once (later requests get 404) but the slot is
@@ -89,6 +90,7 @@ class Engine:
         self._generation = 0
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._counters = {"steps": 0, "step_rows": 0, "step_s": 0.0, "prefills": 0, "prefill_rows": 0, "prefill_s": 0.0}
 
     # ------------------------------------------------------------------------------------ thread
 
@@ -132,8 +134,9 @@ class Engine:
 
     def stats(self) -> dict:
         with self._lock:
+            counters = {k: round(v, 3) if isinstance(v, float) else v for k, v in self._counters.items()}
             return {"running": len(self.batch.rows), "waiting": len(self._waiting), "max_batch": self.max_batch,
-                    "max_queue": self.max_queue}
+                    "max_queue": self.max_queue} | counters
 
     def submit(self, prompt_ids: list[int], adapter: str | None, sampling: Sampling, sink: Sink) -> Job:
         """Queue a request on `adapter` (None: the base), pinning its slot. 404 unknown adapter, 503 queue full."""
@@ -206,15 +209,25 @@ class Engine:
         if admit:
             requests = [Request(j.prompt_ids, j.slot, j.sampling.max_new_tokens, j.sampling.temperature,
                                 j.sampling.top_p, j.sampling.seed, key=j) for j in admit]
+            started = time.perf_counter()
             finished += self._guarded(lambda: self.batch.add(requests), admit, reset=False)
+            self._count("prefill", len(admit), started)
             self._deliver(finished)  # first tokens out now, not after the next step (time to first token)
             done_at_add, finished = bool(finished), []
         else:
             done_at_add = False
         if self.batch.rows:
+            rows, started = len(self.batch.rows), time.perf_counter()
             finished += self._guarded(self.batch.step, [row.request.key for row in self.batch.rows], reset=True)
+            self._count("step", rows, started)
         self._deliver(finished)
         return bool(commands or cancelled or admit or done_at_add or finished or self.batch.rows)
+
+    def _count(self, what: str, rows: int, started: float) -> None:
+        with self._lock:
+            self._counters[what + "s"] += 1
+            self._counters[what + "_rows"] += rows
+            self._counters[what + "_s"] += time.perf_counter() - started
 
     def _guarded(self, fn, jobs: list[Job], *, reset: bool) -> list:
         """Run a batch operation; if it raises, fail `jobs` (and with `reset` every running row, on a fresh
