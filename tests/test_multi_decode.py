@@ -26,7 +26,10 @@ def hf_greedy(model, prompt_ids, max_new_tokens, eos):
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
-def test_greedy_tokens_equal_hf_generate(build):
+@pytest.mark.parametrize("prefill_rows", [16, 3])
+def test_greedy_tokens_equal_hf_generate(build, prefill_rows, monkeypatch):
+    # 8 prompts of 1-11 tokens: one prefill forward, or three (3 + 3 + 2 rows, by length) joined.
+    monkeypatch.setattr("lorafit.adapters.decode.PREFILL_ROWS", prefill_rows)
     model, rows = build(), prompts(8)
     expected = hf_greedy(model, rows, 16, eos=2)
     got = DecodeBatch(model, None, [2], 0).run([Request(p, max_new_tokens=16) for p in rows])

@@ -16,9 +16,9 @@ Per-row state lives in tensors aligned with `batch.rows` (B rows, L cached posit
 
 Rows are left-padded, so every row's next token sits at column L and one forward of (B, 1) tokens
 serves all rows, each with its own positions and mask (as `model.generate` does; greedy tokens are
-the same). `add` prefills new rows on their own and joins them to the batch by left-padding the
-shorter cache; finished rows (eos or max_new_tokens) leave at once, and padding columns no row needs
-any more are cropped. The batch is kept sorted by slot, so each adapter's rows are one slice.
+the same). `add` prefills new rows on their own (by length, PREFILL_ROWS per forward) and joins them
+to the batch by left-padding the shorter cache; finished rows (eos or max_new_tokens) leave at once,
+and padding columns no row needs any more are cropped. The batch is kept sorted by slot, so each adapter's rows are one slice.
 
 Sampling is per row: greedy (temperature 0, the default) or temperature + top_p with the row's own
 seeded generator, so a row's tokens do not depend on which other rows share its batch.
@@ -34,6 +34,11 @@ from torch import nn
 
 from lorafit.eval.generate import left_padded
 from lorafit.lora.multi import SlotRouting
+
+# Rows per prefill forward in `add`. Prompts go in order of length, so a chunk pads only to its own
+# longest: on the bench's 64 prompts of 19-30 SmolLM2 tokens, one forward pads 1,531 real tokens to
+# 1,920 (20% waste), chunks of 16 to 1,648 (7%), while 16 prompts still make matmuls of ~400 rows.
+PREFILL_ROWS = 16
 
 
 @dataclass
@@ -71,7 +76,8 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 def sample_next(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
     """The next token per row from logits (B, vocab): argmax, or a top-p sample at the row's temperature."""
-    tokens = logits.argmax(dim=-1)  # (B,)
+    # argmax over a bf16 (B, vocab) is ~2x slower on CPU than casting to fp32 first (49k-word vocab, 64 rows).
+    tokens = logits.float().argmax(dim=-1)  # (B,)
     for i, row in enumerate(rows):
         req = row.request
         if req.temperature <= 0:
@@ -103,11 +109,11 @@ class DecodeBatch:
 
     @torch.no_grad()
     def add(self, requests: Sequence[Request]) -> list[Row]:
-        """Prefill `requests` (left-padded, one forward), sample each one's first token and join the batch.
+        """Prefill `requests`, sample each one's first token and join the batch.
 
-        Returns the rows that finished on that first token (they never join)."""
-        from transformers import DynamicCache
-
+        Prompts are prefilled in order of length, PREFILL_ROWS at a time (left-padded, one forward
+        each), so a short prompt is not padded to the longest of the whole call. Returns the rows that
+        finished on that first token (they never join), in the requests' order."""
         if not requests:
             return []
         for req in requests:
@@ -115,6 +121,19 @@ class DecodeBatch:
                 raise ValueError("a request needs at least one prompt token")
             if req.max_new_tokens < 1:
                 raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
+        by_length = sorted(requests, key=lambda r: len(r.prompt_ids))
+        done = []
+        for start in range(0, len(by_length), PREFILL_ROWS):
+            done += self._prefill(by_length[start : start + PREFILL_ROWS])
+        if self.rows:
+            self._keep(list(range(len(self.rows))))  # sort by slot, crop padding
+        position = {id(r): i for i, r in enumerate(requests)}
+        return sorted(done, key=lambda row: position[id(row.request)])
+
+    def _prefill(self, requests: Sequence[Request]) -> list[Row]:
+        """One left-padded forward over `requests`; live rows join the batch, finished ones are returned."""
+        from transformers import DynamicCache
+
         ids, mask = left_padded([r.prompt_ids for r in requests], self.pad_id)  # (n, width) each
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as model.generate makes them
         slots = torch.tensor([r.slot for r in requests], dtype=torch.long)
@@ -134,7 +153,6 @@ class DecodeBatch:
             if len(live) < len(new_rows):
                 cache.batch_select_indices(index.to(self.device))
             self._join([new_rows[i] for i in live], cache, mask[index], positions[index, -1] + 1, tokens[index], slots[index])
-            self._keep(list(range(len(self.rows))))  # sort by slot, crop padding
         return [row for row, d in zip(new_rows, done, strict=True) if d]
 
     @torch.no_grad()
