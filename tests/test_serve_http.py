@@ -9,6 +9,7 @@ this file's time.)
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -283,3 +284,21 @@ def test_a_disconnected_stream_is_dropped(env):
         time.sleep(0.05)
     assert "model=r1 adapter=r1 prompt_tokens=3" in Path(env["log"]).read_text()
     assert "finish=disconnected" in Path(env["log"]).read_text()
+
+
+def test_port_in_use_fails_in_one_line_and_sigterm_stops_cleanly(env, tmp_path):
+    model_dir = env["root"].parent / "tiny"
+    busy_port = env["url"].rsplit(":", 1)[1]
+    proc, port, log = start(["--model", str(model_dir), "--precision", "fp32"], tmp_path / "second.log")
+    try:
+        wait_ready(proc, port, log)
+        # The engine runs on the main thread and HTTP on another: SIGTERM must stop both, exit 0.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, Path(log).read_text()[-2000:]
+    finally:
+        proc.kill()
+    taken = subprocess.run([sys.executable, "-m", "lorafit", "serve", "--model", str(model_dir), "--port", busy_port],
+                           capture_output=True, text=True, timeout=120, cwd=REPO,
+                           env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"))
+    assert taken.returncode == 2, taken.stderr[-2000:]
+    assert f"could not listen on 127.0.0.1:{busy_port}" in taken.stderr and "Traceback" not in taken.stderr

@@ -100,18 +100,37 @@ def run_serve(opts: ServeOptions, info=print) -> None:
     app = build_app(engine, config)
     if _public_bind(opts.host) and not opts.api_key:
         info(f"warning: serving on {opts.host} (reachable from other machines) without --api-key")
-    engine.start()
     info(f"serving {base} with adapters [{', '.join(opts.adapters) or 'none'}]"
          + (f" and routes [{', '.join(routes)}]" if routes else "")
          + f" on http://{opts.host}:{opts.port}/v1 (max batch {opts.max_batch}, queue {opts.max_queue}, "
            f"{host.precision})")
     server = uvicorn.Server(uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))
+    serve_http_and_decode(server, engine, opts)
+
+
+def serve_http_and_decode(server, engine, opts: ServeOptions) -> None:
+    """HTTP on a second thread, the engine (all torch work) on this, the main thread: torch's kernels run
+    ~1.5x slower from a second Python thread (see `Engine.start`). Ctrl-C / SIGTERM stop both."""
+    import signal
+    import threading
+    import time
+
+    def on_signal(signum, frame):
+        server.should_exit = True
+        engine.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    http = threading.Thread(target=server.run, name="lorafit-http", daemon=True)
+    http.start()
     try:
-        server.run()
-    except SystemExit:  # uvicorn exits when it cannot bind
-        if not server.started:
-            raise ServeError(f"could not listen on {opts.host}:{opts.port} (in use, or not an address here)") from None
-        raise
+        while not server.started and http.is_alive():
+            time.sleep(0.05)
+        if not server.started:  # uvicorn exits when it cannot bind
+            raise ServeError(f"could not listen on {opts.host}:{opts.port} (in use, or not an address here)")
+        engine.run_forever()
     finally:
-        engine.stop()
+        server.should_exit = True
+        http.join(timeout=10)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
