@@ -81,6 +81,9 @@ def test_auto_kernel_loops_over_fat_groups_and_gathers_thin_ones():
         assert torch.equal(auto, loop if fat else gather)
         torch.testing.assert_close(loop, gather, atol=1e-5, rtol=0)
         seen.add(fat)
+        # The same rows with 5 tokens each (a prefill) always loop: tokens, not rows, count.
+        x5 = torch.randn(len(row_slots), 5, 6)
+        assert torch.equal(lora_delta_multi(x5, a, b, ranks, plan, "auto"), lora_delta_multi(x5, a, b, ranks, plan, "loop"))
     assert seen == {True, False}
 
 

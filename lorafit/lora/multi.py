@@ -17,9 +17,9 @@ padded rows of A and columns of B are exact zeros and add exact zeros. Two kerne
 - "gather": gather A[idx], B[idx] per row and do two batched matmuls (bgmv-style; cost ~ r_max);
 - "loop": one pair of thin matmuls per slot present in the batch, on that slot's rows (cost ~ rank_s).
   Rows that sit together (a batch sorted by slot) are sliced as views, with no copy.
-- "auto" (the default) picks per forward: loop when the slots present average >= 4 rows each (few,
-  fat matmuls), gather when they are thinly spread (many slots, a row or two each: one call per
-  layer beats 2 x slots tiny calls).
+- "auto" (the default) picks per forward: loop when the slots present average >= 4 tokens each (few,
+  fat matmuls; every prefill), gather when they are thinly spread (a decode step with many slots, a
+  row or two each: one call per layer beats 2 x slots tiny calls).
 
 The slot index reaches the layers through a `SlotRouting` object shared by the layers of one model:
 `with routing.use(idx): model(...)` sets it for one forward and restores what was there before, so
@@ -50,7 +50,7 @@ from lorafit.lora.layer import is_conv1d, is_linear
 
 Kernel = Literal["gather", "loop", "auto"]
 DEFAULT_KERNEL: Kernel = "auto"
-# "auto" loops when the slots present have >= this many rows each on average, else gathers. Measured
+# "auto" loops when the slots present have >= this many tokens each on average, else gathers. Measured
 # on SmolLM2 decode steps over 8 adapters (2-core AVX-512 CPU, docs/adapters.md): 16 rows (2 per
 # slot) gather 124 ms vs loop 138 ms a step; 64 rows (8 per slot) loop <= gather.
 LOOP_MIN_ROWS_PER_SLOT = 4
@@ -151,7 +151,10 @@ def lora_delta_multi(
     a (capacity, r_max, d_in), b (capacity, d_out, r_max) with the scale already in b.
     """
     if kernel == "auto":
-        kernel = "loop" if plan.rows >= LOOP_MIN_ROWS_PER_SLOT * max(1, len(plan.groups)) else "gather"
+        # Tokens, not rows: a prefill row of T tokens gives the loop's per-slot matmul T rows of work,
+        # while gather still copies A and B once per row.
+        tokens = x.shape[0] * x.shape[1]
+        kernel = "loop" if tokens >= LOOP_MIN_ROWS_PER_SLOT * max(1, len(plan.groups)) else "gather"
     if kernel == "gather":
         # (rows, r_max, d_in) and (rows, d_out, r_max): each row's own adapter, padded ranks included.
         a_rows = a.index_select(0, plan.row_slots)
