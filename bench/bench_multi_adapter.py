@@ -143,7 +143,7 @@ def bench_generate(args, work: Path) -> list[tuple]:
         return DecodeBatch(host.model, host.routing, [], tok.pad_token_id).run(reqs)
 
     lorafit_run(slots[:4])  # warm-up
-    kernels = ("auto", "loop", "gather") if args.kernels else (args.kernel,)
+    kernels = ("auto", "loop", "gather", "grouped") if args.kernels else (args.kernel,)
     mixed_tokens = None
     for kernel in kernels:
         for layer in host._layers.values():
@@ -289,7 +289,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--kernel", default="auto", choices=["auto", "loop", "gather"])
+    parser.add_argument("--kernel", default="auto", choices=["auto", "loop", "gather", "grouped"])
     parser.add_argument("--kernels", action="store_true", help="time every kernel on the mixed batch")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="base weights of every system")
     parser.add_argument("--skip-generate", action="store_true")

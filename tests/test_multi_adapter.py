@@ -79,7 +79,7 @@ def reference(base, x, slots, pairs):
 
 
 @pytest.mark.parametrize("conv1d", [False, True])
-@pytest.mark.parametrize("kernel", ["loop", "gather", "auto"])
+@pytest.mark.parametrize("kernel", ["loop", "gather", "grouped", "auto"])
 @pytest.mark.parametrize("slots", [[0, 1, 2, 3, 5, 0, 2], [1, 1, 2, 2, 3, 0, 0], [4, 0, 0]])
 def test_layer_matches_per_row_reference(conv1d, kernel, slots):
     base, layer, routing, pairs = make_layer(conv1d, kernel)
@@ -96,11 +96,12 @@ def test_kernels_agree_per_token_and_on_repeated_rows():
     x = torch.randn(3, 6, 8)
     per_token = torch.tensor([[0, 1, 1, 2, 3, 5], [5, 5, 0, 0, 2, 2], [3, 3, 3, 1, 0, 2]])
     outs = {}
-    for kernel in ("loop", "gather"):
+    for kernel in ("loop", "gather", "grouped"):
         layer.kernel = kernel
         with routing.use(per_token):
             outs[kernel] = layer(x)
     torch.testing.assert_close(outs["loop"], outs["gather"], atol=TOL, rtol=0)
+    torch.testing.assert_close(outs["loop"], outs["grouped"], atol=TOL, rtol=0)
     # Each token on its own slot equals that token run as a one-token row on that slot.
     for r in range(3):
         for t in range(6):
@@ -169,7 +170,7 @@ def _peft_model(build, adapters, names):
     return model.eval()
 
 
-@pytest.mark.parametrize("kernel", ["loop", "gather", "auto"])
+@pytest.mark.parametrize("kernel", ["loop", "gather", "grouped", "auto"])
 def test_mixed_llama_batch_equals_each_adapter_alone_and_peft(llama, kernel):
     host = host_for(tiny_llama, kernel=kernel)
     for name, (directory, _) in llama.items():

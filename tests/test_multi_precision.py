@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from lorafit.cli import app
 from lorafit.errors import ModelError
 from lorafit.fast.precision import resolve_precision
-from lorafit.lora.multi import LOOP_MIN_ROWS_PER_SLOT, RoutePlan, _groups, lora_delta_multi
+from lorafit.lora.multi import RoutePlan, _groups, lora_delta_multi
 
 torch.set_num_threads(1)
 ROWS = ["r1", "r4", None, "r8", "r16", "r1", None, "r16"]
@@ -64,27 +64,21 @@ def test_precision_values(llama):
     assert host_for(lambda: model, precision="fp32").precision == "fp32"
 
 
-def test_auto_kernel_loops_over_fat_groups_and_gathers_thin_ones():
+def test_auto_kernel_loops_over_one_adapter_and_groups_several():
     torch.manual_seed(0)
     a, b = torch.randn(4, 8, 6), torch.randn(4, 5, 8)
     a[0], b[0] = 0, 0  # slot 0 is the base: all zeros, as in MultiLoRALinear
     ranks = [0, 8, 8, 8]
-    seen = set()
-    for row_slots in ([1] * 12, [1, 2, 3] * 4, [1, 2, 3, 0, 2, 1], [3, 1]):
-        x = torch.randn(len(row_slots), 1, 6)
+    for row_slots, tokens in (([1] * 12, 1), ([1, 0, 1, 0], 3), ([1, 2, 3] * 4, 1), ([1, 2, 3, 0, 2, 1], 1),
+                              ([3, 1, 1, 1, 1, 1], 5)):
+        x = torch.randn(len(row_slots), tokens, 6)
         slots = torch.tensor(row_slots)
         plan = RoutePlan(len(row_slots), slots, _groups(slots))
-        loop = lora_delta_multi(x, a, b, ranks, plan, "loop")
-        gather = lora_delta_multi(x, a, b, ranks, plan, "gather")
-        auto = lora_delta_multi(x, a, b, ranks, plan, "auto")
-        fat = len(row_slots) >= LOOP_MIN_ROWS_PER_SLOT * len(plan.groups)
-        assert torch.equal(auto, loop if fat else gather)
-        torch.testing.assert_close(loop, gather, atol=1e-5, rtol=0)
-        seen.add(fat)
-        # The same rows with 5 tokens each (a prefill) always loop: tokens, not rows, count.
-        x5 = torch.randn(len(row_slots), 5, 6)
-        assert torch.equal(lora_delta_multi(x5, a, b, ranks, plan, "auto"), lora_delta_multi(x5, a, b, ranks, plan, "loop"))
-    assert seen == {True, False}
+        outs = {k: lora_delta_multi(x, a, b, ranks, plan, k) for k in ("loop", "gather", "grouped", "auto")}
+        assert torch.equal(outs["auto"], outs["loop" if len(plan.groups) == 1 else "grouped"])
+        for kernel in ("gather", "grouped"):  # every kernel: the same sum, base rows exactly zero
+            torch.testing.assert_close(outs[kernel], outs["loop"], atol=1e-5, rtol=0)
+            assert not outs[kernel][slots == 0].any()
 
 
 def test_generate_cli_reports_bf16(tmp_path):

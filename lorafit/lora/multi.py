@@ -11,15 +11,16 @@ and a forward over a batch whose row i uses slot idx[i] computes, with the math 
     h_i = W x_i + b + B[idx_i] (A[idx_i] x_i)                    x_i (T, d_in) -> h_i (T, d_out)
 
 Ranks are zero-padded up to the layer's r_max, so a rank-1 and a rank-16 adapter share one tensor;
-padded rows of A and columns of B are exact zeros and add exact zeros. Two kernels compute the sum
+padded rows of A and columns of B are exact zeros and add exact zeros. Three kernels compute the sum
 (`lora_delta_multi`), tested equal:
 
 - "gather": gather A[idx], B[idx] per row and do two batched matmuls (bgmv-style; cost ~ r_max);
 - "loop": one pair of thin matmuls per slot present in the batch, on that slot's rows (cost ~ rank_s).
   Rows that sit together (a batch sorted by slot) are sliced as views, with no copy.
-- "auto" (the default) picks per forward: loop when the slots present average >= 4 tokens each (few,
-  fat matmuls; every prefill), gather when they are thinly spread (a decode step with many slots, a
-  row or two each: one call per layer beats 2 x slots tiny calls).
+- "grouped" (SGMV-style): the rows of each slot present gathered into one padded (slots, m, d_in)
+  block, then two batched matmuls over the slots present: copies slots x r_max x d_in of A (not
+  rows x ...) and the rows of x, and makes 2 calls per layer whatever the number of slots;
+- "auto" (the default) picks per forward: loop when a single adapter is present, else grouped.
 
 The slot index reaches the layers through a `SlotRouting` object shared by the layers of one model:
 `with routing.use(idx): model(...)` sets it for one forward and restores what was there before, so
@@ -48,12 +49,13 @@ from torch import nn
 
 from lorafit.lora.layer import is_conv1d, is_linear
 
-Kernel = Literal["gather", "loop", "auto"]
+Kernel = Literal["gather", "loop", "grouped", "auto"]
 DEFAULT_KERNEL: Kernel = "auto"
-# "auto" loops when the slots present have >= this many tokens each on average, else gathers. Measured
-# on SmolLM2 decode steps over 8 adapters (2-core AVX-512 CPU, docs/adapters.md): 16 rows (2 per
-# slot) gather 124 ms vs loop 138 ms a step; 64 rows (8 per slot) loop <= gather.
-LOOP_MIN_ROWS_PER_SLOT = 4
+# "auto": "loop" when one adapter is present (its rows are one slice: two plain matmuls, no copy), else
+# "grouped". Measured on SmolLM2 decode steps over 8 adapters (bench/bench_multi_adapter.py --kernels
+# and the per-step timings in docs/adapters.md): grouped was the fastest or within noise of it at
+# 16 rows / 2 threads and 64 rows / 1 thread, fp32 and bf16, where loop pays 2 x slots calls per
+# layer and gather copies every row's A and B.
 
 
 # ---------------------------------------------------------------------------------------------- routing
@@ -70,6 +72,23 @@ class RoutePlan:
     rows: int
     row_slots: torch.Tensor
     groups: list[tuple[int, slice | torch.Tensor]]
+    _padded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def padded_groups(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For the grouped kernel: the slots present (G,) and their rows as two (G, m) indexes, m the
+        largest group: `read` pads shorter groups with row 0 (any row: the result is dropped), `write`
+        with `rows` (an extra output row the kernel drops)."""
+        if self._padded is None:
+            row_lists = [torch.arange(self.rows)[r] if isinstance(r, slice) else r for _, r in self.groups]
+            m = max(len(r) for r in row_lists)
+            write = torch.full((len(row_lists), m), self.rows, dtype=torch.long)
+            for g, r in enumerate(row_lists):
+                write[g, : len(r)] = r
+            read = write.masked_fill(write == self.rows, 0)
+            slots = torch.tensor([slot for slot, _ in self.groups], dtype=torch.long)
+            device = self.row_slots.device
+            self._padded = (slots.to(device), read.to(device), write.to(device))
+        return self._padded
 
 
 def _groups(row_slots: torch.Tensor) -> list[tuple[int, slice | torch.Tensor]]:
@@ -151,10 +170,9 @@ def lora_delta_multi(
     a (capacity, r_max, d_in), b (capacity, d_out, r_max) with the scale already in b.
     """
     if kernel == "auto":
-        # Tokens, not rows: a prefill row of T tokens gives the loop's per-slot matmul T rows of work,
-        # while gather still copies A and B once per row.
-        tokens = x.shape[0] * x.shape[1]
-        kernel = "loop" if tokens >= LOOP_MIN_ROWS_PER_SLOT * max(1, len(plan.groups)) else "gather"
+        kernel = "loop" if len(plan.groups) <= 1 else "grouped"
+    if kernel == "grouped":
+        return _grouped_delta(x, a, b, plan)
     if kernel == "gather":
         # (rows, r_max, d_in) and (rows, d_out, r_max): each row's own adapter, padded ranks included.
         a_rows = a.index_select(0, plan.row_slots)
@@ -162,7 +180,7 @@ def lora_delta_multi(
         low = torch.bmm(x, a_rows.transpose(1, 2))  # (rows, T, r_max)
         return torch.bmm(low, b_rows.transpose(1, 2))  # (rows, T, d_out)
     if kernel != "loop":
-        raise ValueError(f"unknown kernel {kernel!r}: expected 'gather', 'loop' or 'auto'")
+        raise ValueError(f"unknown kernel {kernel!r}: expected 'gather', 'loop', 'grouped' or 'auto'")
     out = None
     for slot, rows in plan.groups:
         rank = ranks[slot]
@@ -177,6 +195,24 @@ def lora_delta_multi(
         else:
             out.index_add_(0, rows, delta)
     return out
+
+
+def _grouped_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, plan: RoutePlan) -> torch.Tensor | None:
+    """The grouped kernel (SGMV-style): rows of each slot present gathered into one padded block, then
+    two batched matmuls over the G slots present. Copies G x r_max x d_in of A (not rows x ...) and
+    rows x T x d_in of x; 2 matmul calls per layer whatever G is."""
+    if not plan.groups:
+        return None
+    slots, read, write = plan.padded_groups()  # (G,), (G, m), (G, m)
+    g, m = read.shape
+    t = x.shape[1]
+    xg = x[read].reshape(g, m * t, x.shape[2])  # (G, m*T, d_in)
+    low = torch.bmm(xg, a.index_select(0, slots).transpose(1, 2))  # (G, m*T, r_max)
+    delta = torch.bmm(low, b.index_select(0, slots).transpose(1, 2))  # (G, m*T, d_out)
+    out = x.new_zeros(plan.rows + 1, t, b.shape[1])
+    # Each real row appears once in `write`; padding entries all land on the dropped row `rows`.
+    out.index_copy_(0, write.reshape(-1), delta.reshape(g * m, t, b.shape[1]))
+    return out[: plan.rows]
 
 
 def _round_up_pow2(n: int) -> int:
