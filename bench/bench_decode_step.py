@@ -1,0 +1,89 @@
+"""One decode step of a mixed-adapter batch, per multi-adapter kernel: where `kernel="auto"` comes from.
+
+SmolLM2-135M (`smollm2-135m`) with 8 adapters (ranks 4/8/16/8 on q/k/v/o, random non-zero B, the same
+as bench_multi_adapter.py), --rows prompts spread over them (row i on adapter i % 8), prefilled once,
+then decode steps timed for: every row on the base (no adapter work), and each kernel (loop, gather,
+grouped, auto) with the rows on their adapters. The kernels are timed in turn within every round
+(benchlib.interleaved_samples), so drift in machine load hits all alike; the table gives the median.
+
+    OMP_NUM_THREADS=2 python bench/bench_decode_step.py --threads 2 --rows 16 --precision fp32
+    OMP_NUM_THREADS=1 python bench/bench_decode_step.py --threads 1 --rows 64 --precision bf16
+
+Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
+from bench_multi_adapter import prompts, write_adapter  # noqa: E402
+
+from lorafit.adapters.decode import DecodeBatch, Request  # noqa: E402
+from lorafit.adapters.host import AdapterHost  # noqa: E402
+from lorafit.models import load_base, resolve_model  # noqa: E402
+
+KERNELS = ("loop", "gather", "grouped", "auto")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--adapters", type=int, default=8)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=8, help="decode steps per sample")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    info = benchlib.header(f"decode step, {args.rows} rows over {args.adapters} adapters, {args.precision}")
+
+    base, tok = load_base(resolve_model("smollm2-135m"))
+    names = [f"a{i}" for i in range(args.adapters)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(names):  # all written from the plain base, before the host wraps its layers
+            write_adapter(base, Path(tmp) / name, (4, 8, 16, 8)[i % 4], ("q_proj", "k_proj", "v_proj", "o_proj"),
+                          seed=i, task_type="CAUSAL_LM")
+        host = AdapterHost(base, tok, causal=True, precision=args.precision)
+        for name in names:
+            host.load_adapter(name, Path(tmp) / name)
+    encoded = [tok(t)["input_ids"] for t in prompts(args.rows)]
+    _, slots = host.slots_for([names[i % len(names)] for i in range(args.rows)], args.rows)
+    # Enough new tokens that no row finishes while being timed (every sample runs --steps more steps).
+    budget = 2 + args.steps * (2 * args.rounds * (len(KERNELS) + 1) + 4)
+
+    def batch_on(row_slots):
+        batch = DecodeBatch(host.model, host.routing, [], tok.pad_token_id)
+        batch.add([Request(ids, int(s), budget) for ids, s in zip(encoded, row_slots, strict=True)])
+        return batch
+
+    batches = {"base rows only": batch_on([0] * args.rows)}
+    batches |= {kernel: batch_on(slots.tolist()) for kernel in KERNELS}
+
+    def timed(name):
+        def run():
+            for layer in host._layers.values():
+                layer.kernel = "loop" if name == "base rows only" else name
+            for _ in range(args.steps):
+                batches[name].step()
+        return run
+
+    samples = benchlib.interleaved_samples({name: timed(name) for name in batches}, args.rounds)
+    print(f"\n| rows | threads | precision | {' | '.join(samples)} |\n|---|---|---|{'---:|' * len(samples)}")
+    medians = {name: statistics.median(v) / args.steps * 1e3 for name, v in samples.items()}
+    print(f"| {args.rows} | {args.threads} | {args.precision} | " + " | ".join(f"{m:.1f} ms" for m in medians.values()) + " |")
+    benchlib.write_json("bench_decode_step", info | {"args": vars(args), "ms_per_step_median": medians,
+                                                     "samples_s": samples})
+
+
+if __name__ == "__main__":
+    main()
