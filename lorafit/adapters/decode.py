@@ -18,7 +18,8 @@ Rows are left-padded, so every row's next token sits at column L and one forward
 serves all rows, each with its own positions and mask (as `model.generate` does; greedy tokens are
 the same). `add` prefills new rows on their own (by length, PREFILL_ROWS per forward) and joins them
 to the batch by left-padding the shorter cache; finished rows (eos or max_new_tokens) leave at once,
-and padding columns no row needs any more are cropped. The batch is kept sorted by slot, so each adapter's rows are one slice.
+and padding columns no row needs any more are cropped. The batch is kept sorted by slot, so each
+adapter's rows are one slice.
 
 Sampling is per row: greedy (temperature 0, the default) or temperature + top_p with the row's own
 seeded generator, so a row's tokens do not depend on which other rows share its batch.

@@ -253,7 +253,7 @@ class AdapterHost:
 
         while waiting or batch.rows:
             room = batch_size - len(batch.rows)
-            # Refill only when a good part of the batch is free: each add is one prefill forward.
+            # Refill only when a good part of the batch is free: each add prefills (16 prompts per forward).
             if waiting and (not batch.rows or room >= max(1, batch_size // 4)):
                 take = [waiting.pop() for _ in range(min(room, len(waiting)))]
                 finish(batch.add(take))

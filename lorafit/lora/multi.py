@@ -52,10 +52,10 @@ from lorafit.lora.layer import is_conv1d, is_linear
 Kernel = Literal["gather", "loop", "grouped", "auto"]
 DEFAULT_KERNEL: Kernel = "auto"
 # "auto": "loop" when one adapter is present (its rows are one slice: two plain matmuls, no copy), else
-# "grouped". Measured on SmolLM2 decode steps over 8 adapters (bench/bench_multi_adapter.py --kernels
-# and the per-step timings in docs/adapters.md): grouped was the fastest or within noise of it at
-# 16 rows / 2 threads and 64 rows / 1 thread, fp32 and bf16, where loop pays 2 x slots calls per
-# layer and gather copies every row's A and B.
+# "grouped". Measured per SmolLM2 decode step over 8 adapters (bench/bench_decode_step.py, table in
+# docs/adapters.md): at 2 rows per adapter loop costs a third more than the bare step while grouped
+# and gather cost ~1% (fp32); at 8 rows per adapter the three are within noise in fp32 and grouped
+# leads in bf16.
 
 
 # ---------------------------------------------------------------------------------------------- routing

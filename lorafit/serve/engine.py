@@ -9,7 +9,7 @@ Each loop iteration (`run_once`), between two decode steps:
   1. run queued commands (load an adapter into a slot, free a retired slot): the model is only ever
      touched by this thread, so a load never lands in the middle of a forward;
   2. drop cancelled jobs (from the waiting queue, or `DecodeBatch.remove` from the running batch);
-  3. admit waiting jobs while the batch has room (`add`: one prefill forward, first token sampled);
+  3. admit waiting jobs while the batch has room (`add`: prefills of up to 16 prompts, first tokens sampled);
   4. one `step` for every running row; rows that finished (eos, max_new_tokens) leave the batch.
 New tokens go to each job's sink after the prefill (so the first token does not wait for a step)
 and after the step. `stats()` (served on /health) counts the engine's time: decode steps and the rows
