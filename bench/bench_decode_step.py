@@ -8,6 +8,10 @@ grouped, auto) with the rows on their adapters. The kernels are timed in turn wi
 
     OMP_NUM_THREADS=2 python bench/bench_decode_step.py --threads 2 --rows 16 --precision fp32
     OMP_NUM_THREADS=1 python bench/bench_decode_step.py --threads 1 --rows 64 --precision bf16
+    OMP_NUM_THREADS=2 python bench/bench_decode_step.py --threads 2 --rows 16 --kernels auto --in-thread
+
+--in-thread then times every setting again from a second Python thread (as a server that decodes
+off its main thread does), after the main-thread rounds.
 
 Nothing is asserted.
 """
@@ -18,6 +22,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -43,7 +48,10 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=8, help="decode steps per sample")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated subset of " + ",".join(KERNELS))
+    parser.add_argument("--in-thread", action="store_true", help="then time each setting from a second Python thread")
     args = parser.parse_args()
+    kernels = [k for k in args.kernels.split(",") if k]
     torch.set_num_threads(args.threads)
     info = benchlib.header(f"decode step, {args.rows} rows over {args.adapters} adapters, {args.precision}")
 
@@ -59,7 +67,7 @@ def main() -> None:
     encoded = [tok(t)["input_ids"] for t in prompts(args.rows)]
     _, slots = host.slots_for([names[i % len(names)] for i in range(args.rows)], args.rows)
     # Enough new tokens that no row finishes while being timed (every sample runs --steps more steps).
-    budget = 2 + args.steps * (2 * args.rounds * (len(KERNELS) + 1) + 4)
+    budget = 2 + args.steps * (2 * args.rounds + 8)
 
     def batch_on(row_slots):
         batch = DecodeBatch(host.model, host.routing, [], tok.pad_token_id)
@@ -67,7 +75,7 @@ def main() -> None:
         return batch
 
     batches = {"base rows only": batch_on([0] * args.rows)}
-    batches |= {kernel: batch_on(slots.tolist()) for kernel in KERNELS}
+    batches |= {kernel: batch_on(slots.tolist()) for kernel in kernels}
 
     def timed(name):
         def run():
@@ -78,6 +86,13 @@ def main() -> None:
         return run
 
     samples = benchlib.interleaved_samples({name: timed(name) for name in batches}, args.rounds)
+    if args.in_thread:
+        # After the main-thread rounds, not interleaved with them: once a second thread has run torch
+        # work, the process has two OpenMP thread teams and the main thread's steps slow down too.
+        worker = ThreadPoolExecutor(max_workers=1)  # one long-lived second thread, like a server's
+        on_worker = worker.submit(benchlib.interleaved_samples, {name: timed(name) for name in batches}, args.rounds)
+        samples |= {f"{name}, 2nd thread": v for name, v in on_worker.result().items()}
+        worker.shutdown()
     print(f"\n| rows | threads | precision | {' | '.join(samples)} |\n|---|---|---|{'---:|' * len(samples)}")
     medians = {name: statistics.median(v) / args.steps * 1e3 for name, v in samples.items()}
     print(f"| {args.rows} | {args.threads} | {args.precision} | " + " | ".join(f"{m:.1f} ms" for m in medians.values()) + " |")

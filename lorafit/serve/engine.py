@@ -96,8 +96,9 @@ class Engine:
 
     def start(self) -> None:
         """Run the scheduler on a new thread (tests, embedding). `lorafit serve` calls `run_forever` on
-        the main thread instead: torch's OpenMP kernels run ~1.5x slower from a second Python thread
-        here (a 16-row SmolLM2 decode step, 2 threads: 143 ms on the main thread vs 223 ms)."""
+        the main thread instead: torch's OpenMP kernels run slower from a second Python thread (a
+        16-row SmolLM2 step over 8 adapters, 2 threads: 157 ms on the main thread, 222 ms from a
+        second one; bench/bench_decode_step.py --in-thread, docs/serving.md)."""
         self._thread = threading.Thread(target=self.run_forever, name="lorafit-engine", daemon=True)
         self._thread.start()
 

@@ -111,7 +111,7 @@ def run_serve(opts: ServeOptions, info=print) -> None:
 
 def serve_http_and_decode(server, engine, opts: ServeOptions) -> None:
     """HTTP on a second thread, the engine (all torch work) on this, the main thread: torch's kernels run
-    ~1.5x slower from a second Python thread (see `Engine.start`). Ctrl-C / SIGTERM stop both."""
+    slower from a second Python thread (see `Engine.start`). Ctrl-C / SIGTERM stop both."""
     import signal
     import threading
     import time
