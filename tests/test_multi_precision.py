@@ -55,7 +55,7 @@ def test_bf16_host_keeps_adapters_and_positions_in_fp32_and_stays_close_to_fp32(
     assert [len(o.tokens) for o in outs] == [4, 4]
 
 
-def test_precision_values(llama):
+def test_precision_values():
     with pytest.raises(ModelError, match="precision must be one of fp32, bf16, auto, got 'fp16'"):
         host_for(tiny_llama, precision="fp16")
     assert host_for(tiny_llama, precision="auto").precision == resolve_precision("auto", torch.device("cpu"))
