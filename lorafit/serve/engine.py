@@ -1,4 +1,5 @@
-"""The scheduler: one thread that owns the model and runs continuous batching over a `DecodeBatch`.
+"""The scheduler: one thread (the main one in `lorafit serve`) that owns the model and runs continuous
+batching over a `DecodeBatch`.
 
     engine = Engine(host, max_batch=32, max_queue=256); engine.start()
     job = engine.submit(prompt_ids, "sql", Sampling(...), sink)     # 404 / 503 raised here, at once

@@ -1,7 +1,8 @@
 """`lorafit serve`: check the options, load the base and adapters once, start the engine, serve HTTP.
 
     options -> check (routes, adapter root, names; before any model loads) -> AdapterHost.load(base)
-            -> load_adapter(name, dir) for each --adapter -> Engine (scheduler thread) -> build_app -> uvicorn
+            -> load_adapter(name, dir) for each --adapter -> Engine -> build_app
+            -> uvicorn on a second thread, Engine.run_forever on this (the main) thread
 """
 
 from __future__ import annotations
