@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each server")
     parser.add_argument("--systems", default="lorafit:fp32,lorafit-batch1:fp32,peft:fp32",
-                        help="SYSTEM:PRECISION,...; systems lorafit, lorafit-batch1, peft; precision fp32 or bf16 "
+                        help="SYSTEM:PRECISION,...; systems lorafit, lorafit-batch1, peft, peft-main; precision fp32 or bf16 "
                              "(the base weights; adapters stay fp32 in both servers)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -168,6 +168,9 @@ def main() -> None:
                                                            "smollm2-135m", "--max-batch", "1", *adapter_args]),
         "peft": ("PEFT baseline (one at a time)", [sys.executable, str(HERE / "peft_baseline_server.py"), "--model",
                                                    model_path, *adapter_args]),
+        "peft-main": ("PEFT baseline (one at a time, generate on the main thread)",
+                      [sys.executable, str(HERE / "peft_baseline_server.py"), "--model", model_path, *adapter_args,
+                       "--generate-on", "main"]),
     }
     rows = []
     for spec in args.systems.split(","):
@@ -175,7 +178,7 @@ def main() -> None:
         precision = precision or "fp32"
         name, cmd = servers[key]
         system = f"{name}, {precision}"
-        cmd = [*cmd, "--dtype" if key == "peft" else "--precision", precision]
+        cmd = [*cmd, "--dtype" if key.startswith("peft") else "--precision", precision]
         port = free_port()
         proc = start_server([*cmd, "--port", str(port)], port, args.threads, work / f"{key}-{precision}.log")
         try:

@@ -6,6 +6,10 @@ streams the tokens back as OpenAI-style SSE (`data: {...}` chunks, a usage chunk
 No batching, no queue limit, no auth: it exists to be measured against `lorafit serve`.
 
     python bench/peft_baseline_server.py --model DIR --adapter a0=DIR0 --adapter a1=DIR1 --port 8101
+
+`--generate-on main` runs `generate` on the main thread (uvicorn on a second one), as `lorafit serve`
+runs its engine: not what a hand-written FastAPI server does, but it removes the second-thread
+slowdown of torch's kernels from the comparison (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import queue as queue_module
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import torch
 import uvicorn
@@ -43,6 +48,26 @@ class QueueStreamer(BaseStreamer):
         self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
 
 
+class MainThreadExecutor(Executor):
+    """Work submitted from any thread, run one item at a time by whoever calls `run_forever` (main)."""
+
+    def __init__(self):
+        self.work: queue_module.Queue = queue_module.Queue()
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: Future = Future()
+        self.work.put((fn, args, kwargs, future))
+        return future
+
+    def run_forever(self):
+        while True:
+            fn, args, kwargs, future = self.work.get()
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting request
+                future.set_exception(e)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -50,6 +75,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8101)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the base's weights (adapters: PEFT "
                         "keeps them in fp32, autocast_adapter_dtype)")
+    parser.add_argument("--generate-on", default="worker", choices=["worker", "main"],
+                        help="thread that runs generate: a worker thread (as FastAPI code does) or the main one")
     args = parser.parse_args()
 
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -61,7 +88,8 @@ def main() -> None:
     for name in names[1:]:
         model.load_adapter(adapters[name], adapter_name=name)
     model.eval()
-    worker = ThreadPoolExecutor(max_workers=1)  # one request at a time
+    # One request at a time, on a worker thread (what a streaming FastAPI handler does) or the main one.
+    worker = MainThreadExecutor() if args.generate_on == "main" else ThreadPoolExecutor(max_workers=1)
     lock = threading.Lock()
     app = FastAPI()
 
@@ -97,7 +125,12 @@ def main() -> None:
 
         return StreamingResponse(sse(), media_type="text/event-stream")
 
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    if args.generate_on == "main":
+        threading.Thread(target=uvicorn.run, args=(app,), kwargs={"host": "127.0.0.1", "port": args.port,
+                                                                   "log_level": "warning"}, daemon=True).start()
+        worker.run_forever()
+    else:
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
