@@ -232,15 +232,20 @@ class AdapterHost:
             for row in rows
         ]
 
-    def decode(self, requests: Sequence[Request], batch_size: int = 64, on_done=None) -> list:
-        """Decode requests (token ids, slots set) in batches of up to `batch_size`, refilling the batch as
-        rows finish; `on_done(row)` is called as each one ends. Rows come back in the requests' order."""
+    def new_decode_batch(self) -> DecodeBatch:
+        """An empty DecodeBatch on this host's model and routing, stopping at the tokenizer's and the
+        generation config's eos ids, padding with the pad token (else the first eos)."""
         eos = self.tokenizer.eos_token_id
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos_ids += [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
-        batch = DecodeBatch(self.model, self.routing, eos_ids, pad)
+        return DecodeBatch(self.model, self.routing, eos_ids, pad)
+
+    def decode(self, requests: Sequence[Request], batch_size: int = 64, on_done=None) -> list:
+        """Decode requests (token ids, slots set) in batches of up to `batch_size`, refilling the batch as
+        rows finish; `on_done(row)` is called as each one ends. Rows come back in the requests' order."""
+        batch = self.new_decode_batch()
         # Longest prompts first: prompts of similar length share a batch, so less padding.
         waiting = sorted(requests, key=lambda r: -len(r.prompt_ids))[::-1]
         done = []

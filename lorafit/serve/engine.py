@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from lorafit.adapters.decode import DecodeBatch, Request
+from lorafit.adapters.decode import Request
 from lorafit.serve.protocol import APIError
 
 log = logging.getLogger("lorafit.serve")
@@ -74,12 +74,7 @@ class Engine:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
         self.host, self.max_batch, self.max_queue = host, max_batch, max_queue
-        tok = host.tokenizer
-        eos = [tok.eos_token_id] if isinstance(tok.eos_token_id, int) else list(tok.eos_token_id or [])
-        gen_eos = getattr(getattr(host.model, "generation_config", None), "eos_token_id", None)
-        eos += [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-        self.batch = DecodeBatch(host.model, host.routing, eos, pad)
+        self.batch = host.new_decode_batch()
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._cancelled: set[Job] = set()
@@ -249,8 +244,7 @@ class Engine:
             failed = set(jobs)
             if reset:
                 failed |= {row.request.key for row in self.batch.rows}
-                self.batch = DecodeBatch(self.host.model, self.host.routing, self.batch.eos_ids.tolist(),
-                                         self.batch.pad_id)
+                self.batch = self.host.new_decode_batch()
             for job in failed:
                 job.finish_reason = "error"
                 job.sink(("error", f"{type(e).__name__}: {e}"))
