@@ -130,10 +130,9 @@ def curve(out: Path, rid: str, metric: str) -> list[tuple[int, float]]:
 
 def plot_curves(out: Path, path: Path) -> Path | None:
     """Dev metric vs examples seen, LoRA and full fine-tuning (best lr, seed 0) on one panel per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from lorafit.runs.plots import save_figure  # also selects the headless Agg backend
 
     panels = [(t, {m: curve(out, sweep_id(t, m, best_lr(out, t, m)), MAIN[t]) for m in ("lora", "full")
                    if best_lr(out, t, m)}) for t in GLUE_TASKS]
@@ -149,7 +148,4 @@ def plot_curves(out: Path, path: Path) -> Path | None:
         ax.set_xlabel("examples seen")
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
+from lorafit.runs.plots import save_figure  # noqa: E402
+
 
 def _colors(records: list[dict]) -> dict[str, str]:
     targets = list(dict.fromkeys(r["target"] for r in records))
@@ -42,9 +44,7 @@ def plot_spectra(report: dict, path: Path) -> Path:
     left.legend(fontsize=8)
     fig.suptitle(f"{report['adapter']} (rank {report['rank']})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_norms(report: dict, path: Path) -> Path:
@@ -61,9 +61,7 @@ def plot_norms(report: dict, path: Path) -> Path:
     ax.set(xlabel="layer index", ylabel="||ΔW||_F", title=f"update norm by layer: {report['adapter']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_phi(report: dict, path: Path) -> Path:
@@ -87,9 +85,7 @@ def plot_phi(report: dict, path: Path) -> Path:
         ax.title.set_fontsize(8)
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="phi(i, j)")
     fig.suptitle(f"phi ({compare['side']} side): {report['adapter']} vs {compare['other']}", fontsize=8)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_report(report: dict, directory: Path) -> list[Path]:

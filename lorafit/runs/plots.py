@@ -49,9 +49,16 @@ def plot_runs(runs: dict[str, list[dict]], path: Path, title: str = "loss") -> P
     if ax.lines:
         ax.legend(fontsize=9, frameon=False)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path, dpi: float | None = None) -> Path:
+    """Write `fig` to `path` (PNG) and close it. The file appears complete or not at all (a temp file
+    beside it, then a rename), and missing parent directories are made."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(path)
     return path

@@ -33,10 +33,9 @@ def histogram_lines(lengths: np.ndarray, bins: int = 12) -> list[str]:
 
 
 def plot_lengths(lengths: dict[str, np.ndarray], max_length: int, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from lorafit.runs.plots import save_figure  # also selects the headless Agg backend
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for split, values in lengths.items():
@@ -48,10 +47,7 @@ def plot_lengths(lengths: dict[str, np.ndarray], max_length: int, path: Path, ti
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def masked_text(tokenizer, example):
