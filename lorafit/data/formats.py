@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from lorafit.errors import DataError
 from lorafit.recipe.schema import DataConfig
+from lorafit.tasks.labels import parse_label
 
 ROLES = ("system", "user", "assistant", "tool")
 ALPACA_PROMPT = (
@@ -121,24 +122,13 @@ def _label(fmt: Format, value, where: str) -> float | int:
     field = fmt.label_field
     if value is None:
         raise DataError(f"{where}: field {field!r} is null")
-    if fmt.num_labels == 1:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: field {field!r}: label {value!r} is not a number (num_labels 1: regression)") from None
-    if fmt.label_names is not None:
-        if str(value).strip() not in fmt.label_names:
-            raise DataError(f"{where}: field {field!r}: label {value!r} is not a train label ({', '.join(fmt.label_names)})")
-        return fmt.label_names.index(str(value).strip())
     try:
-        label = int(str(value).strip()) if not isinstance(value, bool | float) else None
-    except ValueError:
-        label = None
-    if label is None or not 0 <= label < fmt.num_labels:
-        raise DataError(f"{where}: field {field!r}: label {value!r} is not a class id in 0..{fmt.num_labels - 1}")
-    return label
+        return parse_label(value, fmt.num_labels, fmt.label_names)
+    except ValueError as e:
+        expected = {"number": "a number (num_labels 1: regression)",
+                    "name": f"a train label ({', '.join(fmt.label_names or [])})",
+                    "class id": f"a class id in 0..{fmt.num_labels - 1}"}[str(e)]
+        raise DataError(f"{where}: field {field!r}: label {value!r} is not {expected}") from None
 
 
 def _messages(fmt: Format, value, where: str) -> list[dict]:

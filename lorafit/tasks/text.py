@@ -44,13 +44,13 @@ from lorafit.tasks._io import (
     read_text,
     read_tsv,
 )
+from lorafit.tasks.labels import is_int_label, parse_label
 from lorafit.tasks.text_scores import score_classification, score_generation
 from lorafit.tasks.types import ClassificationExample, EvalItem, GenerationExample, Task
 
 NAME = "text"
 SPLIT_FILES = {"train": "train_file", "dev": "valid_file", "test": "test_file"}
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
-_INT = re.compile(r"[+-]?\d+")
 
 
 @dataclass(frozen=True)
@@ -220,11 +220,6 @@ def raw_labels(data_dir: Path, split: str, options: DataConfig) -> tuple[list[Ro
     return rows, [value(r, options.label_field, "label") for r in rows]
 
 
-def is_int_label(v) -> bool:
-    """True for an int, or a string of digits (a class id as CSV gives it)."""
-    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and bool(_INT.fullmatch(v.strip())))
-
-
 def label_names(data_dir: Path, options: DataConfig) -> list[str] | None:
     """Class names by id for string labels (the sorted set of the train file's labels); None when the
     labels are ints or floats (regression)."""
@@ -250,20 +245,13 @@ def _names(labels: list, num_labels: int) -> list[str] | None:
 def label_of(row: Row, v, options: DataConfig, names: list[str] | None) -> int | float:
     """A row's label as a class id (or a float for regression), checked against the task's labels."""
     where = f"task {NAME}: {row.where}: label {v!r}"
-    if options.num_labels == 1:
-        try:
-            if isinstance(v, bool):
-                raise ValueError
-            return float(v)
-        except (TypeError, ValueError):
-            raise DataError(f"{where} is not a number (data.num_labels is 1: regression)") from None
-    if names is not None:
-        if str(v).strip() not in names:
-            raise DataError(f"{where} is not a train-file label ({', '.join(names)})")
-        return names.index(str(v).strip())
-    if not is_int_label(v) or not 0 <= int(v) < options.num_labels:
-        raise DataError(f"{where} is not a class id in 0..{options.num_labels - 1}")
-    return int(v)
+    try:
+        return parse_label(v, options.num_labels, names)
+    except ValueError as e:
+        expected = {"number": "a number (data.num_labels is 1: regression)",
+                    "name": f"a train-file label ({', '.join(names or [])})",
+                    "class id": f"a class id in 0..{options.num_labels - 1}"}[str(e)]
+        raise DataError(f"{where} is not {expected}") from None
 
 
 def load_classification(data_dir: Path, split: str, options: DataConfig) -> list[ClassificationExample]:
