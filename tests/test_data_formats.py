@@ -1,5 +1,6 @@
 """data.source and data.format on small files: every format and reader, splits, and bad data named by file, row, field."""
 
+import dataclasses
 import json
 
 import pytest
@@ -135,6 +136,13 @@ def test_non_utf8_missing_source_and_offline_hub(tmp_path, monkeypatch):
         run(recipe(source="someorg/somedata"))
     with pytest.raises(DataError, match=r"offline"):
         run(recipe(source="someorg/somedata"))
+    # A Hub name needs no data directory: with $LORAFIT_DATA pointing nowhere, the error is still the
+    # Hub's; a data_dir the recipe names must exist.
+    monkeypatch.setenv("LORAFIT_DATA", str(tmp_path / "no-such-dir"))
+    with pytest.raises(DataError, match=r"'someorg/somedata' is not a local file .* offline"):
+        run(recipe(source="someorg/somedata"))
+    with pytest.raises(DataError, match=r"data directory .*missing \(from the recipe's data_dir\) does not exist"):
+        run(dataclasses.replace(recipe(source="someorg/somedata"), data_dir=str(tmp_path / "missing")))
 
 
 def test_carved_dev_eval_items_are_the_carved_training_rows(tmp_path):

@@ -76,4 +76,8 @@ def task_data_dir(task: Task, recipe_value: str | None) -> Path | None:
     """The data directory `task` reads from, or None for a task that brings its own data."""
     if not task.needs_data_dir and not recipe_value:
         return None
+    if task.data_dir_optional and not recipe_value:
+        # Only the environment's directory is optional: a data_dir the recipe names must exist.
+        env = os.environ.get(DATA_ENV)
+        return Path(env).expanduser() if env and Path(env).expanduser().is_dir() else None
     return resolve_data_dir(recipe_value)

@@ -131,4 +131,4 @@ def source_task(options: DataConfig) -> Task:
         return lambda data_dir, split, _options=None: fn(options, data_dir, split)
 
     return Task(NAME, fmt.kind, fmt.num_labels if fmt.name == "classification" else 0, ("train", "dev", "test"),
-                bind(load_train), bind(load_eval), score, main, needs_data_dir=relative)
+                bind(load_train), bind(load_eval), score, main, needs_data_dir=relative, data_dir_optional=True)

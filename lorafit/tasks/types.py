@@ -73,3 +73,6 @@ class Task:
     main_metric: str
     eval_only: bool = False  # e.g. glue/qnli: no train split in our data
     needs_data_dir: bool = True  # False for tasks that bring their own data (quickstart)
+    # True when a data directory is used if there is one but the task can do without: data.source
+    # "org/name" is a file under the data directory if one is there, else a Hub dataset.
+    data_dir_optional: bool = False
