@@ -9,6 +9,10 @@ grouped, auto) with the rows on their adapters. The kernels are timed in turn wi
     OMP_NUM_THREADS=2 python bench/bench_decode_step.py --threads 2 --rows 16 --precision fp32
     OMP_NUM_THREADS=1 python bench/bench_decode_step.py --threads 1 --rows 64 --precision bf16
     OMP_NUM_THREADS=2 python bench/bench_decode_step.py --threads 2 --rows 16 --kernels auto --in-thread
+    OMP_NUM_THREADS=2 python bench/bench_decode_step.py --threads 2 --rows 16 --kernels auto --weights both
+
+--weights both builds two hosts, one with the base's linear weights oneDNN-packed (lorafit/fast/packed.py,
+what `AdapterHost.load` does) and one with plain nn.Linear weights, and times them in the same rounds.
 
 --in-thread then times every setting again from a second Python thread (as a server that decodes
 off its main thread does), after the main-thread rounds.
@@ -49,48 +53,62 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="decode steps per sample")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated subset of " + ",".join(KERNELS))
+    parser.add_argument("--weights", default="packed", choices=["packed", "plain", "both"],
+                        help="the base's linear weights: oneDNN-packed (lorafit's default), plain, or both hosts in turn")
     parser.add_argument("--in-thread", action="store_true", help="then time each setting from a second Python thread")
     args = parser.parse_args()
     kernels = [k for k in args.kernels.split(",") if k]
     torch.set_num_threads(args.threads)
-    info = benchlib.header(f"decode step, {args.rows} rows over {args.adapters} adapters, {args.precision}")
+    info = benchlib.header(f"decode step, {args.rows} rows over {args.adapters} adapters, {args.precision}, "
+                           f"{args.weights} weights")
 
-    base, tok = load_base(resolve_model("smollm2-135m"))
     names = [f"a{i}" for i in range(args.adapters)]
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(names):  # all written from the plain base, before the host wraps its layers
-            write_adapter(base, Path(tmp) / name, (4, 8, 16, 8)[i % 4], ("q_proj", "k_proj", "v_proj", "o_proj"),
-                          seed=i, task_type="CAUSAL_LM")
-        host = AdapterHost(base, tok, causal=True, precision=args.precision)
+    weights = ("packed", "plain") if args.weights == "both" else (args.weights,)
+    tmp = tempfile.TemporaryDirectory()
+    hosts = {}
+    for w in weights:
+        base, tok = load_base(resolve_model("smollm2-135m"))
+        if not hosts:
+            for i, name in enumerate(names):  # all written from the plain base, before a host wraps its layers
+                write_adapter(base, Path(tmp.name) / name, (4, 8, 16, 8)[i % 4], ("q_proj", "k_proj", "v_proj", "o_proj"),
+                              seed=i, task_type="CAUSAL_LM")
+        hosts[w] = AdapterHost(base, tok, causal=True, precision=args.precision, pack_weights=w == "packed")
         for name in names:
-            host.load_adapter(name, Path(tmp) / name)
+            hosts[w].load_adapter(name, Path(tmp.name) / name)
+    tmp.cleanup()
     encoded = [tok(t)["input_ids"] for t in prompts(args.rows)]
-    _, slots = host.slots_for([names[i % len(names)] for i in range(args.rows)], args.rows)
+    _, slots = hosts[weights[0]].slots_for([names[i % len(names)] for i in range(args.rows)], args.rows)
     # Enough new tokens that no row finishes while being timed (every sample runs --steps more steps).
     budget = 2 + args.steps * (2 * args.rounds + 8)
 
-    def batch_on(row_slots):
+    def batch_on(host, row_slots):
         batch = DecodeBatch(host.model, host.routing, [], tok.pad_token_id)
         batch.add([Request(ids, int(s), budget) for ids, s in zip(encoded, row_slots, strict=True)])
         return batch
 
-    batches = {"base rows only": batch_on([0] * args.rows)}
-    batches |= {kernel: batch_on(slots.tolist()) for kernel in kernels}
+    # name -> (host, kernel, batch); names carry the weights only when both kinds are timed.
+    settings = {}
+    for w, host in hosts.items():
+        suffix = f", {w}" if len(hosts) > 1 else ""
+        settings[f"base rows only{suffix}"] = (host, "loop", batch_on(host, [0] * args.rows))
+        settings |= {f"{kernel}{suffix}": (host, kernel, batch_on(host, slots.tolist())) for kernel in kernels}
 
     def timed(name):
+        host, kernel, batch = settings[name]
+
         def run():
             for layer in host._layers.values():
-                layer.kernel = "loop" if name == "base rows only" else name
+                layer.kernel = kernel
             for _ in range(args.steps):
-                batches[name].step()
+                batch.step()
         return run
 
-    samples = benchlib.interleaved_samples({name: timed(name) for name in batches}, args.rounds)
+    samples = benchlib.interleaved_samples({name: timed(name) for name in settings}, args.rounds)
     if args.in_thread:
         # After the main-thread rounds, not interleaved with them: once a second thread has run torch
         # work, the process has two OpenMP thread teams and the main thread's steps slow down too.
         worker = ThreadPoolExecutor(max_workers=1)  # one long-lived second thread, like a server's
-        on_worker = worker.submit(benchlib.interleaved_samples, {name: timed(name) for name in batches}, args.rounds)
+        on_worker = worker.submit(benchlib.interleaved_samples, {name: timed(name) for name in settings}, args.rounds)
         samples |= {f"{name}, 2nd thread": v for name, v in on_worker.result().items()}
         worker.shutdown()
     print(f"\n| rows | threads | precision | {' | '.join(samples)} |\n|---|---|---|{'---:|' * len(samples)}")

@@ -17,7 +17,9 @@ PEFT one at a time, bare base (one head for all).
     OMP_NUM_THREADS=2 python bench/bench_multi_adapter.py --threads 2 [--kernels] [--skip-classify] [--precision bf16]
 
 --precision puts every system's base weights in that precision (adapters stay fp32, as lorafit and
-PEFT both keep them), so each table compares like with like.
+PEFT both keep them), so each table compares like with like. --weights both times lorafit with its
+base weights oneDNN-packed (lorafit/fast/packed.py, the default of `AdapterHost.load`, `lorafit
+generate` and `lorafit serve`) and with plain nn.Linear weights, in the same run.
 
 Prints machine, versions and the command, then one table per part. Nothing is asserted.
 """
@@ -44,6 +46,9 @@ import benchlib  # noqa: E402
 from lorafit.adapters.decode import DecodeBatch, Request  # noqa: E402
 from lorafit.adapters.host import AdapterHost, cast_base  # noqa: E402
 from lorafit.models import load_base, model_identity, resolve_model  # noqa: E402
+
+# --weights: which lorafit hosts to time (the others always run on plain nn.Linear weights).
+WEIGHTS = {"packed": ("packed",), "plain": ("plain",), "both": ("packed", "plain")}
 
 WORDS = ("Ginger Bristol guinea pig playful older people cat dog Leeds shy calm rabbit parrot London young "
          "friendly quiet energetic family children hamster Oxford loves walks garden indoor").split()
@@ -134,37 +139,41 @@ def bench_generate(args, work: Path) -> list[tuple]:
     total = n_new * len(texts)
     results = []
 
-    host = AdapterHost(base, tok, causal=True, kernel=args.kernel, precision=args.precision)
-    load_times = []
-    for name in names:
-        start = time.perf_counter()
-        host.load_adapter(name, work / name)
-        load_times.append(time.perf_counter() - start)
-    print(f"adapter load times (s): {', '.join(f'{t:.3f}' for t in load_times)}")
-    _, slots = host.slots_for(rows, len(rows))
-
-    def lorafit_run(slot_list, new_tokens=n_new):
-        reqs = [Request(e, int(s), new_tokens) for e, s in zip(enc, slot_list, strict=False)]
-        return DecodeBatch(host.model, host.routing, [], tok.pad_token_id).run(reqs)
-
-    # Warm-ups on the full batch with a few new tokens, every system alike: the first run at a new
-    # shape pays for allocations and kernel setup, and an earlier version timed that into the first row.
-    warm = gen_settings(tok, 4)
-    lorafit_run(slots.tolist(), 4)
-    kernels = ("auto", "loop", "gather", "grouped") if args.kernels else (args.kernel,)
     mixed_tokens = None
-    for kernel in kernels:
+    for weights in WEIGHTS[args.weights]:
+        if base is None:
+            base, _ = load_base(ref)
+        host = AdapterHost(base, tok, causal=True, kernel=args.kernel, precision=args.precision,
+                           pack_weights=weights == "packed")
+        base = None  # the host owns (and may have packed) it; a second host loads its own
+        load_times = []
+        for name in names:
+            start = time.perf_counter()
+            host.load_adapter(name, work / name)
+            load_times.append(time.perf_counter() - start)
+        print(f"adapter load times, {weights} weights (s): {', '.join(f'{t:.3f}' for t in load_times)}")
+        _, slots = host.slots_for(rows, len(rows))
+
+        def lorafit_run(slot_list, new_tokens=n_new, host=host):
+            reqs = [Request(e, int(s), new_tokens) for e, s in zip(enc, slot_list, strict=False)]
+            return DecodeBatch(host.model, host.routing, [], tok.pad_token_id).run(reqs)  # no eos: n_new each
+
+        # Warm-ups on the full batch with a few new tokens, every system alike: the first run at a new
+        # shape pays for allocations and kernel setup, and an earlier version timed that into the first row.
+        lorafit_run(slots.tolist(), 4)
+        kernels = ("auto", "loop", "gather", "grouped") if args.kernels else (args.kernel,)
+        for kernel in kernels:
+            for layer in host._layers.values():
+                layer.kernel = kernel
+            t, out = timed(lambda lorafit_run=lorafit_run, slots=slots: lorafit_run(slots.tolist()))
+            mixed_tokens = mixed_tokens or [r.tokens for r in out]
+            results.append((f"lorafit mixed ({kernel}, {weights} weights)", t, total / t))
         for layer in host._layers.values():
-            layer.kernel = kernel
-        t, out = timed(lambda: lorafit_run(slots.tolist()))
-        mixed_tokens = mixed_tokens or [r.tokens for r in out]
-        results.append((f"lorafit mixed ({kernel})", t, total / t))
-    for layer in host._layers.values():
-        layer.kernel = args.kernel
-    t, _ = timed(lambda: lorafit_run([0] * len(rows)))
-    results.append(("lorafit base (same decode)", t, total / t))
-    for name in names:
-        host.unload_adapter(name)
+            layer.kernel = args.kernel
+        t, _ = timed(lambda lorafit_run=lorafit_run: lorafit_run([0] * len(rows)))
+        results.append((f"lorafit base (same decode, {weights} weights)", t, total / t))
+        host = None
+    warm = gen_settings(tok, 4)
 
     bare, _ = load_base(ref)
     cast_base(bare, args.precision)
@@ -219,12 +228,20 @@ def bench_classify(args, work: Path) -> list[tuple]:
     total, bs = len(texts), 64
     results = []
 
-    host = AdapterHost(base, tok, causal=False, kernel=args.kernel, precision=args.precision)
-    for name in names:
-        host.load_adapter(name, work / name)
-    host.classify(texts[:64], adapter=rows[:64])  # warm-up on a full batch
-    t, ours = timed(lambda: host.classify(texts, adapter=rows, batch_size=bs), repeats=3)
-    results.append(("lorafit mixed", t, total / t))
+    ours = None
+    for weights in WEIGHTS[args.weights]:
+        if base is None:
+            base, _ = load_base(ref, num_labels=2)
+        host = AdapterHost(base, tok, causal=False, kernel=args.kernel, precision=args.precision,
+                           pack_weights=weights == "packed")
+        base = None
+        for name in names:
+            host.load_adapter(name, work / name)
+        host.classify(texts[:64], adapter=rows[:64])  # warm-up on a full batch
+        t, out = timed(lambda host=host: host.classify(texts, adapter=rows, batch_size=bs), repeats=3)
+        ours = ours or out
+        results.append((f"lorafit mixed ({weights} weights)", t, total / t))
+        host = None
 
     bare, _ = load_base(ref, num_labels=2)
     cast_base(bare.eval(), args.precision)
@@ -300,6 +317,8 @@ def main() -> None:
     parser.add_argument("--kernel", default="auto", choices=["auto", "loop", "gather", "grouped"])
     parser.add_argument("--kernels", action="store_true", help="time every kernel on the mixed batch")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="base weights of every system")
+    parser.add_argument("--weights", default="packed", choices=sorted(WEIGHTS),
+                        help="lorafit's base weights: oneDNN-packed (AdapterHost.load's default), plain, or both in turn")
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--skip-classify", action="store_true")
     parser.add_argument("--scaling", type=int, default=32, help="adapters loaded in the load-time test (0: skip)")
@@ -318,7 +337,7 @@ def main() -> None:
         if not args.skip_classify:
             results = bench_classify(args, Path(tmp) / "cls")
             table(f"classification ({args.precision}): MiniLM-L6, 192 texts over 3 adapters with own heads, batch 64",
-                  "texts/s", results, "lorafit mixed")
+                  "texts/s", results, results[0][0])
 
 
 if __name__ == "__main__":

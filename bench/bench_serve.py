@@ -5,7 +5,8 @@ NON-ZERO B: untrained, so every adapter changes the output and costs its full co
 load generator (httpx) sends --requests streaming completions (greedy, --new-tokens max, stopping
 at eos; prompt i on adapter i % 8) with at most C in flight, for each C in --concurrency, to:
 
-    lorafit serve                 continuous batching, --max-batch 32
+    lorafit serve                 continuous batching, --max-batch 32 (base weights oneDNN-packed, the default)
+    lorafit serve --no-pack-weights   the same with plain nn.Linear weights (system lorafit-plain)
     lorafit serve --max-batch 1   the same server, batching off
     PEFT baseline                 bench/peft_baseline_server.py: FastAPI + PEFT, set_adapter, one at a time
 
@@ -146,7 +147,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each server")
     parser.add_argument("--systems", default="lorafit:fp32,lorafit-batch1:fp32,peft:fp32",
-                        help="SYSTEM:PRECISION,...; systems lorafit, lorafit-batch1, peft, peft-main; precision fp32 or bf16 "
+                        help="SYSTEM:PRECISION,...; systems lorafit, lorafit-plain, lorafit-batch1, peft, peft-main; precision fp32 or bf16 "
                              "(the base weights; adapters stay fp32 in both servers)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -164,6 +165,9 @@ def main() -> None:
     servers = {
         "lorafit": ("lorafit serve (max-batch 32)", [sys.executable, "-m", "lorafit", "serve", "--model", "smollm2-135m",
                                                      "--max-batch", "32", *adapter_args]),
+        "lorafit-plain": ("lorafit serve (max-batch 32, --no-pack-weights)",
+                          [sys.executable, "-m", "lorafit", "serve", "--model", "smollm2-135m", "--max-batch", "32",
+                           "--no-pack-weights", *adapter_args]),
         "lorafit-batch1": ("lorafit serve --max-batch 1", [sys.executable, "-m", "lorafit", "serve", "--model",
                                                            "smollm2-135m", "--max-batch", "1", *adapter_args]),
         "peft": ("PEFT baseline (one at a time)", [sys.executable, str(HERE / "peft_baseline_server.py"), "--model",

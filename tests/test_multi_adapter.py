@@ -170,9 +170,12 @@ def _peft_model(build, adapters, names):
     return model.eval()
 
 
-@pytest.mark.parametrize("kernel", ["loop", "gather", "grouped", "auto"])
-def test_mixed_llama_batch_equals_each_adapter_alone_and_peft(llama, kernel):
-    host = host_for(tiny_llama, kernel=kernel)
+# pack: the base's linear layers oneDNN-packed (lorafit/adapters/packing.py), as `AdapterHost.load` does.
+@pytest.mark.parametrize(("kernel", "pack"), [("loop", False), ("gather", False), ("grouped", False), ("auto", False),
+                                              ("auto", True), ("loop", True)])
+def test_mixed_llama_batch_equals_each_adapter_alone_and_peft(llama, kernel, pack):
+    host = host_for(tiny_llama, kernel=kernel, pack_weights=pack)
+    assert host.packed_layers == (2 * 7 + 1 if pack else 0)  # 7 linears per layer, 2 layers, the LM head
     for name, (directory, _) in llama.items():
         host.load_adapter(name, directory)
     ids, mask = padded_batch(LLAMA_ROWS)
@@ -188,9 +191,10 @@ def test_mixed_llama_batch_equals_each_adapter_alone_and_peft(llama, kernel):
     torch.testing.assert_close(mixed[mask.bool()], theirs[mask.bool()], atol=TOL, rtol=0)
 
 
-def test_mixed_gpt2_batch_conv1d_equals_each_adapter_alone(tmp_path):
+@pytest.mark.parametrize("pack", [False, True])
+def test_mixed_gpt2_batch_conv1d_equals_each_adapter_alone(tmp_path, pack):
     adapters = gpt2_adapters(tmp_path)
-    host = host_for(tiny_gpt2)
+    host = host_for(tiny_gpt2, pack_weights=pack)
     for name, (directory, _) in adapters.items():
         host.load_adapter(name, directory)
     rows = ["g8", None, "g2", "g8", "g2"]
@@ -207,8 +211,9 @@ def test_mixed_gpt2_batch_conv1d_equals_each_adapter_alone(tmp_path):
     torch.testing.assert_close(mixed[mask.bool()], theirs[mask.bool()], atol=TOL, rtol=0)
 
 
-def test_mixed_greedy_generation_equals_each_adapter_alone_and_peft(llama):
-    host = host_for(tiny_llama)
+@pytest.mark.parametrize("pack", [False, True])
+def test_mixed_greedy_generation_equals_each_adapter_alone_and_peft(llama, pack):
+    host = host_for(tiny_llama, pack_weights=pack)
     for name, (directory, _) in llama.items():
         host.load_adapter(name, directory)
     prompts = ["hello", "a b c", "the longest prompt of all", "x", "LoRA", "multi adapter", "zz", "q"]
@@ -231,9 +236,10 @@ def test_mixed_greedy_generation_equals_each_adapter_alone_and_peft(llama):
 # ---------------------------------------------------------------------------------------------- classification
 
 
-def test_classification_rows_use_their_own_heads(tmp_path):
+@pytest.mark.parametrize("pack", [False, True])
+def test_classification_rows_use_their_own_heads(tmp_path, pack):
     adapters = bert_adapters(tmp_path)
-    host = host_for(tiny_bert, causal=False)
+    host = host_for(tiny_bert, causal=False, pack_weights=pack)
     for name, (directory, _) in adapters.items():
         host.load_adapter(name, directory)
     texts = ["a good film", "no", "it was fine, I guess", "bad", "what a day", "hmm"]

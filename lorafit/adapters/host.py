@@ -23,6 +23,7 @@ from torch import nn
 
 from lorafit.adapters.decode import DecodeBatch, Request
 from lorafit.adapters.files import AdapterParts, BaseShape, read_adapter
+from lorafit.adapters.packing import pack_linears, unpack_linears
 from lorafit.errors import AdapterError, ModelError
 from lorafit.fast.precision import resolve_precision
 from lorafit.lora.multi import DEFAULT_KERNEL, Kernel, MultiLoRALinear, SlotModules, SlotRouting
@@ -80,14 +81,17 @@ class AdapterHost:
 
     def __init__(self, model: nn.Module, tokenizer, *, causal: bool, max_rank: int = DEFAULT_MAX_RANK,
                  capacity: int = 8, kernel: Kernel = DEFAULT_KERNEL, name: str = "base",
-                 precision: str | None = None) -> None:
+                 precision: str | None = None, pack_weights: bool = False) -> None:
         """Wrap a loaded `model`, in `precision` (None: as it is; see `cast_base`). Adapters are kept
-        in fp32 whatever the base's precision (see `MultiLoRALinear`)."""
+        in fp32 whatever the base's precision (see `MultiLoRALinear`). `pack_weights`: swap the base's
+        linear layers for oneDNN-packed ones (lorafit/adapters/packing.py; faster on CPU, fp32 results
+        differ from F.linear's in the last bits); the model is then for this host's inference only."""
         self.model, self.tokenizer, self.causal, self.name = model.eval(), tokenizer, causal, name
         self.precision = cast_base(model, precision)
         self.max_rank, self.kernel = max_rank, kernel
         self.routing = SlotRouting()
         self.base = BaseShape.of(model)  # before any wrapping: the modules adapters may name
+        self.packed_layers = pack_linears(model) if pack_weights else 0
         self._capacity = max(2, capacity)
         self._layers: dict[str, MultiLoRALinear] = {}
         self._saved: dict[str, SlotModules] = {}
@@ -97,10 +101,11 @@ class AdapterHost:
 
     @classmethod
     def load(cls, base_model: str, *, task: str | None = None, max_rank: int = DEFAULT_MAX_RANK,
-             kernel: Kernel = DEFAULT_KERNEL, precision: str = "auto") -> AdapterHost:
+             kernel: Kernel = DEFAULT_KERNEL, precision: str = "auto", pack_weights: bool = True) -> AdapterHost:
         """Load `base_model` (alias, directory or HF id) once. `task` "generate" or "classify"; by
         default a causal LM checkpoint is for generation and anything else an encoder for classification.
-        `precision`: "fp32", "bf16" or "auto" (bf16 on hardware with native bf16 matmuls, like training)."""
+        `precision`: "fp32", "bf16" or "auto" (bf16 on hardware with native bf16 matmuls, like training).
+        `pack_weights`: see `__init__` (on by default here: the host owns the model it loads)."""
         ref = resolve_model(base_model)
         if task is None:
             task = "generate" if _is_causal_lm(ref) else "classify"
@@ -109,7 +114,7 @@ class AdapterHost:
         # A classifier base gets a placeholder 2-label head: every adapter brings its own.
         model, tokenizer = load_base(ref, 0 if task == "generate" else 2)
         return cls(model, tokenizer, causal=task == "generate", max_rank=max_rank, kernel=kernel, name=ref.name,
-                   precision=precision)
+                   precision=precision, pack_weights=pack_weights)
 
     # ------------------------------------------------------------------------------------------ adapters
 
@@ -172,7 +177,7 @@ class AdapterHost:
         if path not in self._saved:
             parent_name, _, child = path.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
-            wrapper = SlotModules(getattr(parent, child), self.routing)
+            wrapper = SlotModules(unpack_linears(getattr(parent, child)), self.routing)  # it deep-copies its module
             setattr(parent, child, wrapper)
             self._saved[path] = wrapper
         return self._saved[path]

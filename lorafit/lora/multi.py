@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorafit.fast.packed import PackedLinear
 from lorafit.lora.layer import is_conv1d, is_linear
 
 Kernel = Literal["gather", "loop", "grouped", "auto"]
@@ -227,24 +228,36 @@ class MultiLoRALinear(nn.Module):
 
     Keeps the wrapped module's `weight` / `bias` Parameters under their own names (as LoRALinear
     does), so the base's parameter names, and hence its identity, are unchanged. A and B are buffers.
+    It also wraps a `PackedLinear` (an inference host's oneDNN-packed weight), which computes W x + b.
     """
 
     def __init__(self, module: nn.Module, routing: SlotRouting, capacity: int = 8, kernel: Kernel = DEFAULT_KERNEL,
                  lora_dtype: torch.dtype | None = None):
         super().__init__()
-        if not is_linear(module):
-            raise TypeError(f"cannot wrap {type(module).__name__}: only nn.Linear and Conv1D")
-        self.weight, self.bias = module.weight, module.bias
+        # A PackedLinear base (lorafit.fast.packed, an inference host's frozen weights reordered for
+        # oneDNN) computes W x + b itself; it has no weight Parameter to keep.
+        packed = module if isinstance(module, PackedLinear) else None
+        if packed is None and not is_linear(module):
+            raise TypeError(f"cannot wrap {type(module).__name__}: only nn.Linear, Conv1D and PackedLinear")
+        object.__setattr__(self, "_packed", packed)
+        if packed is None:
+            self.weight = module.weight
+        self.bias = module.bias
         self.transposed = is_conv1d(module)
-        w = module.weight
-        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.transposed else (w.shape[1], w.shape[0])
+        if packed is not None:
+            self.in_features, self.out_features = packed.in_features, packed.out_features
+            device, dtype = packed.device, packed.dtype
+        else:
+            w = module.weight
+            self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.transposed else (w.shape[1], w.shape[0])
+            device, dtype = w.device, w.dtype
         self.kernel: Kernel = kernel
         object.__setattr__(self, "routing", routing)  # shared, not a submodule
         object.__setattr__(self, "_original", module)
         self.ranks: list[int] = [0] * capacity  # true rank per slot; 0 = slot unused in this layer
         # A bf16 base keeps its adapters in fp32 (lora_dtype): the thin LoRA matmuls are faster in fp32
         # on CPU and the delta is added in the base's dtype (docs/adapters.md, "Precision").
-        factory = {"device": w.device, "dtype": lora_dtype or w.dtype}
+        factory = {"device": device, "dtype": lora_dtype or dtype}
         self.register_buffer("lora_A", torch.zeros(capacity, 1, self.in_features, **factory), persistent=False)
         self.register_buffer("lora_B", torch.zeros(capacity, self.out_features, 1, **factory), persistent=False)
 
@@ -299,8 +312,11 @@ class MultiLoRALinear(nn.Module):
             self.ranks[slot] = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.T if self.transposed else self.weight  # (d_out, d_in)
-        out = F.linear(x, weight, self.bias)
+        if self._packed is not None:
+            out = self._packed(x)
+        else:
+            weight = self.weight.T if self.transposed else self.weight  # (d_out, d_in)
+            out = F.linear(x, weight, self.bias)
         plan = self.routing.plan(x.shape[:-1])
         if plan is None:
             return out
@@ -314,7 +330,7 @@ class MultiLoRALinear(nn.Module):
         used = sum(r > 0 for r in self.ranks)
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, slots={used}/{self.capacity}, "
-            f"r_max={self.r_max}, transposed={self.transposed}, kernel={self.kernel}"
+            f"r_max={self.r_max}, transposed={self.transposed}, kernel={self.kernel}, packed={self._packed is not None}"
         )
 
 

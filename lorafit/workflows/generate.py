@@ -129,6 +129,7 @@ def run_generate(
     batch_size: int = 64,
     max_rank: int = 64,
     precision: str = "auto",
+    pack_weights: bool = True,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> dict:
@@ -136,7 +137,8 @@ def run_generate(
 
     `on_start(n)` is called with the number of requests once the model and adapters are loaded, and
     `progress(1)` as each request finishes (a progress bar hooks in there). `precision`: fp32, bf16 or
-    auto (bf16 on hardware with native bf16 matmuls); the summary says which one ran.
+    auto (bf16 on hardware with native bf16 matmuls); the summary says which one ran. `pack_weights`:
+    the base's linear layers reordered for oneDNN (see `AdapterHost`).
     """
     import time
 
@@ -147,7 +149,8 @@ def run_generate(
     output_jsonl = Path(output_jsonl)
     if output_jsonl.parent and not output_jsonl.parent.is_dir():
         raise DataError(f"{output_jsonl}: directory {output_jsonl.parent} does not exist")
-    host = AdapterHost.load(model, task="generate", max_rank=max_rank, precision=precision)
+    host = AdapterHost.load(model, task="generate", max_rank=max_rank, precision=precision,
+                            pack_weights=pack_weights)
     for name, directory in adapters.items():
         host.load_adapter(name, directory)
     if on_start is not None:
@@ -182,5 +185,6 @@ def run_generate(
         "seconds": round(elapsed, 3),
         "tokens_per_s": round(new_tokens / elapsed, 1) if elapsed > 0 else None,
         "precision": host.precision,
+        "packed_layers": host.packed_layers,
         "output": str(output_jsonl),
     }

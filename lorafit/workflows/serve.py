@@ -38,6 +38,7 @@ class ServeOptions:
     routes: list[str] = field(default_factory=list)
     route_seed: int = 0
     precision: str = "auto"
+    pack_weights: bool = True
 
 
 def check_options(opts: ServeOptions):
@@ -89,7 +90,8 @@ def run_serve(opts: ServeOptions, info=print) -> None:
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("lorafit.serve").setLevel(logging.INFO)
-    host = AdapterHost.load(opts.model, task="generate", max_rank=opts.max_rank, precision=opts.precision)
+    host = AdapterHost.load(opts.model, task="generate", max_rank=opts.max_rank, precision=opts.precision,
+                            pack_weights=opts.pack_weights)
     for name, directory in opts.adapters.items():
         host.load_adapter(name, directory)
     try:  # warm-up, and a model the decode loop cannot serve fails here, not on the first request
@@ -104,7 +106,7 @@ def run_serve(opts: ServeOptions, info=print) -> None:
     info(f"serving {base} with adapters [{', '.join(opts.adapters) or 'none'}]"
          + (f" and routes [{', '.join(routes)}]" if routes else "")
          + f" on http://{opts.host}:{opts.port}/v1 (max batch {opts.max_batch}, queue {opts.max_queue}, "
-           f"{host.precision})")
+           f"{host.precision}, {host.packed_layers} layers packed)")
     server = uvicorn.Server(uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))
     serve_http_and_decode(server, engine, opts)
