@@ -98,3 +98,18 @@ def test_generate_cli_packed_and_plain_give_the_same_tokens(tmp_path):
         outputs.append([json.loads(line)["completion"] for line in out.read_text().splitlines()])
     assert summaries[0]["packed_layers"] == 15 and summaries[1]["packed_layers"] == 0
     assert outputs[0] == outputs[1]
+
+
+def test_a_packing_host_keeps_no_plain_weight_alive():
+    import gc
+    import weakref
+
+    from multi_fixtures import host_for
+
+    model = tiny_llama()
+    # The base's checks (BaseShape) must not hold the modules: they would keep every plain weight.
+    plain = [weakref.ref(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    host = host_for(lambda: model, pack_weights=True)
+    del model
+    gc.collect()
+    assert host.packed_layers == len(plain) and all(ref() is None for ref in plain)

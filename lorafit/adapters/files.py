@@ -45,17 +45,35 @@ class AdapterParts:
     num_labels: int | None = None  # width of the classification head, for SEQ_CLS adapters
 
 
+@dataclass(frozen=True)
+class ModuleShape:
+    """One module of the base: its class name, and (d_out, d_in) if it is a linear layer (else None)."""
+
+    kind: str
+    linear: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, module: nn.Module) -> ModuleShape:
+        if not is_linear(module):
+            return cls(type(module).__name__, None)
+        w = module.weight
+        return cls(type(module).__name__, (w.shape[0], w.shape[1]) if isinstance(module, nn.Linear) else (w.shape[1], w.shape[0]))
+
+
 @dataclass
 class BaseShape:
-    """What the checks need to know about the base: its modules and parameter shapes before wrapping."""
+    """What the checks need to know about the base before wrapping: its module paths (each with its
+    class name and, for a linear layer, (d_out, d_in)) and parameter shapes. No tensors: holding the
+    modules themselves would keep weights alive that the host replaces (packed weights)."""
 
     config: object
-    modules: dict[str, nn.Module]
+    modules: dict[str, ModuleShape]
     params: list[tuple[str, torch.Size]]
 
     @classmethod
     def of(cls, model: nn.Module) -> BaseShape:
-        return cls(model.config, dict(model.named_modules()), [(n, p.shape) for n, p in model.named_parameters()])
+        modules = {path: ModuleShape.of(m) for path, m in model.named_modules()}
+        return cls(model.config, modules, [(n, p.shape) for n, p in model.named_parameters()])
 
     def identity(self, replaced: dict[str, torch.Size]) -> dict:
         """`model_identity` of this base with some parameter shapes replaced (an adapter's own head)."""
@@ -74,7 +92,7 @@ class _ParamView:
         return iter(self._params)
 
 
-def _saved_root(path: str, spec: LoraSpec, task_type: str | None, modules: dict[str, nn.Module]) -> str | None:
+def _saved_root(path: str, spec: LoraSpec, task_type: str | None, modules: dict[str, ModuleShape]) -> str | None:
     """The module trained in full that parameter `path` belongs to, or None."""
     names = tuple(spec.modules_to_save) + (CLASSIFIER_HEADS if task_type == "SEQ_CLS" else ())
     parts = path.split(".")
@@ -109,8 +127,8 @@ def read_adapter(name: str, directory: str | Path, base: BaseShape, max_rank: in
         owner, _, kind = module.rpartition(".")
         if leaf == "weight" and kind in ("lora_A", "lora_B"):
             layer = base.modules.get(owner)
-            if layer is None or not is_linear(layer):
-                what = "no module" if layer is None else f"a {type(layer).__name__}, not a linear layer"
+            if layer is None or layer.linear is None:
+                what = "no module" if layer is None else f"a {layer.kind}, not a linear layer"
                 raise AdapterError(f"{source}: key {key!r} names {what} of this base model (adapter for another model?)")
             pairs.setdefault(owner, {})[kind] = value
             continue
@@ -125,9 +143,7 @@ def read_adapter(name: str, directory: str | Path, base: BaseShape, max_rank: in
             missing = ({"lora_A", "lora_B"} - set(pair)).pop()
             raise AdapterError(f"{source}: {module} has no {missing}.weight")
         a, b = pair["lora_A"], pair["lora_B"]  # (rank, d_in), (d_out, rank)
-        layer = base.modules[module]
-        w = layer.weight
-        d_in, d_out = (w.shape[0], w.shape[1]) if not isinstance(layer, nn.Linear) else (w.shape[1], w.shape[0])
+        d_out, d_in = base.modules[module].linear
         if a.shape != (spec.rank, d_in) or b.shape != (d_out, spec.rank):
             raise AdapterError(
                 f"{source}: {module} lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit rank "
