@@ -118,3 +118,45 @@ def test_generate_refills_the_batch_as_rows_finish(tmp_path):
     assert [g.tokens for g in small] == [g.tokens for g in big]
     assert [len(g.tokens) for g in big] == lengths  # random tiny model: no eos in 8 tokens
     assert [g.adapter for g in big] == rows
+
+
+@pytest.mark.parametrize("prefill_rows", [16, 2])
+def test_prompts_sharing_a_prefix_prefill_it_once_and_decode_as_alone(tmp_path, monkeypatch, prefill_rows):
+    """Rows of one adapter whose prompts start alike prefill the common prefix once (per adapter: never
+    across adapters); every row's tokens equal decoding it alone and the adapter's own model.generate."""
+    import lorafit.adapters.decode as decode
+
+    monkeypatch.setattr(decode, "PREFILL_ROWS", prefill_rows)
+    adapters = llama_adapters(tmp_path)
+    host = host_for(tiny_llama)
+    for name, (directory, _) in adapters.items():
+        host.load_adapter(name, directory)
+    slot = {name: host.adapters()[name]["slot"] for name in adapters} | {None: 0}
+    template = list(range(40, 52))  # 12 shared tokens, then each prompt's own (1-5 tokens)
+    own = [[7], [8, 9], [10, 11, 12], [13, 14, 15, 16, 17], [18, 19], [20]]
+    names = ["r4", "r4", "r4", "r16", "r16", None]  # r4: 3 rows share 12 tokens; r16: 2 rows; one base row
+    requests = [Request(template + tail, slot[n], 8, key=i) for i, (tail, n) in enumerate(zip(own, names, strict=True))]
+    requests.append(Request([60, 61, 62], slot["r4"], 8, key="other"))  # same adapter, no shared prefix
+
+    shared = []
+    monkeypatch.setattr(decode, "SHARED_PREFIX_MIN_SAVED", 12)
+    original = DecodeBatch._shared_prefix
+    monkeypatch.setattr(DecodeBatch, "_shared_prefix", lambda self, prefix, s: shared.append((len(prefix), s))
+                        or original(self, prefix, s))
+    got = DecodeBatch(host.model, host.routing, [], 0).run(requests)
+    # r4's group holds the unrelated prompt too, so its common prefix is empty: only r16's 2 rows share (12 saved).
+    assert shared == [(12, slot["r16"])]
+    monkeypatch.setattr(decode, "SHARED_PREFIX_MIN_SAVED", 1)
+    shared.clear()
+    got_again = DecodeBatch(host.model, host.routing, [], 0).run(requests[:-1])
+    assert sorted(shared) == sorted([(12, slot["r4"]), (12, slot["r16"])])  # the base row alone: no sharing
+    for req, row, row_again in zip(requests, got, got_again + [None], strict=True):
+        alone = DecodeBatch(host.model, host.routing, [], 0).run([Request(req.prompt_ids, req.slot, 8)])[0].tokens
+        assert row.tokens == alone, req.key
+        if row_again is not None:
+            assert row_again.tokens == alone, req.key
+            name = names[req.key]
+            model = adapters[name][1] if name else tiny_llama()
+            ids = torch.tensor([req.prompt_ids])
+            hf = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
+            assert row_again.tokens == hf.tolist(), req.key

@@ -41,6 +41,11 @@ from lorafit.lora.multi import SlotRouting
 # 1,920 (20% waste), chunks of 16 to 1,648 (7%), while 16 prompts still make matmuls of ~400 rows.
 PREFILL_ROWS = 16
 
+# Prompts of one adapter that start alike (an instruction template, a system prompt) share their
+# prefill: the common prefix runs once and its keys/values are copied to each row. Worth an extra
+# forward only when it saves this many prompt tokens or more ((rows - 1) x prefix length).
+SHARED_PREFIX_MIN_SAVED = 64
+
 
 @dataclass
 class Request:
@@ -73,6 +78,16 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all `prompts` share."""
+    first, n = prompts[0], min(len(p) for p in prompts)
+    for i in range(n):
+        token = first[i]
+        if any(p[i] != token for p in prompts):
+            return i
+    return n
 
 
 def sample_next(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
@@ -122,23 +137,62 @@ class DecodeBatch:
                 raise ValueError("a request needs at least one prompt token")
             if req.max_new_tokens < 1:
                 raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
-        by_length = sorted(requests, key=lambda r: len(r.prompt_ids))
         done = []
-        for start in range(0, len(by_length), PREFILL_ROWS):
-            done += self._prefill(by_length[start : start + PREFILL_ROWS])
+        for group, shared in self._prefill_groups(requests):
+            for start in range(0, len(group), PREFILL_ROWS):
+                done += self._prefill(group[start : start + PREFILL_ROWS], shared)
         if self.rows:
             self._keep(list(range(len(self.rows))))  # sort by slot, crop padding
         position = {id(r): i for i, r in enumerate(requests)}
         return sorted(done, key=lambda row: position[id(row.request)])
 
-    def _prefill(self, requests: Sequence[Request]) -> list[Row]:
-        """One left-padded forward over `requests`; live rows join the batch, finished ones are returned."""
+    def _prefill_groups(self, requests: Sequence[Request]) -> list[tuple[list[Request], tuple | None]]:
+        """The requests in prefill groups, each sorted by prompt length: one group per adapter slot whose
+        prompts share a prefix long enough to pay (with that prefix's cache), then all the others."""
+        by_slot: dict[int, list[Request]] = {}
+        for req in sorted(requests, key=lambda r: len(r.prompt_ids)):
+            by_slot.setdefault(req.slot, []).append(req)
+        groups, rest = [], []
+        for slot, group in by_slot.items():
+            # Every row keeps at least its last prompt token to prefill (its logits give the first token).
+            p = min(_common_prefix_length([r.prompt_ids for r in group]), len(group[0].prompt_ids) - 1)
+            if (len(group) - 1) * p >= SHARED_PREFIX_MIN_SAVED:
+                groups.append((group, self._shared_prefix(group[0].prompt_ids[:p], slot)))
+            else:
+                rest += group
+        if rest:
+            groups.append((sorted(rest, key=lambda r: len(r.prompt_ids)), None))
+        return groups
+
+    def _shared_prefix(self, prefix: list[int], slot: int) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """One forward over `prefix` on `slot`: its length and per-layer keys/values (1, heads, p, head_dim)."""
         from transformers import DynamicCache
 
-        ids, mask = left_padded([r.prompt_ids for r in requests], self.pad_id)  # (n, width) each
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as model.generate makes them
+        cache = DynamicCache(config=self.model.config)
+        ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
+        with self.routing.use(torch.tensor([slot], dtype=torch.long, device=self.device)):
+            self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(prefix))[None].to(self.device),
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return len(prefix), [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _prefill(self, requests: Sequence[Request], shared: tuple | None = None) -> list[Row]:
+        """One left-padded forward over `requests`; live rows join the batch, finished ones are returned.
+
+        `shared`: (p, per-layer keys/values) of a prefix all `requests` start with, on their one slot
+        (from `_shared_prefix`): only the rest of each prompt is fed, after a copy of that cache. Each
+        row's cache then reads [prefix | left padding | rest of its prompt]; the mask skips the hole."""
+        from transformers import DynamicCache
+
+        p = 0 if shared is None else shared[0]
+        ids, mask = left_padded([r.prompt_ids[p:] for r in requests], self.pad_id)  # (n, width) each
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0) + p  # as model.generate makes them
         slots = torch.tensor([r.slot for r in requests], dtype=torch.long)
         cache = DynamicCache(config=self.model.config)
+        if shared is not None:
+            n = len(requests)
+            for index, (keys, values) in enumerate(shared[1]):
+                cache.update(keys.expand(n, -1, -1, -1).contiguous(), values.expand(n, -1, -1, -1).contiguous(), index)
+            mask = torch.cat([mask.new_ones(n, p), mask], dim=1)  # (n, p + width)
         with self.routing.use(slots.to(self.device)):
             out = self.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device),

@@ -208,8 +208,13 @@ def _grouped_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, plan: Rout
     g, m = read.shape
     t = x.shape[1]
     xg = x[read].reshape(g, m * t, x.shape[2])  # (G, m*T, d_in)
-    low = torch.bmm(xg, a.index_select(0, slots).transpose(1, 2))  # (G, m*T, r_max)
-    delta = torch.bmm(low, b.index_select(0, slots).transpose(1, 2))  # (G, m*T, d_out)
+    first, last = plan.groups[0][0], plan.groups[-1][0]  # groups come in ascending slot order
+    if last - first + 1 == g:  # the slots present are one run (slots are handed out in order): views, no copy
+        a_g, b_g = a[first : last + 1], b[first : last + 1]
+    else:
+        a_g, b_g = a.index_select(0, slots), b.index_select(0, slots)
+    low = torch.bmm(xg, a_g.transpose(1, 2))  # (G, m*T, r_max)
+    delta = torch.bmm(low, b_g.transpose(1, 2))  # (G, m*T, d_out)
     out = x.new_zeros(plan.rows + 1, t, b.shape[1])
     # Each real row appears once in `write`; padding entries all land on the dropped row `rows`.
     out.index_copy_(0, write.reshape(-1), delta.reshape(g * m, t, b.shape[1]))
