@@ -4,7 +4,8 @@ Generation (SmolLM2-135M, `smollm2-135m`): 8 adapters (ranks 4/8/16, q/k/v/o, no
 spread over them, greedy, exactly --new-tokens new tokens per row (eos ignored everywhere, so every
 system does the same work). Systems, all on the same 64 prompts:
 
-    lorafit mixed        AdapterHost + DecodeBatch, one batch of 64 rows over 8 adapters
+    lorafit mixed        AdapterHost + DecodeBatch, one batch of 64 rows over 8 adapters (also timed
+                         without sharing the prompts' common prefix: share_prefixes=False)
     lorafit base         the same decode loop with every row on the base (adapter None)
     HF base              bare base, model.generate on the same batch
     PEFT adapter_names   PeftModel with 8 adapters, model.generate(adapter_names=per-row names)
@@ -154,9 +155,10 @@ def bench_generate(args, work: Path) -> list[tuple]:
         print(f"adapter load times, {weights} weights (s): {', '.join(f'{t:.3f}' for t in load_times)}")
         _, slots = host.slots_for(rows, len(rows))
 
-        def lorafit_run(slot_list, new_tokens=n_new, host=host):
+        def lorafit_run(slot_list, new_tokens=n_new, host=host, share=True):
             reqs = [Request(e, int(s), new_tokens) for e, s in zip(enc, slot_list, strict=False)]
-            return DecodeBatch(host.model, host.routing, [], tok.pad_token_id).run(reqs)  # no eos: n_new each
+            # No eos: n_new tokens each.
+            return DecodeBatch(host.model, host.routing, [], tok.pad_token_id, share_prefixes=share).run(reqs)
 
         # Warm-ups on the full batch with a few new tokens, every system alike: the first run at a new
         # shape pays for allocations and kernel setup, and an earlier version timed that into the first row.
@@ -165,12 +167,15 @@ def bench_generate(args, work: Path) -> list[tuple]:
         for kernel in kernels:
             for layer in host._layers.values():
                 layer.kernel = kernel
-            t, out = timed(lambda lorafit_run=lorafit_run, slots=slots: lorafit_run(slots.tolist()))
+            t, out = timed(lambda lorafit_run=lorafit_run, slots=slots: lorafit_run(slots.tolist()), args.repeats)
             mixed_tokens = mixed_tokens or [r.tokens for r in out]
             results.append((f"lorafit mixed ({kernel}, {weights} weights)", t, total / t))
         for layer in host._layers.values():
             layer.kernel = args.kernel
-        t, _ = timed(lambda lorafit_run=lorafit_run: lorafit_run([0] * len(rows)))
+        # The 64 prompts share an 11-token instruction: the same run without the shared-prefix prefill.
+        t, _ = timed(lambda lorafit_run=lorafit_run, slots=slots: lorafit_run(slots.tolist(), share=False), args.repeats)
+        results.append((f"lorafit mixed ({args.kernel}, {weights} weights, no prefix sharing)", t, total / t))
+        t, _ = timed(lambda lorafit_run=lorafit_run: lorafit_run([0] * len(rows)), args.repeats)
         results.append((f"lorafit base (same decode, {weights} weights)", t, total / t))
         host = None
     warm = gen_settings(tok, 4)
@@ -180,7 +185,7 @@ def bench_generate(args, work: Path) -> list[tuple]:
     gen = gen_settings(tok, n_new)
     with torch.no_grad():
         bare.generate(input_ids=ids, attention_mask=mask, **warm)
-        t, _ = timed(lambda: bare.generate(input_ids=ids, attention_mask=mask, **gen))
+        t, _ = timed(lambda: bare.generate(input_ids=ids, attention_mask=mask, **gen), args.repeats)
     results.append(("HF generate, bare base", t, total / t))
     bare = None  # free it before PEFT loads its own copy
 
@@ -192,7 +197,7 @@ def bench_generate(args, work: Path) -> list[tuple]:
     peft.eval()
     with torch.no_grad():
         peft.generate(input_ids=ids, attention_mask=mask, adapter_names=rows, **warm)
-        t, out = timed(lambda: peft.generate(input_ids=ids, attention_mask=mask, adapter_names=rows, **gen))
+        t, out = timed(lambda: peft.generate(input_ids=ids, attention_mask=mask, adapter_names=rows, **gen), args.repeats)
     results.append(("PEFT adapter_names= mixed", t, total / t))
     peft_tokens = out[:, ids.shape[1] :].tolist()
     same = sum(a == b for a, b in zip(mixed_tokens, peft_tokens, strict=True))
@@ -206,7 +211,7 @@ def bench_generate(args, work: Path) -> list[tuple]:
             peft.generate(input_ids=sub_ids, attention_mask=sub_mask, **gen)
 
     with torch.no_grad():
-        t, _ = timed(one_at_a_time)
+        t, _ = timed(one_at_a_time, args.repeats)
     results.append(("PEFT one adapter at a time", t, total / t))
     return results
 
@@ -315,6 +320,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--kernel", default="auto", choices=["auto", "loop", "gather", "grouped"])
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="generation: best of this many timed runs per system (the machine's noise is ~10-15%%)")
     parser.add_argument("--kernels", action="store_true", help="time every kernel on the mixed batch")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="base weights of every system")
     parser.add_argument("--weights", default="packed", choices=sorted(WEIGHTS),

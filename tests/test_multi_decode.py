@@ -150,6 +150,9 @@ def test_prompts_sharing_a_prefix_prefill_it_once_and_decode_as_alone(tmp_path, 
     shared.clear()
     got_again = DecodeBatch(host.model, host.routing, [], 0).run(requests[:-1])
     assert sorted(shared) == sorted([(12, slot["r4"]), (12, slot["r16"])])  # the base row alone: no sharing
+    shared.clear()
+    unshared = DecodeBatch(host.model, host.routing, [], 0, share_prefixes=False).run(requests[:-1])
+    assert shared == [] and [r.tokens for r in unshared] == [r.tokens for r in got_again]
     for req, row, row_again in zip(requests, got, got_again + [None], strict=True):
         alone = DecodeBatch(host.model, host.routing, [], 0).run([Request(req.prompt_ids, req.slot, 8)])[0].tokens
         assert row.tokens == alone, req.key

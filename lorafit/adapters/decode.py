@@ -111,8 +111,11 @@ def sample_next(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
 class DecodeBatch:
     """Rows decoding together on one model; `add`, `step` and `remove` may be interleaved freely."""
 
-    def __init__(self, model: nn.Module, routing: SlotRouting | None, eos_ids: Sequence[int], pad_id: int):
+    def __init__(self, model: nn.Module, routing: SlotRouting | None, eos_ids: Sequence[int], pad_id: int,
+                 share_prefixes: bool = True):
+        """`share_prefixes`: prefill a prefix common to one adapter's new prompts once (see `add`)."""
         self.model = model
+        self.share_prefixes = share_prefixes
         self.routing = routing or SlotRouting()
         self.eos_ids = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
         self.pad_id = pad_id
@@ -128,7 +131,9 @@ class DecodeBatch:
         """Prefill `requests`, sample each one's first token and join the batch.
 
         Prompts are prefilled in order of length, PREFILL_ROWS at a time (left-padded, one forward
-        each), so a short prompt is not padded to the longest of the whole call. Returns the rows that
+        each), so a short prompt is not padded to the longest of the whole call. The prompts of one
+        adapter slot that share a prefix long enough to pay (SHARED_PREFIX_MIN_SAVED) prefill it once,
+        as a group of their own (never across slots: an adapter changes the keys/values). Returns the rows that
         finished on that first token (they never join), in the requests' order."""
         if not requests:
             return []
@@ -156,7 +161,7 @@ class DecodeBatch:
         for slot, group in by_slot.items():
             # Every row keeps at least its last prompt token to prefill (its logits give the first token).
             p = min(_common_prefix_length([r.prompt_ids for r in group]), len(group[0].prompt_ids) - 1)
-            if (len(group) - 1) * p >= SHARED_PREFIX_MIN_SAVED:
+            if self.share_prefixes and (len(group) - 1) * p >= SHARED_PREFIX_MIN_SAVED:
                 groups.append((group, self._shared_prefix(group[0].prompt_ids[:p], slot)))
             else:
                 rest += group
