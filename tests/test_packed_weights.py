@@ -109,7 +109,6 @@ def test_a_packing_host_keeps_no_plain_weight_alive():
     model = tiny_llama()
     # The base's checks (BaseShape) must not hold the modules: they would keep every plain weight.
     plain = [weakref.ref(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    host = host_for(lambda: model, pack_weights=True)
-    del model
+    host = host_for(lambda: model, pack_weights=True)  # the host's model is this very object
     gc.collect()
     assert host.packed_layers == len(plain) and all(ref() is None for ref in plain)
