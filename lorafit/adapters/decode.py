@@ -160,8 +160,13 @@ class DecodeBatch:
         groups, rest = [], []
         for slot, group in by_slot.items():
             # Every row keeps at least its last prompt token to prefill (its logits give the first token).
-            p = min(_common_prefix_length([r.prompt_ids for r in group]), len(group[0].prompt_ids) - 1)
-            if self.share_prefixes and (len(group) - 1) * p >= SHARED_PREFIX_MIN_SAVED:
+            # The bound first: a serving engine admits one or two prompts at a time, and comparing a long
+            # prompt token by token with itself on every admission would be wasted work.
+            longest = len(group[0].prompt_ids) - 1
+            p = 0
+            if self.share_prefixes and (len(group) - 1) * longest >= SHARED_PREFIX_MIN_SAVED:
+                p = min(_common_prefix_length([r.prompt_ids for r in group]), longest)
+            if (len(group) - 1) * p >= SHARED_PREFIX_MIN_SAVED:
                 groups.append((group, self._shared_prefix(group[0].prompt_ids[:p], slot)))
             else:
                 rest += group

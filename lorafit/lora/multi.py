@@ -245,17 +245,15 @@ class MultiLoRALinear(nn.Module):
         if packed is None and not is_linear(module):
             raise TypeError(f"cannot wrap {type(module).__name__}: only nn.Linear, Conv1D and PackedLinear")
         object.__setattr__(self, "_packed", packed)
-        if packed is None:
-            self.weight = module.weight
-        self.bias = module.bias
         self.transposed = is_conv1d(module)
         if packed is not None:
             self.in_features, self.out_features = packed.in_features, packed.out_features
             device, dtype = packed.device, packed.dtype
         else:
-            w = module.weight
+            self.weight = w = module.weight  # registered before bias, as in the wrapped module
             self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.transposed else (w.shape[1], w.shape[0])
             device, dtype = w.device, w.dtype
+        self.bias = module.bias
         self.kernel: Kernel = kernel
         object.__setattr__(self, "routing", routing)  # shared, not a submodule
         object.__setattr__(self, "_original", module)
