@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
-from bench_multi_adapter import prompts, write_adapter  # noqa: E402
+from bench_multi_adapter import prompts, write_bench_adapters  # noqa: E402
 
 from lorafit.adapters.decode import DecodeBatch, Request  # noqa: E402
 from lorafit.adapters.host import AdapterHost  # noqa: E402
@@ -62,20 +62,17 @@ def main() -> None:
     info = benchlib.header(f"decode step, {args.rows} rows over {args.adapters} adapters, {args.precision}, "
                            f"{args.weights} weights")
 
-    names = [f"a{i}" for i in range(args.adapters)]
     weights = ("packed", "plain") if args.weights == "both" else (args.weights,)
     tmp = tempfile.TemporaryDirectory()
-    hosts = {}
+    hosts, dirs = {}, {}
     for w in weights:
         base, tok = load_base(resolve_model("smollm2-135m"))
-        if not hosts:
-            for i, name in enumerate(names):  # all written from the plain base, before a host wraps its layers
-                write_adapter(base, Path(tmp.name) / name, (4, 8, 16, 8)[i % 4], ("q_proj", "k_proj", "v_proj", "o_proj"),
-                              seed=i, task_type="CAUSAL_LM")
+        dirs = dirs or write_bench_adapters(base, Path(tmp.name), args.adapters)  # from the plain base, once
         hosts[w] = AdapterHost(base, tok, causal=True, precision=args.precision, pack_weights=w == "packed")
-        for name in names:
-            hosts[w].load_adapter(name, Path(tmp.name) / name)
+        for name, directory in dirs.items():
+            hosts[w].load_adapter(name, directory)
     tmp.cleanup()
+    names = list(dirs)
     encoded = [tok(t)["input_ids"] for t in prompts(args.rows)]
     _, slots = hosts[weights[0]].slots_for([names[i % len(names)] for i in range(args.rows)], args.rows)
     # Enough new tokens that no row finishes while being timed (every sample runs --steps more steps).

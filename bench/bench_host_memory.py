@@ -28,7 +28,7 @@ import benchlib  # noqa: E402
 def measure(weights: str, precision: str) -> dict:
     """In this process: one host, 8 adapters, a short decode; the memory counters in MiB."""
     import torch
-    from bench_multi_adapter import prompts, write_adapter
+    from bench_multi_adapter import prompts, write_bench_adapters
 
     from lorafit.adapters.host import AdapterHost
     from lorafit.models import load_base, resolve_model
@@ -36,13 +36,11 @@ def measure(weights: str, precision: str) -> dict:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         base, _ = load_base(resolve_model("smollm2-135m"))
-        for i in range(8):
-            write_adapter(base, Path(tmp) / f"a{i}", (4, 8, 16, 8)[i % 4], ("q_proj", "k_proj", "v_proj", "o_proj"),
-                          seed=i, task_type="CAUSAL_LM")
+        dirs = write_bench_adapters(base, Path(tmp), 8)
         base = None
         host = AdapterHost.load("smollm2-135m", precision=precision, pack_weights=weights == "packed")
-        for i in range(8):
-            host.load_adapter(f"a{i}", Path(tmp) / f"a{i}")
+        for name, directory in dirs.items():
+            host.load_adapter(name, directory)
     host.generate(prompts(16), adapter=[f"a{i % 8}" for i in range(16)], max_new_tokens=8)
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     mib = {key: int(status[key].split()[0]) // 1024 for key in ("VmRSS", "RssAnon", "RssFile", "VmHWM")}

@@ -96,6 +96,16 @@ def write_adapter(model, directory: Path, rank: int, targets, seed: int, task_ty
     (directory / "adapter_config.json").write_text(json.dumps(config))
 
 
+def write_bench_adapters(model, directory: Path, count: int) -> dict[str, Path]:
+    """The benches' generation adapters, written from `model` before any host wraps it: a0..a{count-1}
+    under `directory`, ranks 4/8/16/8 in turn on q/k/v/o, seed = index. Returns name -> directory."""
+    dirs = {f"a{i}": Path(directory) / f"a{i}" for i in range(count)}
+    for i, path in enumerate(dirs.values()):
+        write_adapter(model, path, (4, 8, 16, 8)[i % 4], ("q_proj", "k_proj", "v_proj", "o_proj"), seed=i,
+                      task_type="CAUSAL_LM")
+    return dirs
+
+
 def timed(fn, repeats: int = 1):
     """Best of `repeats` wall times (after the caller's warm-up), and the last result."""
     best, result = float("inf"), None
@@ -128,11 +138,8 @@ def bench_generate(args, work: Path) -> list[tuple]:
     from peft import PeftModel
 
     ref = resolve_model("smollm2-135m")
-    names = [f"a{i}" for i in range(args.adapters)]
-    ranks = [(4, 8, 16, 8)[i % 4] for i in range(args.adapters)]
     base, tok = load_base(ref)
-    for i, name in enumerate(names):
-        write_adapter(base, work / name, ranks[i], ("q_proj", "k_proj", "v_proj", "o_proj"), seed=i, task_type="CAUSAL_LM")
+    names = list(write_bench_adapters(base, work, args.adapters))
     texts = prompts(args.prompts)
     rows = [names[i % len(names)] for i in range(len(texts))]
     enc, ids, mask = left_pad(tok, texts)

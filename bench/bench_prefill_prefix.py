@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
-from bench_multi_adapter import prompts, write_adapter  # noqa: E402
+from bench_multi_adapter import prompts, write_bench_adapters  # noqa: E402
 
 from lorafit.adapters.decode import DecodeBatch, Request  # noqa: E402
 from lorafit.adapters.host import AdapterHost  # noqa: E402
@@ -44,14 +44,12 @@ def main() -> None:
     info = benchlib.header(f"prefill of 64 prompts over 8 adapters with a shared prefix, {args.precision}")
 
     base, tok = load_base(resolve_model("smollm2-135m"))
-    names = [f"a{i}" for i in range(8)]
     with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(names):
-            write_adapter(base, Path(tmp) / name, (4, 8, 16, 8)[i % 4], ("q_proj", "k_proj", "v_proj", "o_proj"),
-                          seed=i, task_type="CAUSAL_LM")
+        dirs = write_bench_adapters(base, Path(tmp), 8)
         host = AdapterHost(base, tok, causal=True, precision=args.precision, pack_weights=True)
-        for name in names:
-            host.load_adapter(name, Path(tmp) / name)
+        for name, directory in dirs.items():
+            host.load_adapter(name, directory)
+    names = list(dirs)
     _, slots = host.slots_for([names[i % 8] for i in range(64)], 64)
     system = tok(" ".join([SYSTEM] * (1 + args.system_tokens // 16)))["input_ids"][: args.system_tokens]
     rows = []

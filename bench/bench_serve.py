@@ -48,18 +48,13 @@ def free_port() -> int:
 
 
 def make_adapters(work: Path, count: int) -> tuple[str, dict[str, Path]]:
-    from bench_multi_adapter import write_adapter
+    from bench_multi_adapter import write_bench_adapters
 
     from lorafit.models import load_base, resolve_model
 
     ref = resolve_model("smollm2-135m")
     base, _ = load_base(ref)
-    dirs = {}
-    for i in range(count):
-        dirs[f"a{i}"] = work / f"a{i}"
-        write_adapter(base, dirs[f"a{i}"], (4, 8, 16, 8)[i % 4], ("q_proj", "k_proj", "v_proj", "o_proj"), seed=i,
-                      task_type="CAUSAL_LM")
-    return ref.path_or_id, dirs
+    return ref.path_or_id, write_bench_adapters(base, work, count)
 
 
 def start_server(cmd: list[str], port: int, threads: int, log: Path, timeout: float = 300) -> subprocess.Popen:
