@@ -28,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "out"
+ROWS = REPO / "results" / "rows"  # committed: one JSON per finished row (result + learning curve), see keep_row
+KEPT_ADAPTERS = REPO / "results" / "adapters"  # committed: the converged generation rows' adapters (PEFT format)
 LORAFIT = str(Path(sys.executable).with_name("lorafit"))
 SEED = 0
 
@@ -119,7 +121,11 @@ def experiments() -> list[Experiment]:
     return rows + converged_rows(Experiment, OUT)
 
 
-THREADS = {"n": 0}  # torch threads per lorafit process; 0: torch's default (all cores)
+THREADS = {"n": 0}  # torch threads per lorafit process; 0: $OMP_NUM_THREADS if set, else torch's default (all cores)
+
+
+def torch_threads() -> int:
+    return THREADS["n"] or int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
 
 
 DEADLINE = {"at": None}  # time.time() at which `run --hours` stops every training (None: no limit)
@@ -174,7 +180,7 @@ def run_experiment(exp: Experiment, force: bool) -> None:
     log = out / "commands.log"
     started = time.time()
     result: dict = {"id": exp.id, "table": exp.table, "variant": exp.variant, "extra": exp.extra,
-                    "torch_threads": THREADS["n"] or os.cpu_count(), "parallel_jobs": THREADS.get("jobs", 1)}
+                    "torch_threads": torch_threads(), "parallel_jobs": THREADS.get("jobs", 1)}
     if exp.zero_shot:
         model, task = exp.zero_shot
         cmd = [LORAFIT, "eval", model, "--task", task, "-o", str(out / "eval.json"), "--json", *exp.eval_args]
@@ -215,7 +221,25 @@ def run_experiment(exp: Experiment, force: bool) -> None:
             result["merge_check"] = merge_check(run_dir, out, log, evaluation, limit)
     result["wall_seconds"] = round(time.time() - started, 1)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    keep_row(exp, result, out)
     print(f"[done] {exp.id} in {result['wall_seconds']:.0f}s: {result['eval']['metrics']}", flush=True)
+
+
+def keep_row(exp: Experiment, result: dict, out: Path) -> None:
+    """Copy a finished row into the committed tree: results/rows/<id>.json (result.json plus the run's
+    validation and task-metric records, its learning curve) and, for the converged generation rows, the
+    adapter itself in results/adapters/<id>/ (PEFT format, with the run's recipe). The report reads
+    these, so no number depends on a run directory surviving."""
+    ROWS.mkdir(parents=True, exist_ok=True)
+    metrics = out / "run" / "metrics.jsonl"
+    curve = [r for r in (json.loads(x) for x in metrics.read_text().splitlines()) if "loss" not in r] if metrics.exists() else []
+    (ROWS / f"{exp.id}.json").write_text(json.dumps({**result, "curve": curve}, indent=1) + "\n")
+    adapter = out / "run" / "adapter"
+    if exp.extra.get("keep_adapter") and adapter.is_dir():
+        kept = KEPT_ADAPTERS / exp.id
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(adapter, kept)
+        shutil.copy2(out / "run" / "recipe.yaml", kept / "recipe.yaml")
 
 
 def train_time(records: list[dict]) -> float:
@@ -298,7 +322,10 @@ def main() -> None:
         THREADS.update(n=max(1, (os.cpu_count() or 1) // args.jobs), jobs=args.jobs)
     if args.hours is not None:
         DEADLINE["at"] = time.time() + args.hours * 3600
-    run_in_lanes(todo, args.jobs, args.force)
+    if args.jobs == 1 and any(table.startswith("converged") for table in tables):
+        run_converged(tables, args.only, args.force)
+    else:
+        run_in_lanes(todo, args.jobs, args.force)
     THREADS.update(n=0, jobs=1)
     if "merge" in tables:
         run_latency(args.force)
@@ -355,6 +382,31 @@ def run_in_lanes(todo: list[Experiment], jobs: int, force: bool) -> None:
         raise SystemExit(f"{len(failures)} experiment(s) failed: {', '.join(failures)}")
     if stopped:
         raise SystemExit(f"stopped at the deadline: {', '.join(stopped)} continue on the next run")
+
+
+def run_converged(tables: list[str], only: list[str] | None, force: bool) -> None:
+    """One row at a time on all the threads the process was given, re-planning after each row: rows that
+    depend on finished ones (the GLUE seed reruns at the best learning rate, E2E's beam-search rows)
+    join the queue as soon as they can. Order: bench/results_converged.py's list order."""
+    failed: list[str] = []
+    done: set[str] = set()
+    while True:
+        todo = [e for e in experiments() if e.table in tables and (only is None or e.id in only)
+                and e.id not in failed and e.id not in done and (force or not (OUT / e.id / "result.json").exists())]
+        if not todo:
+            break
+        exp = todo[0]
+        try:
+            run_experiment(exp, force)
+            done.add(exp.id)
+        except SystemExit as failure:  # one failed row must not stop the others
+            print(f"[fail] {failure}", flush=True)
+            failed.append(exp.id)
+        except OutOfTime:
+            print(f"[stopped] {exp.id} at the --hours deadline (checkpoint written); run again to continue", flush=True)
+            raise SystemExit(f"stopped at the deadline: {exp.id} continues on the next run") from None
+    if failed:
+        raise SystemExit(f"{len(failed)} experiment(s) failed: {', '.join(failed)}")
 
 
 LATENCY_RUNS = {"smollm2-135m": "e2e-lora-qv-r4", "minilm-l6": "glue-sst2-lora"}

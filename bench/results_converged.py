@@ -10,9 +10,15 @@ results/out/<id>/result.json); this module only says which rows, and how long on
   (by the task's main dev metric) is rerun with seeds 1 and 2, reported as median and range. Head only
   is the floor. Task metrics are logged once per epoch (eval.every), so each run is a learning curve.
 - WikiSQL subset: the 1,000 training questions for 6 epochs, LoRA q,v vs all-linear vs full.
-- E2E: the whole training set (42,061 rows), 2 epochs for LoRA, 1 for full fine-tuning, the paper's
-  settings (lr 2e-4, batch 8, dropout 0.1, warm-up 500, weight decay 0.01; lorafit has no label
-  smoothing); beam 10, length penalty 0.9, no repeated 4-grams. Checkpoints every 500 steps.
+- E2E: the whole training set (42,061 rows), the paper's settings (lr 2e-4, batch 8, dropout 0.1,
+  warm-up 500, weight decay 0.01; lorafit has no label smoothing): LoRA one epoch (a two-epoch run only
+  if the dev loss still fell by more than 1% over the first epoch's last fifth), full fine-tuning one
+  epoch at the lr of a 3-value sweep on 4,000 rows; greedy decoding for every row, and beam 10 (length
+  penalty 0.9, no repeated 4-grams) for the best LoRA row and full fine-tuning. Checkpoints every 500 steps.
+
+Order (see converged_rows): MRPC, STS-B, RTE, WikiSQL, E2E, CoLA, SST-2; one row at a time with all the
+threads the process has (`--jobs 1`); each finished row is copied to results/rows/<id>.json (committed,
+with its learning curve) and the generation rows' LoRA adapters to results/adapters/<id>/.
 
 Every long training writes checkpoints (train.save_every); `results.py run --hours H` stops each
 training at the deadline with SIGTERM (lorafit writes a checkpoint and exits 130) and the next `run`
@@ -53,42 +59,122 @@ def seed_id(task: str, method: str, seed: int) -> str:
     return f"cg-{task}-{method}-best-s{seed}"
 
 
-def converged_rows(experiment, out: Path) -> list:
-    """The converged rows as `experiment(...)` (results.Experiment) objects; the seed reruns appear once
-    their method's sweep has finished (they need its best learning rate)."""
+def glue_rows(experiment, out: Path, task: str) -> list:
+    """One GLUE task: both methods' learning-rate sweeps, then the seed reruns of each method's best lr
+    (listed once its sweep has finished), then head only (the floor)."""
+    scale = glue_scale(task)
     rows = []
-    for task in GLUE_TASKS:
-        scale = glue_scale(task)
-        rows.append(experiment(f"cg-{task}-head", "converged-glue", "head only", f"{task}-minilm",
-                               (*scale, *s("train.method=head", "train.lr=2e-3")), extra={"task": task}))
-        for method in ("lora", "full"):
-            for lr in LRS[method]:
-                rows.append(experiment(sweep_id(task, method, lr), "converged-glue", f"{method} lr {lr}",
-                                       f"{task}-minilm", (*scale, *s(f"train.method={method}", f"train.lr={lr}")),
-                                       extra={"task": task, "method": method, "lr": lr, "seed": 0}))
-            best = best_lr(out, task, method)
-            if best is not None:
-                for seed in SEEDS:
-                    rows.append(experiment(seed_id(task, method, seed), "converged-glue", f"{method} lr {best} seed {seed}",
-                                           f"{task}-minilm", (*scale, *s(f"train.method={method}", f"train.lr={best}")),
-                                           extra={"task": task, "method": method, "lr": best, "seed": seed}))
+    for method in ("lora", "full"):
+        for lr in LRS[method]:
+            rows.append(experiment(sweep_id(task, method, lr), "converged-glue", f"{method} lr {lr}",
+                                   f"{task}-minilm", (*scale, *s(f"train.method={method}", f"train.lr={lr}")),
+                                   extra={"task": task, "method": method, "lr": lr, "seed": 0}))
+    for method in ("lora", "full"):
+        best = best_lr(out, task, method)
+        if best is not None:
+            for seed in SEEDS:
+                rows.append(experiment(seed_id(task, method, seed), "converged-glue", f"{method} lr {best} seed {seed}",
+                                       f"{task}-minilm", (*scale, *s(f"train.method={method}", f"train.lr={best}")),
+                                       extra={"task": task, "method": method, "lr": best, "seed": seed}))
+    rows.append(experiment(f"cg-{task}-head", "converged-glue", "head only", f"{task}-minilm",
+                           (*scale, *s("train.method=head", "train.lr=2e-3")), extra={"task": task}))
+    return rows
+
+
+def wikisql_rows(experiment) -> list:
+    """WikiSQL subset, 6 epochs of the 1,000 training questions: LoRA q,v vs all-linear vs full."""
     wikisql = s("train.epochs=6", "train.eval_every=125", "eval.every=125", "train.save_every=250")
-    for rid, variant, extra in (("cw-lora-qv", "LoRA r=4 q,v", ()), ("cw-lora-all", "LoRA r=4 all linear",
-                                s("lora.targets=all-linear")), ("cw-full", "full fine-tuning", s("train.method=full", "train.lr=5e-5"))):
-        rows.append(experiment(rid, "converged-wikisql", variant, "wikisql-smollm2", (*wikisql, *extra)))
-    e2e = s("data.max_train_examples=null", "train.lr=2e-4", "train.warmup_steps=500", "train.weight_decay=0.01",
-            "train.save_every=500", "train.eval_every=1000", "data.max_valid_examples=500", "eval.beam_size=10",
-            "eval.length_penalty=0.9", "eval.no_repeat_ngram_size=4", "eval.batch_size=8")
-    rows.append(experiment("ce-lora-qv", "converged-e2e", "LoRA r=4 q,v (paper)", "e2e-smollm2", (*e2e, *s("train.epochs=2"))))
-    rows.append(experiment("ce-lora-all", "converged-e2e", "LoRA r=4 all linear", "e2e-smollm2",
-                           (*e2e, *s("train.epochs=2", "lora.targets=all-linear"))))
-    rows.append(experiment("ce-full", "converged-e2e", "full fine-tuning", "e2e-smollm2",
-                           (*e2e, *s("train.epochs=1", "train.method=full", "train.lr=5e-5"))))
+    return [experiment(rid, "converged-wikisql", variant, "wikisql-smollm2", (*wikisql, *extra), extra=keep)
+            for rid, variant, extra, keep in (
+                ("cw-lora-qv", "LoRA r=4 q,v", (), {"keep_adapter": True}),
+                ("cw-full", "full fine-tuning", s("train.method=full", "train.lr=5e-5"), {}),
+                ("cw-lora-all", "LoRA r=4 all linear", s("lora.targets=all-linear"), {"keep_adapter": True}))]
+
+
+E2E_STEPS_PER_EPOCH = -(-42061 // 8)
+# The paper's settings (lr 2e-4, batch 8, dropout 0.1, warm-up 500, weight decay 0.01; lorafit has no label
+# smoothing); validation loss on 500 dev examples ten times an epoch (the "last fifth" rule reads it);
+# the end-of-run evaluation greedy over all 547 dev MRs; beam search is a separate row (BEAM).
+E2E = s("data.max_train_examples=null", "train.lr=2e-4", "train.warmup_steps=500", "train.weight_decay=0.01",
+        "train.save_every=500", f"train.eval_every={-(-E2E_STEPS_PER_EPOCH // 10)}", "data.max_valid_examples=500",
+        "eval.beam_size=1", "eval.batch_size=32")
+BEAM = ("--beam-size", "10", "--length-penalty", "0.9", "--no-repeat-ngram-size", "4", "--batch-size", "8")
+FULL_SWEEP_LRS = ("2e-5", "5e-5", "1e-4")
+# Full fine-tuning's lr sweep: 4,000 training rows (500 steps), the same 500 dev examples for the loss.
+FULL_SWEEP = s("data.max_train_examples=4000", "train.epochs=1", "train.method=full", "train.warmup_steps=50",
+               "train.eval_every=100", "eval.limit=50")
+
+
+def still_falling(out: Path, rid: str, threshold: float = 0.01) -> bool | None:
+    """Did the dev loss fall by more than `threshold` (relative) over the last fifth of the run? None
+    until the run has finished."""
+    row = result(out, rid)
+    points = [(r["step"], r["valid_loss"]) for r in (row or {}).get("curve", []) if "valid_loss" in r]
+    if row is None or len(points) < 2:
+        return None
+    last_step = points[-1][0]
+    earlier = [v for step, v in points if step <= 0.8 * last_step]
+    return bool(earlier) and (earlier[-1] - points[-1][1]) / earlier[-1] > threshold
+
+
+def best_full_e2e_lr(out: Path) -> str | None:
+    """The full fine-tuning lr with the lowest final dev loss in the subset sweep, once all have run."""
+    losses = {}
+    for lr in FULL_SWEEP_LRS:
+        row = result(out, f"ce-full-sweep-lr{lr}")
+        if row is None:
+            return None
+        losses[lr] = row["summary"].get("final_valid_loss") or float("inf")
+    return min(losses, key=losses.get)
+
+
+def e2e_rows(experiment, out: Path) -> list:
+    """E2E on SmolLM2-135M over all 42,061 training rows: LoRA r=4 q,v one epoch (a second, as a
+    two-epoch run, only if the dev loss still fell by more than 1% over the first's last fifth); full
+    fine-tuning one epoch at the lr its subset sweep picks; beam 10 for the best LoRA row and the full
+    fine-tuning row; LoRA all-linear last, if time allows."""
+    rows = [experiment("ce-lora-qv", "converged-e2e", "LoRA r=4 q,v (paper), 1 epoch", "e2e-smollm2",
+                       (*E2E, *s("train.epochs=1")), extra={"keep_adapter": True})]
+    rows += [experiment(f"ce-full-sweep-lr{lr}", "converged-e2e", f"full FT lr sweep {lr} (4,000 rows)", "e2e-smollm2",
+                        (*E2E, *FULL_SWEEP, *s(f"train.lr={lr}")), extra={"lr": lr}) for lr in FULL_SWEEP_LRS]
+    lora = "ce-lora-qv"
+    if still_falling(out, "ce-lora-qv"):
+        lora = "ce-lora-qv-2ep"
+        rows.append(experiment(lora, "converged-e2e", "LoRA r=4 q,v (paper), 2 epochs", "e2e-smollm2",
+                               (*E2E, *s("train.epochs=2")), extra={"keep_adapter": True}))
+    full_lr = best_full_e2e_lr(out)
+    if full_lr is not None:
+        rows.append(experiment("ce-full", "converged-e2e", f"full fine-tuning, 1 epoch, lr {full_lr}", "e2e-smollm2",
+                               (*E2E, *s("train.epochs=1", "train.method=full", f"train.lr={full_lr}")),
+                               extra={"lr": full_lr}))
+    for rid in (lora, "ce-full"):
+        if result(out, rid) is not None and (out / rid / "run").is_dir():
+            rows.append(experiment(f"{rid}-beam10", "converged-e2e", f"{rid}, beam 10", None,
+                                   zero_shot=(str(out / rid / "run"), "e2e"), eval_args=BEAM, extra={"of": rid}))
+    rows.append(experiment("ce-lora-all", "converged-e2e", "LoRA r=4 all linear, 1 epoch", "e2e-smollm2",
+                           (*E2E, *s("train.epochs=1", "lora.targets=all-linear")), extra={"keep_adapter": True}))
+    return rows
+
+
+def converged_rows(experiment, out: Path) -> list:
+    """The converged rows as `experiment(...)` (results.Experiment) objects, in the order they run: the
+    small GLUE tasks first (they answer soonest), each task's rows complete before the next task; rows
+    that need finished ones (seed reruns, the second E2E epoch, beam search) appear once they can run."""
+    rows = []
+    for task in ("mrpc", "stsb", "rte"):
+        rows += glue_rows(experiment, out, task)
+    rows += wikisql_rows(experiment)
+    rows += e2e_rows(experiment, out)
+    for task in ("cola", "sst2"):
+        rows += glue_rows(experiment, out, task)
     return rows
 
 
 def result(out: Path, rid: str) -> dict | None:
-    path = out / rid / "result.json"
+    """A finished row: its committed record (results/rows/<id>.json, with the learning curve) or, before
+    it is kept, results/out/<id>/result.json."""
+    kept = out.parent / "rows" / f"{rid}.json"
+    path = kept if kept.exists() else out / rid / "result.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -116,16 +202,9 @@ def seed_summary(out: Path, task: str, method: str) -> dict | None:
 
 
 def curve(out: Path, rid: str, metric: str) -> list[tuple[int, float]]:
-    """(examples seen, dev metric) after each task evaluation of a run (metrics.jsonl's eval_* records)."""
-    path = out / rid / "run" / "metrics.jsonl"
-    if not path.exists():
-        return []
-    points = []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if f"eval_{metric}" in record:
-            points.append((record["step"] * BATCH, record[f"eval_{metric}"]))
-    return points
+    """(examples seen, dev metric) after each task evaluation of a row (its kept eval_* records)."""
+    row = result(out, rid) or {}
+    return [(r["step"] * BATCH, r[f"eval_{metric}"]) for r in row.get("curve", []) if f"eval_{metric}" in r]
 
 
 def plot_curves(out: Path, path: Path) -> Path | None:
