@@ -303,12 +303,20 @@ def main() -> None:
     r.add_argument("--jobs", type=int, default=1, help="experiments run side by side (threads split between them)")
     r.add_argument("--hours", type=float, default=None,
                    help="stop at this many hours (trainings checkpoint and continue on the next run)")
-    sub.add_parser("report", help="write docs/results.md and docs/results.json from results/out")
+    rep = sub.add_parser("report", help="write docs/results.md and docs/results.json from results/out")
+    rep.add_argument("--converged", action="store_true",
+                     help="only rewrite section 6 (the converged rows) from the committed results/rows")
     sub.add_parser("list", help="list the experiments")
     args = parser.parse_args()
     if args.command == "list":
         for exp in experiments():
             print(f"{exp.id:32s} {exp.table:8s} {exp.variant}")
+        return
+    if args.command == "report" and args.converged:
+        from results_converged_report import converged_section, splice_section
+
+        splice_section(REPO / "docs" / "results.md", converged_section(OUT, REPO / "docs"))
+        print(f"wrote section 6 of {REPO / 'docs' / 'results.md'}")
         return
     if args.command == "report":
         from results_report import write_report

@@ -199,32 +199,3 @@ def seed_summary(out: Path, task: str, method: str) -> dict | None:
     return {"lr": best, "seeds": len(values), "median": statistics.median(values), "min": min(values),
             "max": max(values), "sweep": {lr: (result(out, sweep_id(task, method, lr)) or {}).get("eval", {})
                                           .get("metrics", {}).get(MAIN[task]) for lr in LRS[method]}}
-
-
-def curve(out: Path, rid: str, metric: str) -> list[tuple[int, float]]:
-    """(examples seen, dev metric) after each task evaluation of a row (its kept eval_* records)."""
-    row = result(out, rid) or {}
-    return [(r["step"] * BATCH, r[f"eval_{metric}"]) for r in row.get("curve", []) if f"eval_{metric}" in r]
-
-
-def plot_curves(out: Path, path: Path) -> Path | None:
-    """Dev metric vs examples seen, LoRA and full fine-tuning (best lr, seed 0) on one panel per task."""
-    import matplotlib.pyplot as plt
-
-    from lorafit.runs.plots import save_figure  # also selects the headless Agg backend
-
-    panels = [(t, {m: curve(out, sweep_id(t, m, best_lr(out, t, m)), MAIN[t]) for m in ("lora", "full")
-                   if best_lr(out, t, m)}) for t in GLUE_TASKS]
-    panels = [(t, c) for t, c in panels if any(c.values())]
-    if not panels:
-        return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, (task, curves) in zip(axes[0], panels, strict=True):
-        for method, points in curves.items():
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
-        ax.set_title(f"{task} dev {MAIN[task]}")
-        ax.set_xlabel("examples seen")
-        ax.legend()
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=100)

@@ -188,62 +188,6 @@ def latency(res: dict) -> str:
                   "max abs logit diff, merged vs adapter"], rows) + "\n" + r["how"] + "\n"
 
 
-def converged_glue_table(out: Path) -> str:
-    """Median [min, max] of the main dev metric over 3 seeds at each method's best learning rate."""
-    from results_converged import GLUE_TASKS, MAIN, seed_summary
-
-    def cell(task: str, method: str) -> str:
-        summary = seed_summary(out, task, method)
-        if summary is None:
-            return "not run"
-        spread = f" [{summary['min']:.3f}, {summary['max']:.3f}]" if summary["seeds"] > 1 else ""
-        return f"{summary['median']:.3f}{spread} (lr {summary['lr']}, {summary['seeds']} seed{'s' * (summary['seeds'] > 1)})"
-
-    res = load(out)
-    rows = [["head only (floor)", *(metric(res.get(f"cg-{t}-head"), MAIN[t], 3) for t in GLUE_TASKS)]]
-    rows += [[label, *(cell(t, m) for t in GLUE_TASKS)] for m, label in (("lora", "LoRA r=8 q,v"), ("full", "full fine-tuning"))]
-    return table(["variant", *(f"{t} {MAIN[t]}" for t in GLUE_TASKS)], rows)
-
-
-def sweep_table(out: Path) -> str:
-    """Every sweep row's main dev metric (seed 0), so the learning-rate choice can be checked."""
-    from results_converged import GLUE_TASKS, LRS, MAIN
-
-    rows = []
-    for method in ("lora", "full"):
-        for lr in LRS[method]:
-            cells = []
-            for task in GLUE_TASKS:
-                r = load_one(out, f"cg-{task}-{method}-lr{lr}")
-                cells.append(metric(r, MAIN[task], 3))
-            rows.append([f"{method} lr {lr}", *cells])
-    return table(["sweep row (seed 0)", *GLUE_TASKS], rows)
-
-
-def load_one(out: Path, rid: str) -> dict | None:
-    path = out / rid / "result.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def compute_table(res: dict, prefix: tuple[str, ...]) -> str:
-    """Per converged row: wall time (all invocations), threads, peak RSS, steps, examples seen."""
-    rows = []
-    for rid, r in sorted(res.items()):
-        if not rid.startswith(prefix) or "summary" not in r:
-            continue
-        s = r["summary"]
-        rows.append([rid, fmt(r.get("wall_seconds"), 0), str(r.get("torch_threads")), fmt(s.get("peak_rss_mb"), 0),
-                     fmt(s.get("steps")), fmt(s.get("examples_seen"))])
-    if not rows:
-        return "No converged row has finished on this machine yet.\n"
-    return table(["row", "wall s", "threads", "peak RSS MB", "steps", "examples seen"], rows)
-
-
-def converged_rows_table(res: dict, ids: tuple[str, ...], columns: list[tuple[str, str]]) -> str:
-    rows = [[res[i]["variant"] if i in res else i, *(metric(res.get(i), m, 4) for m, _ in columns)] for i in ids]
-    return table(["variant", *(c for _, c in columns)], rows)
-
-
 def machine(res: dict) -> str:
     # Prefer a run whose summary records the most machine facts (later lorafit versions record more).
     for r in sorted(res.values(), key=lambda r: -len(r.get("summary", {}).get("machine", {}))):
@@ -259,18 +203,10 @@ def machine(res: dict) -> str:
     return f"{platform.machine()} (no runs yet)"
 
 
-def curves_line(out: Path, docs: Path) -> str:
-    from results_converged import plot_curves
-
-    path = plot_curves(out, docs / "img" / "converged-curves.png")
-    if path is None:
-        return "\n(No learning curves yet.)\n"
-    return "\n![dev metric vs examples seen, LoRA and full fine-tuning](img/converged-curves.png)\n"
-
-
 def write_report(out: Path, docs: Path) -> None:
     res = load(out)
     from results import experiments  # bench/ is on sys.path when run as bench/results.py
+    from results_converged_report import converged_section
 
     ids = {e.id for e in experiments()} | {"merge-latency"}
     done = [rid for rid in res if rid in ids]
@@ -318,24 +254,8 @@ def write_report(out: Path, docs: Path) -> None:
         merge_table(res),
         "\n### Merged model latency vs the base model\n",
         latency(res),
-        "\n## 6. At a converged budget: does LoRA match full fine-tuning?\n",
-        "The tables above stop after a short budget. These rows train until the dev metric stops improving "
-        "(`bench/results_converged.py` says exactly how: all training data, epochs per task, a 3-value "
-        "learning-rate sweep per method, the best rerun with 3 seeds; `--hours` limits each invocation and "
-        "trainings continue from their checkpoints).\n",
-        "### 6a. GLUE dev on MiniLM-L6: median [range] over seeds at the best learning rate\n",
-        converged_glue_table(out),
-        "\nLearning-rate sweep (seed 0, main dev metric):\n",
-        sweep_table(out),
-        curves_line(out, docs),
-        "\n### 6b. WikiSQL subset, 6 epochs (valid)\n",
-        converged_rows_table(res, ("cw-lora-qv", "cw-lora-all", "cw-full"),
-                             [("lf_accuracy", "logical-form acc"), ("exact_match", "exact match")]),
-        "\n### 6c. E2E on all 42,061 training rows, beam 10 (dev)\n",
-        converged_rows_table(res, ("ce-lora-qv", "ce-lora-all", "ce-full"),
-                             [("BLEU", "BLEU"), ("NIST", "NIST"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"), ("CIDEr", "CIDEr")]),
-        "\n### 6d. Compute per converged row\n",
-        compute_table(res, ("cg-", "cw-", "ce-")),
+        "",
+        converged_section(out, docs),
         "\n## Machine\n",
         machine(res) + "\n",
     ]
