@@ -93,12 +93,14 @@ def _common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
 def sample_next(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
     """The next token per row from logits (B, vocab): argmax, or a top-p sample at the row's temperature."""
     # argmax over a bf16 (B, vocab) is ~2x slower on CPU than casting to fp32 first (49k-word vocab, 64 rows).
-    tokens = logits.float().argmax(dim=-1)  # (B,)
+    tokens = logits.float().argmax(dim=-1).cpu()  # (B,)
     for i, row in enumerate(rows):
         req = row.request
         if req.temperature <= 0:
             continue
-        probs = torch.softmax(logits[i].float() / req.temperature, dim=-1)  # (vocab,)
+        # Sampled on the CPU whatever the model's device: a row's seeded generator is a CPU one, so a
+        # seed gives the same tokens on a GPU host as on a CPU host.
+        probs = torch.softmax(logits[i].float().cpu() / req.temperature, dim=-1)  # (vocab,)
         if req.top_p < 1.0:
             sorted_p, order = probs.sort(descending=True)
             # Keep the smallest head whose mass reaches top_p (the token crossing it included).

@@ -28,6 +28,7 @@ from lorafit.errors import AdapterError, ModelError
 from lorafit.fast.precision import resolve_precision
 from lorafit.lora.multi import DEFAULT_KERNEL, Kernel, MultiLoRALinear, SlotModules, SlotRouting
 from lorafit.models import ModelRef, load_base, resolve_model
+from lorafit.models.device import compute_device
 
 DEFAULT_MAX_RANK = 64
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -101,11 +102,13 @@ class AdapterHost:
 
     @classmethod
     def load(cls, base_model: str, *, task: str | None = None, max_rank: int = DEFAULT_MAX_RANK,
-             kernel: Kernel = DEFAULT_KERNEL, precision: str = "auto", pack_weights: bool = True) -> AdapterHost:
+             kernel: Kernel = DEFAULT_KERNEL, precision: str = "auto", pack_weights: bool = True,
+             device: str | None = None) -> AdapterHost:
         """Load `base_model` (alias, directory or HF id) once. `task` "generate" or "classify"; by
         default a causal LM checkpoint is for generation and anything else an encoder for classification.
         `precision`: "fp32", "bf16" or "auto" (bf16 on hardware with native bf16 matmuls, like training).
-        `pack_weights`: see `__init__` (on by default here: the host owns the model it loads)."""
+        `pack_weights`: see `__init__` (on by default here: the host owns the model it loads; a GPU
+        host keeps plain weights). `device`: see `compute_device` (None: $LORAFIT_DEVICE, else auto)."""
         ref = resolve_model(base_model)
         if task is None:
             task = "generate" if _is_causal_lm(ref) else "classify"
@@ -113,6 +116,7 @@ class AdapterHost:
             raise ModelError(f"task must be 'generate' or 'classify', got {task!r}")
         # A classifier base gets a placeholder 2-label head: every adapter brings its own.
         model, tokenizer = load_base(ref, 0 if task == "generate" else 2)
+        model.to(compute_device(device))  # before casting and packing: both depend on the device
         return cls(model, tokenizer, causal=task == "generate", max_rank=max_rank, kernel=kernel, name=ref.name,
                    precision=precision, pack_weights=pack_weights)
 

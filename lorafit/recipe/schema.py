@@ -171,6 +171,9 @@ class Recipe:
         "auto", "fp32; bf16 autocast for the forward passes; auto: bf16 where the hardware has bf16 matmuls "
         "(CPUs with AVX512-BF16 or AMX, GPUs with bf16), else fp32 (docs/performance.md)"
     )
+    device: Literal["auto", "cpu", "cuda"] = _opt(
+        "auto", "where to train: auto: a CUDA GPU when torch sees one, else the CPU ($LORAFIT_DEVICE overrides auto)"
+    )
     output_dir: str | None = _opt(None, "run directory; null: runs/<name>")
     lora: LoraConfig = _section(LoraConfig, "LoRA adapters")
     data: DataConfig = _section(DataConfig, "data files and lengths")

@@ -20,11 +20,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info() -> dict:
-    """Versions and CPU facts recorded in summary.json, so timings can be compared across machines."""
+def machine_info(device: torch.device | None = None) -> dict:
+    """Versions and CPU facts recorded in summary.json, so timings can be compared across machines;
+    with `device`, the device the run computed on ("cpu" or the GPU's name)."""
     import transformers
 
+    from lorafit.models.device import device_name
+
     return {
+        **({"device": device_name(device)} if device is not None else {}),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lorafit.models.device import compute_device
+
 # A collective that waits longer than this ends every rank with an error (gloo's default is 30 min):
 # a rank that died or hangs stops the whole job within about a minute. LORAFIT_DIST_TIMEOUT overrides.
 DEFAULT_TIMEOUT_S = 60
@@ -302,17 +304,18 @@ def thread_share(local_world: int) -> int:
 
 
 @contextmanager
-def session(mode: str = "ddp") -> Iterator[Dist]:
-    """The job this process belongs to. Under torchrun: joins the process group (nccl when this
-    machine has GPUs, else gloo; collectives time out after 60 s), sets its torch threads and device,
-    and leaves the group at the end. Otherwise: a single process, nothing to set up."""
+def session(mode: str = "ddp", device: str = "auto") -> Iterator[Dist]:
+    """The job this process belongs to. Under torchrun: joins the process group (nccl when the ranks
+    run on GPUs, else gloo; collectives time out after 60 s), sets its torch threads and device (GPU
+    `LOCAL_RANK`), and leaves the group at the end. Otherwise: a single process on
+    `compute_device(device)` (a recipe's `device`: auto, cpu or cuda), nothing else to set up."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1 and not torch.distributed.is_initialized():
-        yield Dist(mode=mode)
+        yield Dist(mode=mode, device=compute_device(device))
         return
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    gpu = torch.cuda.is_available()
+    gpu = compute_device(device).type == "cuda"
     backend = "nccl" if gpu else "gloo"
     device = torch.device("cuda", local_rank) if gpu else torch.device("cpu")
     if gpu:

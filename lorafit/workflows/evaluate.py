@@ -16,6 +16,7 @@ from lorafit.errors import DataError
 from lorafit.eval.generate import DECODING_KEYS, decoding_settings
 from lorafit.eval.predict import eval_items, evaluate, read_predictions, score
 from lorafit.models import looks_like_path
+from lorafit.models.device import compute_device
 from lorafit.models.loader import load_target
 from lorafit.recipe import Recipe, load_recipe
 from lorafit.recipe.schema import DataConfig, EvalConfig
@@ -89,6 +90,7 @@ def run_eval(request: EvalRequest, reporter: Reporter) -> dict:
         result.update(source=str(request.predictions), kind="predictions", **score(task, predictions, items))
     else:
         loaded = load_target(request.target, task)
+        loaded.model.to(compute_device())  # $LORAFIT_DEVICE, else a GPU when there is one
         label = "generate" if task.kind == "generation" else "classify"
         with reporter.progress(label, len(items)) as progress:
             evaluated = evaluate(loaded.model, loaded.tokenizer, task, items, settings, options.max_length,

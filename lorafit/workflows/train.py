@@ -50,7 +50,7 @@ def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, 
     task = load_task(recipe)
     if recipe.log.tensorboard:
         summary_writer_class()  # fail now, not after loading the model, when tensorboard is missing
-    with distributed.session(recipe.train.distributed) as dist:  # one process: no process group
+    with distributed.session(recipe.train.distributed, recipe.device) as dist:  # one process: no process group
         check_distributed(recipe, task, dist)
         if dist.world > 1:
             reporter.info(distributed.describe(dist, recipe.train.batch_size, recipe.train.grad_accum))
@@ -279,7 +279,7 @@ def write_summary(run: RunDir, recipe: Recipe, task: Task, loaded: Loaded, resul
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
         "seconds": round(time.perf_counter() - started, 1),
         "lorafit_version": __version__,
-        "machine": machine_info(),
+        "machine": machine_info(next(loaded.model.parameters()).device),
     }
     run.write_json(SUMMARY_FILE, summary)
     return summary
