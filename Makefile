@@ -6,7 +6,7 @@ export LORAFIT_DATA ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow bench results lint docs
+.PHONY: install install-cuda demo test test-slow bench results lint docs gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,6 +19,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# On a machine with an NVIDIA GPU: the same venv with torch 2.13's CUDA build instead of the CPU one (PyPI's
+# Linux wheel of torch bundles CUDA; a machine's own pip settings, such as a local CPU wheel folder, are
+# ignored for this one package). The default install stays CPU-only. docs/gpu.md.
+install-cuda: install
+	$(VENV)/bin/pip uninstall -q -y torch
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(VENV)/bin/pip install -q torch==2.13.0
+	$(PY) -c "import torch; assert torch.version.cuda, f'torch {torch.__version__} has no CUDA'; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPU seen:', torch.cuda.is_available())"
+
+# GPU machines only: checks lorafit end to end on the GPU, then runs converged E2E rows (MINUTES, default 60).
+gpu-check: install
+	bash bench/gpu_check.sh $(MINUTES)
 
 demo: install
 	$(VENV)/bin/lorafit train recipes/quickstart.yaml --overwrite
