@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from results_converged import GLUE_TASKS, LRS, MAIN, best_full_e2e_lr, best_lr, result, seed_summary
+from results_converged import GLUE_TASKS, LRS, MAIN, best_full_e2e_lr, result, seed_summary
 
 E2E_METRICS = (("BLEU", "BLEU"), ("NIST", "NIST"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"), ("CIDEr", "CIDEr"))
 WIKISQL_METRICS = (("lf_accuracy", "logical-form acc"), ("exact_match", "exact match"))
@@ -151,16 +151,17 @@ def wikisql_verdict(out: Path) -> list[str]:
 
 
 def plot_curves(out: Path, path: Path) -> Path | None:
-    """One panel per task: the dev metric (GLUE: main metric; WikiSQL: logical-form accuracy; E2E: dev
-    loss) vs examples seen, LoRA and full fine-tuning on the same axes."""
+    """One panel per task: the dev metric (GLUE: main metric, every learning rate of both methods;
+    WikiSQL: logical-form accuracy; E2E: dev loss) vs examples seen, LoRA and full fine-tuning on the
+    same axes."""
     import matplotlib.pyplot as plt
 
     from lorafit.runs.plots import save_figure  # also selects the headless Agg backend
 
     panels = []
-    for task in GLUE_TASKS:
-        runs = {m: result(out, f"cg-{task}-{m}-lr{best_lr(out, task, m)}") for m in ("lora", "full") if best_lr(out, task, m)}
-        panels.append((f"{task} dev {MAIN[task]}", {m: curve(r, f"eval_{MAIN[task]}") for m, r in runs.items()}))
+    for task in GLUE_TASKS:  # every finished sweep row (seed 0): the learning-rate choice shows too
+        runs = {f"{m} lr {lr}": result(out, f"cg-{task}-{m}-lr{lr}") for m in ("lora", "full") for lr in LRS[m]}
+        panels.append((f"{task} dev {MAIN[task]}", {k: curve(r, f"eval_{MAIN[task]}") for k, r in runs.items()}))
     panels.append(("WikiSQL valid lf accuracy", {i: curve(result(out, i), "eval_lf_accuracy")
                                                  for i in ("cw-lora-qv", "cw-lora-all", "cw-full")}))
     panels.append(("E2E dev loss", {i: curve(result(out, i), "valid_loss") for i in ("ce-lora-qv", "ce-lora-qv-2ep",
