@@ -46,9 +46,9 @@ def test_data_command_reports_rows_lengths_and_the_loss_mask(cli, tmp_path, mode
 
 
 @pytest.mark.parametrize("rows, data, message", [
-    ([{"q": "a", "a": None}], "  prompt_field: q\n  completion_field: a\n", "d.jsonl row 1: field 'a' is null"),
+    ([{"q": "a", "a": None}], "  prompt_field: q\n  completion_field: a\n", "d.jsonl line 1: field 'a' is null"),
     ([{"q": "a", "a": " b"}, {"q": {"x": 1}, "a": " c"}], "  prompt_field: q\n  completion_field: a\n",
-     "d.jsonl row 2: field 'q' should be text, got dict"),
+     "d.jsonl line 2: field 'q' should be text, got an object"),
     ([{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}], "",
      "the model's tokenizer has no chat template"),
 ])

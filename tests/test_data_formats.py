@@ -107,16 +107,17 @@ def test_save_to_disk_dict_glob_and_valid_fraction(tmp_path):
 
 @pytest.mark.parametrize("rows, data, message", [
     ([{"q": "a"}], {"format": "completion", "prompt_field": "q", "completion_field": "a"},
-     r"d\.jsonl: no field 'a' \(fields: q\)"),
+     r"d\.jsonl line 1: no field 'a' \(fields: q\); set data\.format / data\.\*_field$"),
     ([{"q": "a", "a": "b"}, {"q": "x", "a": None}], {"format": "completion", "prompt_field": "q", "completion_field": "a"},
-     r"d\.jsonl row 2: field 'a' is null"),
+     r"d\.jsonl line 2: field 'a' is null$"),
     ([{"q": "a", "a": {"x": 1}}], {"format": "completion", "prompt_field": "q", "completion_field": "a"},
-     r"d\.jsonl row 1: field 'a' should be text, got dict"),
-    ([conversation(0), {"messages": []}], {}, r"d\.jsonl row 2: field 'messages': empty conversation"),
-    ([{"messages": [{"role": "user", "content": "hi"}]}], {}, r"d\.jsonl row 1: field 'messages': no assistant turn"),
-    ([{"messages": [{"role": "bot", "content": "hi"}]}], {}, r"row 1: field 'messages' message 1: role 'bot' is not one of"),
+     r"d\.jsonl line 1: field 'a' should be text, got an object$"),
+    ([conversation(0), {"messages": []}], {}, r"d\.jsonl line 2: field 'messages': empty conversation$"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], {}, r"d\.jsonl line 1: field 'messages': no assistant turn"),
+    ([{"messages": [{"role": "bot", "content": "hi"}]}], {},
+     r"line 1: field 'messages' message 1: role 'bot' is not one of assistant, system, tool, user \(data\.role_names\)$"),
     ([{"t": "x", "y": "7"}], {"format": "classification", "text_field": "t", "label_field": "y", "num_labels": 2},
-     r"d\.jsonl row 1: field 'y': label '7' is not a class id in 0\.\.1"),
+     r"d\.jsonl line 1: field 'y': label '7' is not a class id in 0\.\.1 \(data\.num_labels is 2\)$"),
 ])
 def test_bad_rows_name_file_row_and_field(tmp_path, rows, data, message):
     jsonl(tmp_path / "d.jsonl", rows)
@@ -125,8 +126,10 @@ def test_bad_rows_name_file_row_and_field(tmp_path, rows, data, message):
 
 
 def test_non_utf8_missing_source_and_offline_hub(tmp_path, monkeypatch):
-    (tmp_path / "bad.jsonl").write_bytes(b'{"messages": []}\n{"a": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl is not UTF-8: byte 0xe9 at offset 27 \(line 2\)"):
+    first = json.dumps(conversation(0)).encode() + b"\n"  # rows are read in order: line 1 is fine
+    (tmp_path / "bad.jsonl").write_bytes(first + b'{"a": "caf\xe9"}\n')
+    offset = len(first) + len('{"a": "caf')
+    with pytest.raises(DataError, match=rf"bad\.jsonl is not UTF-8: byte 0xe9 at offset {offset} \(line 2\)"):
         run(recipe(source=str(tmp_path / "bad.jsonl")), chat_tokenizer())
     with pytest.raises(DataError, match=r"data\.source: .*nothere\.jsonl not found"):
         run(recipe(source=str(tmp_path / "nothere.jsonl")))
