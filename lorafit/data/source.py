@@ -27,8 +27,8 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
-import os
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
