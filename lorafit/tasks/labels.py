@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 import re
 
-_INT = re.compile(r"[+-]?\d+")
+_INT = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 class LabelError(ValueError):
@@ -75,11 +76,8 @@ def parse_label(v, num_labels: int, names: tuple[str, ...] | list[str] | None, *
         number = None
         if isinstance(v, int | float) and not isinstance(v, bool):
             number = float(v)
-        elif isinstance(v, str):
-            try:
-                number = float(v)
-            except ValueError:
-                number = None
+        elif isinstance(v, str) and _NUMBER.fullmatch(v.strip()):  # as written: not "1_0", not "nan"
+            number = float(v)
         if number is None or not math.isfinite(number):
             raise LabelError(f"label {_shown(v)} is not a finite number (data.num_labels is 1: regression)")
         return number
