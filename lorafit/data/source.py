@@ -229,8 +229,10 @@ def _header(path: Path, kwargs: dict) -> list[str]:
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         first = f.readline().rstrip("\r\n")
-    if not first:
-        raise DataError(f"{path} is empty" if path.stat().st_size == 0 else f"{path} has no header row (line 1 is blank)")
+        if not first:
+            raise DataError(f"{path} is empty" if path.stat().st_size == 0 else f"{path} has no header row (line 1 is blank)")
+        if not any(line.strip() for line in f):  # stops at the first data row; datasets' own message is obscure
+            raise DataError(f"{path} has no data rows (only the header)")
     return first.split("\t") if kwargs.get("sep") == "\t" else next(csv.reader([first]))
 
 
