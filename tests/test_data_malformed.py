@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lorafit.data.formats import ROLES, Format, format_of, normalise_row
@@ -31,8 +31,9 @@ WHERE = "d.jsonl line 7"
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.floats(allow_nan=True, allow_infinity=True),
                     st.sampled_from([1.5, 1.0, 0.0, -0.0, 2.0]), st.text(max_size=8),
-                    st.sampled_from(["", " ", "0", "1", "7", "+1", "1.0", "pos", "neg", "x\u2028y"]))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                    st.sampled_from(["", " ", "0", "1", "7", "+1", "1.0", "pos", "neg", "x\u2028y", "a\ud800b", "\udfff"]))
+keys = st.text(max_size=4) | st.just("k\ud800")  # JSON may escape half a surrogate pair anywhere
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
                       max_leaves=6)
 messages = st.lists(st.one_of(
     st.fixed_dictionaries({"role": st.sampled_from([*ROLES, "bot", "human", "gpt"]) | values, "content": values}),
@@ -81,6 +82,7 @@ def check_row(name: str, fmt: Format, row: dict) -> None:
         assert message.startswith(f"{WHERE}: ") and "\n" not in message, message
         return
     assert out and all(r["row"] == 6 for r in out)
+    json.dumps(out, ensure_ascii=False).encode("utf-8")  # every text is real text: Arrow and tokenizers take it
     for r in out:
         if fmt.encoder == "generation":
             assert isinstance(r["prompt"], str) and isinstance(r["completion"], str) and r["completion"].strip()
@@ -107,6 +109,8 @@ def test_any_row_is_normalised_or_refused_in_one_line(name):
 
     @FUZZ
     @given(rows_for(name))
+    @example({f: "a\ud800b" for f in FIELDS[name]} | {"y": 1})  # JSON's "\\ud800": valid JSON, not text
+    @example({"q": "q", "id": "7", "a": ["x", 5], "instruction": "i", "output": "o", "t": "t", "y": 1.5})
     def run(row):
         check_row(name, fmt, row)
 
@@ -128,6 +132,7 @@ def test_class_id_labels_are_accepted_exactly_when_they_are_ids_in_range(label):
 
 lines = st.one_of(
     st.builds(json.dumps, st.dictionaries(st.sampled_from(["q", "a", "x"]), values, max_size=3)),
+    st.just('{"q": "a\\ud800", "a": "b"}'),  # an escaped lone surrogate: valid JSON, not text
     st.text(alphabet='{}[]":,0123456789 qa\\ntrue', max_size=20), st.just(""), st.just("   "),
 )
 

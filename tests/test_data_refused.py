@@ -61,6 +61,13 @@ def test_a_number_or_a_list_where_text_is_expected(cli, tmp_path, model_dir):
         f"error: {p} line 1: field 'q' should be text, got an array"
 
 
+def test_half_a_surrogate_pair_is_not_text(cli, tmp_path, model_dir):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"q": "ok", "a": " x"}\n{"q": "a\\ud800b", "a": " x"}\n', encoding="utf-8")  # valid JSON
+    assert refused(cli, tmp_path, model_dir, f"  source: {p}\n{COMPLETION}", train=True) == \
+        f"error: {p} line 2: field 'q' holds \\ud800, half of a UTF-16 surrogate pair: not text"
+
+
 def test_a_missing_field_and_an_empty_trained_text(cli, tmp_path, model_dir):
     p = jsonl(tmp_path / "d.jsonl", [{"q": "x"}])
     assert refused(cli, tmp_path, model_dir, f"  source: {p}\n{COMPLETION}") == \

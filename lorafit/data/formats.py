@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from lorafit.data.jsonrows import check_unicode
 from lorafit.errors import DataError
 from lorafit.recipe.schema import DataConfig
 from lorafit.tasks.labels import LabelError, parse_label
@@ -119,10 +120,14 @@ def _kind(value) -> str:
     return type(value).__name__
 
 
+def _keys(row: dict) -> str:
+    """A row's keys for a message, printable whatever they hold (a JSON "\\ud800" key is not UTF-8)."""
+    return ", ".join(str(k).encode("utf-8", "backslashreplace").decode() for k in row) or "none"
+
+
 def _field(row: dict, name: str, where: str):
     if name not in row:
-        raise DataError(f"{where}: no field {name!r} (fields: {', '.join(map(str, row)) or 'none'}); "
-                        "set data.format / data.*_field")
+        raise DataError(f"{where}: no field {name!r} (fields: {_keys(row)}); set data.format / data.*_field")
     return row[name]
 
 
@@ -134,7 +139,7 @@ def _text(value, where: str, field: str, *, trained: bool = False) -> str:
         raise DataError(f"{where}: field {field!r} should be text, got {_kind(value)}")
     if trained and not value.strip():
         raise DataError(f"{where}: field {field!r} is empty (nothing to learn)")
-    return value
+    return check_unicode(value, where, field)
 
 
 def _prompt(fmt: Format, row: dict, where: str) -> str:
@@ -143,10 +148,8 @@ def _prompt(fmt: Format, row: dict, where: str) -> str:
     for name in template_fields(fmt.prompt_template):
         if name not in row:
             raise DataError(f"{where}: data.prompt_template uses {{{name}}} but the row has no field {name!r} "
-                            f"(fields: {', '.join(map(str, row)) or 'none'})")
-        value = row[name]
-        if not isinstance(value, str):  # `{id}` of a number would be str(5): the user's type is refused, not guessed
-            _text(value, where, name)
+                            f"(fields: {_keys(row)})")
+        _text(row[name], where, name)  # `{id}` of a number would be str(5): the user's type is refused, not guessed
     try:
         return fmt.prompt_template.format(**row)
     except (IndexError, AttributeError, ValueError, TypeError, KeyError) as e:
@@ -187,7 +190,7 @@ def _messages(fmt: Format, value, where: str) -> list[dict]:
     for n, m in enumerate(value, start=1):
         at = f"{where}: field {field!r} message {n}"
         if not isinstance(m, dict) or role_key not in m or text_key not in m:
-            keys = f" (keys: {', '.join(map(str, m))})" if isinstance(m, dict) else f" (got {_kind(m)})"
+            keys = f" (keys: {_keys(m)})" if isinstance(m, dict) else f" (got {_kind(m)})"
             raise DataError(f"{at}: should be an object with {role_key!r} and {text_key!r}{keys}")
         role = m[role_key]
         if not isinstance(role, str) or role not in roles:
@@ -198,6 +201,7 @@ def _messages(fmt: Format, value, where: str) -> list[dict]:
             raise DataError(f"{at}: {text_key} should be text, got {_kind(content)}")
         if role == "assistant" and not content.strip():
             raise DataError(f"{at}: {text_key} of an assistant turn is empty (nothing to learn)")
+        check_unicode(content, at, text_key)
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: field {field!r}: no assistant turn (nothing to learn)")

@@ -10,6 +10,8 @@ line where it starts. `.gz` files are read through gzip.
 Refused, with the file and the line: bytes that are not UTF-8 (with the byte offset), a line that is
 not valid JSON, NaN / Infinity (not JSON), a value that is not an object, an object with a key twice,
 an empty file, a file of blank lines only. Dropped: blank lines (whitespace only) between rows.
+JSON may also escape half a surrogate pair ("\\ud800"): not text; `check_unicode` refuses it in the fields
+that are read as text (checking every string of every row here would cost more than the parse).
 """
 
 from __future__ import annotations
@@ -139,3 +141,15 @@ def json_rows(path: Path) -> Iterator[tuple[int, dict]]:
             raise DataError(f"cannot read {path}: {e}") from None
     if rows == 0:
         raise DataError(f"{path} is empty" if line == 0 else f"{path} has no data rows (only blank lines)")
+
+
+def check_unicode(value: str, where: str, field: str) -> str:
+    """`value`, unless it holds a lone surrogate (JSON may write "\\ud800"; it is not text and no tokenizer
+    or Arrow file takes it)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = value[e.start].encode("utf-8", "backslashreplace").decode()
+            raise DataError(f"{where}: field {field!r} holds {bad}, half of a UTF-16 surrogate pair: not text") from None
+    return value

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from lorafit.data.jsonrows import check_unicode
 from lorafit.errors import DataError
 from lorafit.recipe.schema import DataConfig
 from lorafit.tasks._io import (
@@ -164,7 +165,7 @@ def text_value(row: Row, field: str, what: str, *, trained: bool = False) -> str
         raise DataError(f"task {NAME}: {row.where}: {what} field {field!r} should be text, got {type(v).__name__}")
     if trained and not v.strip():
         raise DataError(f"task {NAME}: {row.where}: {what} field {field!r} is empty (nothing to learn)")
-    return v
+    return check_unicode(v, f"task {NAME}: {row.where}", field)
 
 
 # -- generation ------------------------------------------------------------------------------------
@@ -173,7 +174,7 @@ def text_value(row: Row, field: str, what: str, *, trained: bool = False) -> str
 def prompt_of(row: Row, template: str) -> str:
     """The row's prompt: the template filled in from its fields (text fields: a number is not guessed at)."""
     for name in template_fields(template):
-        if name in row.fields and not isinstance(row.fields[name], str):
+        if name in row.fields:
             text_value(row, name, "template")
     try:
         return template.format(**row.fields)
