@@ -29,7 +29,7 @@ FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCh
 FILES = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WHERE = "d.jsonl line 7"
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.floats(allow_nan=True, allow_infinity=True),
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.integers(), st.just(10**400), st.floats(allow_nan=True, allow_infinity=True),
                     st.sampled_from([1.5, 1.0, 0.0, -0.0, 2.0]), st.text(max_size=8),
                     st.sampled_from(["", " ", "0", "1", "7", "+1", "1.0", "pos", "neg", "x\u2028y", "a\ud800b", "\udfff"]))
 keys = st.text(max_size=4) | st.just("k\ud800")  # JSON may escape half a surrogate pair anywhere

@@ -112,7 +112,8 @@ def _kind(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int | float):
-        return f"a number ({value})"
+        shown = str(value)
+        return f"a number ({shown if len(shown) <= 40 else shown[:37] + '...'})"
     if isinstance(value, list | tuple):
         return "an array"
     if isinstance(value, dict):

@@ -36,7 +36,8 @@ def is_int_label(v) -> bool:
 
 
 def _shown(v) -> str:
-    return repr(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+    text = repr(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def class_names(values, num_labels: int, listed: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
@@ -75,7 +76,7 @@ def parse_label(v, num_labels: int, names: tuple[str, ...] | list[str] | None, *
     if num_labels == 1:
         number = None
         if isinstance(v, int | float) and not isinstance(v, bool):
-            number = float(v)
+            number = float(v) if isinstance(v, float) or abs(v) < 2**1000 else math.inf  # float(10**400) raises
         elif isinstance(v, str) and _NUMBER.fullmatch(v.strip()):  # as written: not "1_0", not "nan"
             number = float(v)
         if number is None or not math.isfinite(number):
