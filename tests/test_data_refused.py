@@ -159,4 +159,6 @@ def test_split_mapping_and_sharegpt_train(cli, tmp_path, chat_model_dir):
     summary = json.loads(done.stdout)
     assert (summary["train_examples"], summary["valid_examples"]) == (5, 1)
     done = cli("data", recipe, "--no-plot")
+    shown = f"from train: {tmp_path}/[ab].jsonl; validation: {tmp_path / 'v.jsonl'}"
+    assert "".join(shown.split()) in "".join(done.output.split())  # however the terminal wraps it
     assert "trained on: 'a0<|im_end|>'" in done.output

@@ -87,6 +87,8 @@ def show_data(recipe: Recipe, reporter: Reporter, *, use_cache: bool = True, plo
     prepared = prepare(recipe, task, tokenizer, use_cache=use_cache)
     c = prepared.counts
     source = recipe.data.source or recipe.data.train_file or task.name
+    if isinstance(source, dict):  # files per split
+        source = "; ".join(f"{split}: {', '.join([files] if isinstance(files, str) else files)}" for split, files in source.items())
     reporter.info(f"{recipe.name}: task {task.name} ({task.kind}) from {source}, max_length {recipe.data.max_length}")
     reporter.info(cache_line(prepared))
     rows = [[split, c[f"{split}_examples"], c[f"{split}_truncated"], c[f"{split}_skipped"]] for split in ("train", "valid")]
