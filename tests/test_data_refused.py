@@ -20,14 +20,23 @@ def cli(tmp_path, monkeypatch):
     return lambda *args: runner.invoke(app, [str(a) for a in args])
 
 
+# A template that refuses two user turns in a row, as Llama-2's and Mistral's do
+ALTERNATING = ("{% for m in messages %}{% if loop.index0 > 0 and m['role'] == 'user' and "
+               "messages[loop.index0 - 1]['role'] == 'user' %}{{ raise_exception('Conversation roles must alternate "
+               "user/assistant/user/assistant/...') }}{% endif %}{% endfor %}" + CHATML)
+
+
+def with_template(model_dir, target, template):
+    shutil.copytree(model_dir, target)
+    config = json.loads((target / "tokenizer_config.json").read_text())
+    (target / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    return target
+
+
 @pytest.fixture(scope="module")
 def chat_model_dir(model_dir, tmp_path_factory):
     """The tiny model with a ChatML template (the chat formats need one)."""
-    target = tmp_path_factory.mktemp("chatmodel") / "llama"
-    shutil.copytree(model_dir, target)
-    config = json.loads((target / "tokenizer_config.json").read_text())
-    (target / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHATML}))
-    return target
+    return with_template(model_dir, tmp_path_factory.mktemp("chatmodel") / "llama", CHATML)
 
 
 def refused(cli, tmp_path, model, data: str, *, train: bool = False) -> str:
@@ -139,6 +148,15 @@ def test_sharegpt_role_not_known(cli, tmp_path, chat_model_dir):
     assert refused(cli, tmp_path, chat_model_dir, f"  source: {p}\n  format: sharegpt\n") == (
         f"error: {p} line 1: field 'conversations' message 2: from 'bot' is not one of assistant, gpt, human, "
         "observation, system, tool, user (data.role_names)")
+
+
+def test_a_conversation_the_chat_template_refuses_is_named_by_its_line(cli, tmp_path, model_dir):
+    model = with_template(model_dir, tmp_path / "strict", ALTERNATING)
+    good = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    p = jsonl(tmp_path / "d.jsonl", [{"messages": good}, {"messages": [good[0], good[0], good[1]]}])
+    assert refused(cli, tmp_path, model, f"  source: {p}\n", train=True) == (
+        f"error: {p} line 2: the chat template cannot render this conversation: Conversation roles must alternate "
+        "user/assistant/user/assistant/...")
 
 
 def test_split_mapping_and_sharegpt_train(cli, tmp_path, chat_model_dir):

@@ -89,7 +89,7 @@ def encode_batch(batch: dict, *, fmt: Format, tokenizer, max_length: int) -> dic
     else:
         from lorafit.data.chat import encode_chat_batch
 
-        out = encode_chat_batch(tokenizer, batch["messages"], max_length)
+        out = encode_chat_batch(tokenizer, batch["messages"], max_length, batch.get("where"))
     out["row"] = batch["row"]
     return out
 

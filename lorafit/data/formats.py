@@ -242,7 +242,7 @@ def normalise_row(fmt: Format, row: dict, where: str, index: int) -> list[dict]:
         messages = _messages(fmt, _field(row, fmt.messages_field, where), where)
     if fmt.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": fmt.system_prompt})
-    return [{"messages": messages, "row": index}]
+    return [{"messages": messages, "row": index, "where": where}]  # where: the chat template may still refuse it
 
 
 def features_of(fmt: Format):
@@ -255,5 +255,6 @@ def features_of(fmt: Format):
         columns = {"text": datasets.Value("string"), "text_pair": datasets.Value("string"),
                    "label": datasets.Value("float64" if fmt.kind == "regression" else "int64")}
     else:
-        columns = {"messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})}
+        columns = {"messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+                   "where": datasets.Value("string")}
     return datasets.Features({**columns, "row": datasets.Value("int64")})
