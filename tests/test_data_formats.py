@@ -169,3 +169,41 @@ def test_recipe_combinations_that_cannot_work_are_named():
         get_task("text", recipe(source="x.jsonl", format="classification", text_field="t").data)
     with pytest.raises(DataError, match=r"completion needs data\.completion_field"):
         get_task("text", recipe(source="x.jsonl", format="completion").data)
+
+
+def test_sharegpt_rows_train_exactly_as_the_same_chat_rows(tmp_path):
+    """ShareGPT keys and role names map onto the chat format: the same token ids and loss mask."""
+    chats = [conversation(i, turns=2) for i in range(3)]
+    names = {"system": "system", "user": "human", "assistant": "gpt"}
+    jsonl(tmp_path / "chat.jsonl", chats)
+    jsonl(tmp_path / "share.jsonl", [{"conversations": [{"from": names[m["role"]], "value": m["content"]}
+                                                         for m in c["messages"]]} for c in chats])
+    tok = chat_tokenizer()
+    _, chat = run(recipe(source=str(tmp_path / "chat.jsonl")), tok)
+    _, share = run(recipe(source=str(tmp_path / "share.jsonl"), format="sharegpt"), tok)
+    assert [(e.input_ids, e.labels) for e in share.train] == [(e.input_ids, e.labels) for e in chat.train]
+    # remapped keys and names on the chat format: {speaker, text}, bot -> assistant
+    jsonl(tmp_path / "own.jsonl", [{"turns": [{"speaker": {"human": "user", "gpt": "bot"}.get(m["from"], m["from"]),
+                                               "text": m["value"]} for m in row["conversations"]]}
+                                   for row in map(json.loads, (tmp_path / "share.jsonl").read_text().splitlines())])
+    _, own = run(recipe(source=str(tmp_path / "own.jsonl"), format="chat", messages_field="turns", role_field="speaker",
+                        content_field="text", role_names={"bot": "assistant"}), tok)
+    assert [(e.input_ids, e.labels) for e in own.train] == [(e.input_ids, e.labels) for e in chat.train]
+    with pytest.raises(DataError, match=r"^data\.role_names: 'robot' is not one of system, user, assistant, tool$"):
+        run(recipe(source=str(tmp_path / "own.jsonl"), role_names={"bot": "robot"}), tok)
+
+
+def test_label_names_from_the_recipe(tmp_path):
+    jsonl(tmp_path / "train.jsonl", [{"t": "a", "y": "pos"}, {"t": "b", "y": 0}, {"t": "c", "y": "neutral"}])
+    jsonl(tmp_path / "dev.jsonl", [{"t": "d", "y": "neg"}, {"t": "e", "y": "meh"}])
+    keys = {"text_field": "t", "label_field": "y", "num_labels": 3, "label_names": ["neg", "neutral", "pos"]}
+    r = recipe(source={"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "dev.jsonl")}, **keys)
+    task = get_task(r.task, r.data)
+    assert [e.label for e in task.load_train(tmp_path, "train")] == [2, 0, 1]  # names by position; a JSON id as it is
+    with pytest.raises(DataError, match=r"dev\.jsonl line 2: field 'y': label 'meh' is not one of data\.label_names "
+                                        r"\(neg, neutral, pos\)$"):
+        task.load_eval(tmp_path, "dev")
+    with pytest.raises(DataError, match=r"^data\.label_names lists 3 names but data\.num_labels is 2$"):
+        get_task("text", recipe(source="x.jsonl", **{**keys, "num_labels": 2}).data)
+    with pytest.raises(DataError, match=r"^data\.label_names lists 'a' twice$"):
+        get_task("text", recipe(source="x.jsonl", **{**keys, "label_names": ["a", "b", "a"]}).data)

@@ -201,3 +201,22 @@ def test_scores():
     result = reg.score([0.0, 1.0, 2.0], gold)
     assert result["pearson"] == pytest.approx(1.0) and result["mse"] == 0.0
     assert reg.score([1.0, 1.0, 1.0], gold)["pearson_unavailable"] == "constant predictions or labels"
+
+
+def test_labels_are_never_coerced(tmp_path):
+    """A float label is refused (not rounded), ids and names are not mixed, data.label_names fixes the ids."""
+    options = DataConfig(train_file="train.jsonl", text_field="t", label_field="y", num_labels=2)
+    for labels, message in [([0, 1.5], r"train\.jsonl line 2: label 1\.5 is neither a class id \(an integer in 0\.\.1\) nor a name$"),
+                            ([0, "pos"], r"train\.jsonl: the train split mixes class ids \(0\) and names \('pos'\)"),
+                            ([0, True], r"train\.jsonl line 2: label true is neither a class id")]:
+        jsonl(tmp_path / "train.jsonl", [{"t": f"x{i}", "y": y} for i, y in enumerate(labels)])
+        with pytest.raises(DataError, match=message):
+            text_task(options).load_train(tmp_path, "train", options)
+    jsonl(tmp_path / "train.jsonl", [{"t": "a", "y": 1.0}, {"t": "b", "y": 0}])
+    assert [x.label for x in text_task(options).load_train(tmp_path, "train", options)] == [1, 0]  # 1.0 is the id 1
+    named = DataConfig(train_file="train.jsonl", text_field="t", label_field="y", num_labels=2, label_names=("pos", "neg"))
+    jsonl(tmp_path / "train.jsonl", [{"t": "a", "y": "neg"}, {"t": "b", "y": "pos"}])
+    assert [x.label for x in text_task(named).load_train(tmp_path, "train", named)] == [1, 0]
+    jsonl(tmp_path / "train.jsonl", [{"t": 5, "y": "neg"}])
+    with pytest.raises(DataError, match=r"train\.jsonl line 1: text field 't' should be text, got a number \(5\)$"):
+        text_task(named).load_train(tmp_path, "train", named)

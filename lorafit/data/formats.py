@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from lorafit.data.jsonrows import check_unicode
+from lorafit.data.jsonrows import check_unicode, json_kind
 from lorafit.errors import DataError
 from lorafit.recipe.schema import DataConfig
-from lorafit.tasks.labels import LabelError, parse_label
+from lorafit.tasks.labels import LabelError, check_listed, parse_label
 
 ROLES = ("system", "user", "assistant", "tool")
 # ShareGPT's role names (the `from` of each turn), as LLaMA-Factory's sharegpt tags; lorafit's own names work too
@@ -87,6 +87,10 @@ def format_of(options: DataConfig) -> Format:
     if name == "classification":
         if not (o.text_field and o.label_field and o.num_labels):
             raise DataError("data.format classification needs data.text_field, data.label_field and data.num_labels")
+        try:
+            check_listed(o.label_names, o.num_labels)
+        except LabelError as e:
+            raise DataError(str(e)) from None
         return Format(name, text_field=o.text_field, text_pair_field=o.text_pair_field, label_field=o.label_field,
                       num_labels=o.num_labels, label_names=o.label_names, labels_listed=bool(o.label_names))
     if name == "alpaca":
@@ -107,20 +111,6 @@ def format_of(options: DataConfig) -> Format:
                   role_names=tuple(sorted(roles.items())), system_prompt=o.system_prompt)
 
 
-def _kind(value) -> str:
-    """A JSON value's kind as the user wrote it: 'a number (5)', 'an array', 'an object', 'true'."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int | float):
-        shown = str(value)
-        return f"a number ({shown if len(shown) <= 40 else shown[:37] + '...'})"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 def _keys(row: dict) -> str:
     """A row's keys for a message, printable whatever they hold (a JSON "\\ud800" key is not UTF-8)."""
     return ", ".join(str(k).encode("utf-8", "backslashreplace").decode() for k in row) or "none"
@@ -137,7 +127,7 @@ def _text(value, where: str, field: str, *, trained: bool = False) -> str:
     if value is None:
         raise DataError(f"{where}: field {field!r} is null")
     if not isinstance(value, str):
-        raise DataError(f"{where}: field {field!r} should be text, got {_kind(value)}")
+        raise DataError(f"{where}: field {field!r} should be text, got {json_kind(value)}")
     if trained and not value.strip():
         raise DataError(f"{where}: field {field!r} is empty (nothing to learn)")
     return check_unicode(value, where, field)
@@ -183,7 +173,7 @@ def _messages(fmt: Format, value, where: str) -> list[dict]:
     if value is None:
         raise DataError(f"{where}: field {field!r} is null")
     if not isinstance(value, list):
-        raise DataError(f"{where}: field {field!r} should be a list of messages, got {_kind(value)}")
+        raise DataError(f"{where}: field {field!r} should be a list of messages, got {json_kind(value)}")
     if not value:
         raise DataError(f"{where}: field {field!r}: empty conversation")
     roles = dict(fmt.role_names)
@@ -191,7 +181,7 @@ def _messages(fmt: Format, value, where: str) -> list[dict]:
     for n, m in enumerate(value, start=1):
         at = f"{where}: field {field!r} message {n}"
         if not isinstance(m, dict) or role_key not in m or text_key not in m:
-            keys = f" (keys: {_keys(m)})" if isinstance(m, dict) else f" (got {_kind(m)})"
+            keys = f" (keys: {_keys(m)})" if isinstance(m, dict) else f" (got {json_kind(m)})"
             raise DataError(f"{at}: should be an object with {role_key!r} and {text_key!r}{keys}")
         role = m[role_key]
         if not isinstance(role, str) or role not in roles:
@@ -199,7 +189,7 @@ def _messages(fmt: Format, value, where: str) -> list[dict]:
         role = roles[role]
         content = m[text_key]
         if not isinstance(content, str):
-            raise DataError(f"{at}: {text_key} should be text, got {_kind(content)}")
+            raise DataError(f"{at}: {text_key} should be text, got {json_kind(content)}")
         if role == "assistant" and not content.strip():
             raise DataError(f"{at}: {text_key} of an assistant turn is empty (nothing to learn)")
         check_unicode(content, at, text_key)

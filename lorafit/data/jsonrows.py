@@ -40,8 +40,15 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
 
 
-def _kind(value) -> str:
-    return {list: "an array", str: "a string", bool: "true/false", type(None): "null"}.get(type(value), "a number")
+def json_kind(value) -> str:
+    """A value's kind as the user wrote it in JSON: 'a number (5)', 'an array', 'an object', 'true', 'a string'."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    if isinstance(value, int | float):
+        shown = str(value)
+        return f"a number ({shown if len(shown) <= 40 else shown[:37] + '...'})"
+    kinds = {list: "an array", tuple: "an array", dict: "an object", str: "a string"}
+    return next((name for t, name in kinds.items() if isinstance(value, t)), type(value).__name__)
 
 
 def _open(path: Path):
@@ -68,7 +75,7 @@ def _parse(text: str, path: Path, base: int, start: int = 0) -> tuple[dict, int]
         raise DataError(f"{path} line {base + text.count(chr(10), 0, start) + 1}: invalid JSON: {reason}") from None
     if not isinstance(value, dict):
         raise DataError(f"{path} line {base + text.count(chr(10), 0, start) + 1}: expected a JSON object ({{...}}), "
-                        f"got {_kind(value)}")
+                        f"got {json_kind(value)}")
     return value, end
 
 
@@ -133,8 +140,9 @@ def json_rows(path: Path) -> Iterator[tuple[int, dict]]:
                     return
                 row, end = _parse(text, path, line - 1)
                 if text[end:].strip():
+                    column = len(text) - len(text[end:].lstrip()) + 1  # where the extra starts
                     raise DataError(f"{path} line {line}: invalid JSON: something follows the object "
-                                    f"(column {end + 1}; one object per line)")
+                                    f"(column {column}; one object per line)")
                 rows += 1
                 yield line, row
         except (OSError, EOFError) as e:  # unreadable, or a corrupt gzip stream

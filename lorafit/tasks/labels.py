@@ -40,6 +40,19 @@ def _shown(v) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def check_listed(listed: tuple[str, ...] | None, num_labels: int | None) -> None:
+    """data.label_names against data.num_labels: as many names as classes at most, none twice."""
+    if not listed:
+        return
+    if num_labels == 1:
+        raise LabelError("data.label_names is set but data.num_labels is 1 (regression has no classes)")
+    if num_labels is not None and len(listed) > num_labels:
+        raise LabelError(f"data.label_names lists {len(listed)} names but data.num_labels is {num_labels}")
+    twice = sorted({n for n in listed if listed.count(n) > 1})
+    if twice:
+        raise LabelError(f"data.label_names lists {', '.join(map(repr, twice))} twice")
+
+
 def class_names(values, num_labels: int, listed: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
     """Class names by id for the train split's label `values`: the recipe's list when given, None when the
     labels are class ids, else the sorted set of the names. Raises LabelError for a mix, too many names, or

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from lorafit.data.jsonrows import check_unicode
+from lorafit.data.jsonrows import check_unicode, json_kind
 from lorafit.errors import DataError
 from lorafit.recipe.schema import DataConfig
 from lorafit.tasks._io import (
@@ -47,7 +47,7 @@ from lorafit.tasks._io import (
     read_jsonl,
     read_tsv,
 )
-from lorafit.tasks.labels import LabelError, class_names, is_int_label, parse_label
+from lorafit.tasks.labels import LabelError, check_listed, class_names, is_int_label, parse_label
 from lorafit.tasks.text_scores import score_classification, score_generation
 from lorafit.tasks.types import ClassificationExample, EvalItem, GenerationExample, Task
 
@@ -112,6 +112,10 @@ def validate(options: DataConfig) -> None:
                 f"task {NAME}: data.label_field is set, so data.num_labels is needed too "
                 "(1 for regression, 2 or more for classes)"
             )
+        try:
+            check_listed(o.label_names, o.num_labels)
+        except LabelError as e:
+            raise DataError(f"task {NAME}: {e}") from None
     for key in SPLIT_FILES.values():
         name = getattr(o, key)
         if name and Path(name).suffix.lower() not in SUFFIXES:
@@ -162,7 +166,7 @@ def text_value(row: Row, field: str, what: str, *, trained: bool = False) -> str
     (what the model learns): not empty either."""
     v = value(row, field, what)
     if not isinstance(v, str):
-        raise DataError(f"task {NAME}: {row.where}: {what} field {field!r} should be text, got {type(v).__name__}")
+        raise DataError(f"task {NAME}: {row.where}: {what} field {field!r} should be text, got {json_kind(v)}")
     if trained and not v.strip():
         raise DataError(f"task {NAME}: {row.where}: {what} field {field!r} is empty (nothing to learn)")
     return check_unicode(v, f"task {NAME}: {row.where}", field)
