@@ -207,3 +207,19 @@ def test_label_names_from_the_recipe(tmp_path):
         get_task("text", recipe(source="x.jsonl", **{**keys, "num_labels": 2}).data)
     with pytest.raises(DataError, match=r"^data\.label_names lists 'a' twice$"):
         get_task("text", recipe(source="x.jsonl", **{**keys, "label_names": ["a", "b", "a"]}).data)
+
+
+def test_recipe_mappings_name_the_wrong_entry_and_its_line():
+    from lorafit.errors import RecipeError
+    from lorafit.recipe import parse_recipe
+
+    base = "model: m\ntask: text\ndata:\n  source:\n    train: a.jsonl\n"
+    assert parse_recipe(base + "    validation: [b.jsonl, 'c/*.jsonl']\n").data.source == \
+        {"train": "a.jsonl", "validation": ["b.jsonl", "c/*.jsonl"]}
+    for extra, message in [("    validation: []\n", "r.yaml:6: data.source.validation: expected a string or a non-empty "
+                                                     "list of strings, got a list"),
+                           ("    test: 5\n", "r.yaml:6: data.source.test: expected a string or a non-empty list of strings, got 5"),
+                           ("  role_names: {bot: [1]}\n", "r.yaml:6: data.role_names.bot: expected a string, got a list")]:
+        with pytest.raises(RecipeError) as error:
+            parse_recipe(base + extra, "r.yaml")
+        assert str(error.value).strip().splitlines()[-1].strip() == message

@@ -68,6 +68,15 @@ def _convert(tp: Any, value: Any, path: str, meta: typing.Mapping, ctx: Problems
             return None
         rest = [a for a in typing.get_args(tp) if a is not type(None)]
         tp = rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]  # noqa: UP007 - `str | dict[...]` kept whole
+    mapping = next((a for a in (tp, *typing.get_args(tp)) if typing.get_origin(a) is dict), None)
+    if mapping is not None and isinstance(value, dict) and value:  # name the entry that is wrong
+        value_tp = typing.get_args(mapping)[1]
+        wrong = [(k, v) for k, v in value.items() if not isinstance(k, str) or _coerce(value_tp, v) is BAD]
+        for k, v in wrong:
+            expected = "a string" if value_tp is str else "a string or a non-empty list of strings"
+            ctx.add(f"{path}.{k}", f"expected {expected}, got {_show(v)}")
+        if wrong:
+            return BAD
     out = _coerce(tp, value)
     if out is BAD:
         ctx.add(path, _type_problem(tp, value, optional))
