@@ -71,6 +71,9 @@ def class_id_oracle(v, num_labels: int) -> int | None:
         return int(v) if math.isfinite(v) and v.is_integer() and 0 <= v < num_labels else None
     if isinstance(v, str) and re.fullmatch(r"[+-]?[0-9]+", v.strip()):
         return int(v) if 0 <= int(v) < num_labels else None
+    if isinstance(v, str) and re.fullmatch(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", v.strip()):
+        number = float(v)  # a number written as text ("1.0", "1e0" from a CSV) is that number
+        return int(number) if number.is_integer() and 0 <= number < num_labels else None
     return None
 
 
@@ -118,7 +121,8 @@ def test_any_row_is_normalised_or_refused_in_one_line(name):
 
 
 @FUZZ
-@given(st.integers(-2, 4) | st.floats(allow_nan=True) | st.sampled_from(["0", "2", "3", "1.5", "+1", " 1 "]) | st.booleans())
+@given(st.integers(-2, 4) | st.floats(allow_nan=True) | st.booleans()
+       | st.sampled_from(["0", "2", "3", "1.5", "+1", " 1 ", "1.0", "2.", "3.0", "1e0", "nan", "pos"]))
 def test_class_id_labels_are_accepted_exactly_when_they_are_ids_in_range(label):
     fmt = format_of(FORMATS["classification"])
     row = {"t": "some text", "y": label}

@@ -6,8 +6,8 @@ it imports nothing from lorafit, so both can use it without an import cycle.
 
 The rules (nothing is coerced silently):
 - regression (num_labels 1): a finite number, or text that reads as one ("0.5" from CSV); not true/false;
-- classes, ids: an integer in 0..num_labels-1 (a JSON int, an integral float such as 1.0, or digits from
-  CSV); 1.5 is refused, never rounded;
+- classes, ids: an integer in 0..num_labels-1 (a JSON int, an integral float such as 1.0, or "1" / "1.0"
+  from CSV); 1.5 and "1.5" are refused, never rounded;
 - classes, names: the names the recipe lists (data.label_names), else the train split's labels, sorted
   (["neg", "pos"] -> neg=0, pos=1); a label of another split that is not a train label is refused;
 - a train split that mixes ids and names is refused (which id would "pos" be?).
@@ -26,13 +26,31 @@ class LabelError(ValueError):
     """A label that cannot be trained on; the message says what was expected (callers add file and line)."""
 
 
-def is_int_label(v) -> bool:
-    """True for an int, an integral float (1.0), or a string of digits (a class id as CSV gives it)."""
+def _number(v) -> float | None:
+    """A number as a file writes it (a JSON number, or text such as "1.0" from CSV), else None."""
     if isinstance(v, bool):
-        return False
+        return None
+    if isinstance(v, int):
+        return float(v) if abs(v) < 2**1000 else math.inf  # float(10**400) raises
     if isinstance(v, float):
-        return math.isfinite(v) and v.is_integer()
-    return isinstance(v, int) or (isinstance(v, str) and bool(_INT.fullmatch(v.strip())))
+        return v
+    if isinstance(v, str) and _NUMBER.fullmatch(v.strip()):
+        return float(v)
+    return None
+
+
+def is_int_label(v) -> bool:
+    """True for an int, or a number that is one (1.0, "1", "1.0": a class id as JSON or CSV gives it)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return True
+    if isinstance(v, str) and _INT.fullmatch(v.strip()):
+        return True
+    number = _number(v)
+    return number is not None and math.isfinite(number) and number.is_integer()
+
+
+def _as_id(v) -> int:
+    return v if isinstance(v, int) else int(v.strip()) if isinstance(v, str) and _INT.fullmatch(v.strip()) else int(_number(v))
 
 
 def _shown(v) -> str:
@@ -62,8 +80,8 @@ def class_names(values, num_labels: int, listed: tuple[str, ...] | None = None) 
     if listed:
         return tuple(listed)
     values = [v for v in values if v is not None]  # a null is refused row by row, with its line
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float | str) or (isinstance(v, float) and not is_int_label(v)):
+    for v in values:  # a number that is not an integer (1.5, "1.5", NaN) is neither: refused, never rounded
+        if not isinstance(v, int | float | str) or isinstance(v, bool) or (_number(v) is not None and not is_int_label(v)):
             raise LabelError(f"label {_shown(v)} is neither a class id (an integer in 0..{num_labels - 1}) nor a name")
     ids = [v for v in values if is_int_label(v)]
     if len(ids) == len(values):
@@ -87,11 +105,7 @@ def parse_label(v, num_labels: int, names: tuple[str, ...] | list[str] | None, *
     if v is None:
         raise LabelError("is null")
     if num_labels == 1:
-        number = None
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            number = float(v) if isinstance(v, float) or abs(v) < 2**1000 else math.inf  # float(10**400) raises
-        elif isinstance(v, str) and _NUMBER.fullmatch(v.strip()):  # as written: not "1_0", not "nan"
-            number = float(v)
+        number = _number(v)  # as written: not "1_0", not "nan"
         if number is None or not math.isfinite(number):
             raise LabelError(f"label {_shown(v)} is not a finite number (data.num_labels is 1: regression)")
         return number
@@ -104,6 +118,6 @@ def parse_label(v, num_labels: int, names: tuple[str, ...] | list[str] | None, *
         raise LabelError(f"label {_shown(v)} is not one of {where} ({', '.join(names)})")
     if not is_int_label(v):
         raise LabelError(f"label {_shown(v)} is not a class id (an integer in 0..{num_labels - 1})")
-    if not 0 <= int(float(v) if isinstance(v, float) else int(v)) < num_labels:
+    if not 0 <= _as_id(v) < num_labels:
         raise LabelError(f"label {_shown(v)} is not a class id in 0..{num_labels - 1} (data.num_labels is {num_labels})")
-    return int(v)
+    return _as_id(v)
