@@ -162,7 +162,7 @@ def text_recipe(tmp_path: Path, model_dir: Path, train_file: Path, max_length: i
     ("name", "content", "fragments"),
     [
         ("missing.jsonl", None, ["data.train_file not found", "missing.jsonl"]),
-        ("empty.jsonl", b"", ["empty.jsonl", "has no data rows"]),
+        ("empty.jsonl", b"", ["empty.jsonl", "is empty"]),
         ("nocol.jsonl", b'{"question": "x", "reply": " y"}\n', ["nocol.jsonl line 1", "no field 'answer'"]),
         ("nocol.csv", b"question,reply\nx,y\n", ["nocol.csv", "no column 'answer'", "question, reply"]),
         ("latin1.jsonl", '{"question": "caf\xe9", "answer": " y"}\n'.encode("latin-1"),

@@ -1,6 +1,7 @@
 """`lorafit data RECIPE` and bad data on the command line: one line, exit 2, never a traceback."""
 
 import json
+from pathlib import Path
 
 import pytest
 from datahelp import jsonl
@@ -34,21 +35,28 @@ def test_data_command_reports_rows_lengths_and_the_loss_mask(cli, tmp_path, mode
     assert "train  " in out and "valid  " in out and "truncated" in out and "dropped" in out
     assert "train token lengths: min" in out and "█" in out
     assert "trained on: '" in out and "first training example" in out
-    assert (tmp_path / "data-r-lengths.png").stat().st_size > 1000
     assert "(written)" in out
     again = cli("data", recipe, "--json", "--no-plot")
     summary = json.loads(again.stdout)
     assert summary["cache_hit"] == {"train": True}
+    # the histogram goes beside the data cache (never into the working directory), and the path is printed
+    png = Path(summary["caches"]["train"]) / "lengths-r.png"
+    assert f"histogram:{png}" in "".join(out.split()) and png.stat().st_size > 1000  # however the terminal wraps it
+    assert not list(tmp_path.glob("*.png"))
+    asked = cli("data", recipe, "--json", "--plot", tmp_path / "out" / "h.png")
+    assert json.loads(asked.stdout)["plot"] == str(tmp_path / "out" / "h.png")
+    assert (tmp_path / "out" / "h.png").stat().st_size > 1000
     assert summary["train_examples"] + summary["valid_examples"] + summary["train_skipped"] + summary["valid_skipped"] == 32
     assert summary["train_skipped"] + summary["valid_skipped"] == 1 and summary["train_truncated"] + summary["valid_truncated"] == 1
-    fresh = cli("data", recipe, "--json", "--no-plot", "--no-cache")
-    assert json.loads(fresh.stdout)["cache_hit"] == {"train": False}
+    fresh = cli("data", recipe, "--no-cache")
+    assert "histogram: not written (no data cache is kept to put it beside; use --plot FILE.png)" in fresh.output
+    assert not list(tmp_path.glob("*.png"))
 
 
 @pytest.mark.parametrize("rows, data, message", [
-    ([{"q": "a", "a": None}], "  prompt_field: q\n  completion_field: a\n", "d.jsonl row 1: field 'a' is null"),
+    ([{"q": "a", "a": None}], "  prompt_field: q\n  completion_field: a\n", "d.jsonl line 1: field 'a' is null"),
     ([{"q": "a", "a": " b"}, {"q": {"x": 1}, "a": " c"}], "  prompt_field: q\n  completion_field: a\n",
-     "d.jsonl row 2: field 'q' should be text, got dict"),
+     "d.jsonl line 2: field 'q' should be text, got an object"),
     ([{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}], "",
      "the model's tokenizer has no chat template"),
 ])

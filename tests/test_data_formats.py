@@ -107,16 +107,17 @@ def test_save_to_disk_dict_glob_and_valid_fraction(tmp_path):
 
 @pytest.mark.parametrize("rows, data, message", [
     ([{"q": "a"}], {"format": "completion", "prompt_field": "q", "completion_field": "a"},
-     r"d\.jsonl: no field 'a' \(fields: q\)"),
+     r"d\.jsonl line 1: no field 'a' \(fields: q\); set data\.format / data\.\*_field$"),
     ([{"q": "a", "a": "b"}, {"q": "x", "a": None}], {"format": "completion", "prompt_field": "q", "completion_field": "a"},
-     r"d\.jsonl row 2: field 'a' is null"),
+     r"d\.jsonl line 2: field 'a' is null$"),
     ([{"q": "a", "a": {"x": 1}}], {"format": "completion", "prompt_field": "q", "completion_field": "a"},
-     r"d\.jsonl row 1: field 'a' should be text, got dict"),
-    ([conversation(0), {"messages": []}], {}, r"d\.jsonl row 2: field 'messages': empty conversation"),
-    ([{"messages": [{"role": "user", "content": "hi"}]}], {}, r"d\.jsonl row 1: field 'messages': no assistant turn"),
-    ([{"messages": [{"role": "bot", "content": "hi"}]}], {}, r"row 1: field 'messages' message 1: role 'bot' is not one of"),
+     r"d\.jsonl line 1: field 'a' should be text, got an object$"),
+    ([conversation(0), {"messages": []}], {}, r"d\.jsonl line 2: field 'messages': empty conversation$"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], {}, r"d\.jsonl line 1: field 'messages': no assistant turn"),
+    ([{"messages": [{"role": "bot", "content": "hi"}]}], {},
+     r"line 1: field 'messages' message 1: role 'bot' is not one of assistant, system, tool, user \(data\.role_names\)$"),
     ([{"t": "x", "y": "7"}], {"format": "classification", "text_field": "t", "label_field": "y", "num_labels": 2},
-     r"d\.jsonl row 1: field 'y': label '7' is not a class id in 0\.\.1"),
+     r"d\.jsonl line 1: field 'y': label '7' is not a class id in 0\.\.1 \(data\.num_labels is 2\)$"),
 ])
 def test_bad_rows_name_file_row_and_field(tmp_path, rows, data, message):
     jsonl(tmp_path / "d.jsonl", rows)
@@ -125,8 +126,10 @@ def test_bad_rows_name_file_row_and_field(tmp_path, rows, data, message):
 
 
 def test_non_utf8_missing_source_and_offline_hub(tmp_path, monkeypatch):
-    (tmp_path / "bad.jsonl").write_bytes(b'{"messages": []}\n{"a": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl is not UTF-8: byte 0xe9 at offset 27 \(line 2\)"):
+    first = json.dumps(conversation(0)).encode() + b"\n"  # rows are read in order: line 1 is fine
+    (tmp_path / "bad.jsonl").write_bytes(first + b'{"a": "caf\xe9"}\n')
+    offset = len(first) + len('{"a": "caf')
+    with pytest.raises(DataError, match=rf"bad\.jsonl is not UTF-8: byte 0xe9 at offset {offset} \(line 2\)"):
         run(recipe(source=str(tmp_path / "bad.jsonl")), chat_tokenizer())
     with pytest.raises(DataError, match=r"data\.source: .*nothere\.jsonl not found"):
         run(recipe(source=str(tmp_path / "nothere.jsonl")))
@@ -166,3 +169,57 @@ def test_recipe_combinations_that_cannot_work_are_named():
         get_task("text", recipe(source="x.jsonl", format="classification", text_field="t").data)
     with pytest.raises(DataError, match=r"completion needs data\.completion_field"):
         get_task("text", recipe(source="x.jsonl", format="completion").data)
+
+
+def test_sharegpt_rows_train_exactly_as_the_same_chat_rows(tmp_path):
+    """ShareGPT keys and role names map onto the chat format: the same token ids and loss mask."""
+    chats = [conversation(i, turns=2) for i in range(3)]
+    names = {"system": "system", "user": "human", "assistant": "gpt"}
+    jsonl(tmp_path / "chat.jsonl", chats)
+    jsonl(tmp_path / "share.jsonl", [{"conversations": [{"from": names[m["role"]], "value": m["content"]}
+                                                         for m in c["messages"]]} for c in chats])
+    tok = chat_tokenizer()
+    _, chat = run(recipe(source=str(tmp_path / "chat.jsonl")), tok)
+    _, share = run(recipe(source=str(tmp_path / "share.jsonl"), format="sharegpt"), tok)
+    assert [(e.input_ids, e.labels) for e in share.train] == [(e.input_ids, e.labels) for e in chat.train]
+    # remapped keys and names on the chat format: {speaker, text}, bot -> assistant
+    jsonl(tmp_path / "own.jsonl", [{"turns": [{"speaker": {"human": "user", "gpt": "bot"}.get(m["from"], m["from"]),
+                                               "text": m["value"]} for m in row["conversations"]]}
+                                   for row in map(json.loads, (tmp_path / "share.jsonl").read_text().splitlines())])
+    _, own = run(recipe(source=str(tmp_path / "own.jsonl"), format="chat", messages_field="turns", role_field="speaker",
+                        content_field="text", role_names={"bot": "assistant"}), tok)
+    assert [(e.input_ids, e.labels) for e in own.train] == [(e.input_ids, e.labels) for e in chat.train]
+    with pytest.raises(DataError, match=r"^data\.role_names: 'robot' is not one of system, user, assistant, tool$"):
+        run(recipe(source=str(tmp_path / "own.jsonl"), role_names={"bot": "robot"}), tok)
+
+
+def test_label_names_from_the_recipe(tmp_path):
+    jsonl(tmp_path / "train.jsonl", [{"t": "a", "y": "pos"}, {"t": "b", "y": 0}, {"t": "c", "y": "neutral"}])
+    jsonl(tmp_path / "dev.jsonl", [{"t": "d", "y": "neg"}, {"t": "e", "y": "meh"}])
+    keys = {"text_field": "t", "label_field": "y", "num_labels": 3, "label_names": ["neg", "neutral", "pos"]}
+    r = recipe(source={"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "dev.jsonl")}, **keys)
+    task = get_task(r.task, r.data)
+    assert [e.label for e in task.load_train(tmp_path, "train")] == [2, 0, 1]  # names by position; a JSON id as it is
+    with pytest.raises(DataError, match=r"dev\.jsonl line 2: field 'y': label 'meh' is not one of data\.label_names "
+                                        r"\(neg, neutral, pos\)$"):
+        task.load_eval(tmp_path, "dev")
+    with pytest.raises(DataError, match=r"^data\.label_names lists 3 names but data\.num_labels is 2$"):
+        get_task("text", recipe(source="x.jsonl", **{**keys, "num_labels": 2}).data)
+    with pytest.raises(DataError, match=r"^data\.label_names lists 'a' twice$"):
+        get_task("text", recipe(source="x.jsonl", **{**keys, "label_names": ["a", "b", "a"]}).data)
+
+
+def test_recipe_mappings_name_the_wrong_entry_and_its_line():
+    from lorafit.errors import RecipeError
+    from lorafit.recipe import parse_recipe
+
+    base = "model: m\ntask: text\ndata:\n  source:\n    train: a.jsonl\n"
+    assert parse_recipe(base + "    validation: [b.jsonl, 'c/*.jsonl']\n").data.source == \
+        {"train": "a.jsonl", "validation": ["b.jsonl", "c/*.jsonl"]}
+    for extra, message in [("    validation: []\n", "r.yaml:6: data.source.validation: expected a string or a non-empty "
+                                                     "list of strings, got a list"),
+                           ("    test: 5\n", "r.yaml:6: data.source.test: expected a string or a non-empty list of strings, got 5"),
+                           ("  role_names: {bot: [1]}\n", "r.yaml:6: data.role_names.bot: expected a string, got a list")]:
+        with pytest.raises(RecipeError) as error:
+            parse_recipe(base + extra, "r.yaml")
+        assert str(error.value).strip().splitlines()[-1].strip() == message

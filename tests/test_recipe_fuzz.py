@@ -81,10 +81,15 @@ def value_strategy(tp: typing.Any) -> st.SearchStrategy:
     if dataclasses.is_dataclass(tp):
         return st.builds(tp, **{f.name: field_strategy(f) for f in dataclasses.fields(tp)})
     if isinstance(tp, types.UnionType):
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return st.one_of(st.none(), value_strategy(inner))
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return st.one_of(*([st.none()] if len(inner) < len(typing.get_args(tp)) else []), *map(value_strategy, inner))
     if typing.get_origin(tp) is typing.Literal:
         return st.sampled_from(typing.get_args(tp))
+    if typing.get_origin(tp) is dict:  # data.source per split, data.role_names
+        key, value = typing.get_args(tp)
+        return st.dictionaries(value_strategy(key), value_strategy(value), min_size=1, max_size=3)
+    if tp == list[str]:
+        return st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=3)
     return {
         bool: st.booleans(),
         int: st.integers(1, 10**6),

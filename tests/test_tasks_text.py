@@ -47,11 +47,11 @@ def test_generation_jsonl(tmp_path):
 
 
 def test_generation_csv_tsv_and_json_array(tmp_path):
-    (tmp_path / "a.csv").write_text('question,answer\n"Say ""hi""",\n"two\nlines", two\n', encoding="utf-8")
+    (tmp_path / "a.csv").write_text('question,answer\n"Say ""hi""",!\n"two\nlines", two\n', encoding="utf-8")
     (tmp_path / "a.tsv").write_text('question\tanswer\nSay "hi"\t hello\n', encoding="utf-8")
     (tmp_path / "a.json").write_text(json.dumps(QA), encoding="utf-8")
     for name, first in [
-        ("a.csv", GenerationExample('Q: Say "hi"\nA:', "")),
+        ("a.csv", GenerationExample('Q: Say "hi"\nA:', "!")),
         ("a.tsv", GenerationExample('Q: Say "hi"\nA:', " hello")),
         ("a.json", GenerationExample("Q: Capital of France?\nA:", " Paris")),
     ]:
@@ -60,6 +60,9 @@ def test_generation_csv_tsv_and_json_array(tmp_path):
         assert examples[0] == first
     options = DataConfig(train_file="a.csv", **GEN)
     assert text_task(options).load_train(tmp_path, "train", options)[1].prompt == "Q: two\nlines\nA:"
+    (tmp_path / "a.csv").write_text('question,answer\nq,x\nr, \n', encoding="utf-8")  # nothing to learn: refused
+    with pytest.raises(DataError, match=r"a\.csv line 3: completion field 'answer' is empty \(nothing to learn\)$"):
+        text_task(options).load_train(tmp_path, "train", options)
 
 
 def test_absolute_and_relative_paths(tmp_path):
@@ -88,9 +91,9 @@ def test_template_errors(tmp_path):
     jsonl(tmp_path / "train.jsonl", [{"question": "q"}])
     with pytest.raises(DataError, match=r"train\.jsonl line 1 has no field 'answer' \(fields: question\)"):
         text_task(options).load_train(tmp_path, "train", options)
-    (tmp_path / "a.json").write_text(json.dumps([QA[0], {"answer": " x"}]), encoding="utf-8")
+    (tmp_path / "a.json").write_text(json.dumps([QA[0], {"answer": " x"}], indent=1), encoding="utf-8")
     array = DataConfig(train_file="a.json", **GEN)
-    with pytest.raises(DataError, match=r"a\.json record 2: data\.prompt_template uses \{question\}"):
+    with pytest.raises(DataError, match=r"a\.json line 7: data\.prompt_template uses \{question\}"):
         text_task(array).load_train(tmp_path, "train", array)
     (tmp_path / "t.csv").write_text("question,reply\nq,a\n")
     csv_options = DataConfig(train_file="t.csv", **GEN)
@@ -140,10 +143,10 @@ def test_classification_string_labels_sorted(tmp_path):
         ClassificationExample("fine", None, 2), ClassificationExample("bad", None, 0),
     ]
     jsonl(tmp_path / "valid.jsonl", [{"text": "hmm", "label": "mixed"}])
-    with pytest.raises(DataError, match=r"valid\.jsonl line 1: label 'mixed' is not a train-file label"):
+    with pytest.raises(DataError, match=r"valid\.jsonl line 1: label 'mixed' is not one of the train split's labels \(neg, neutral, pos\)$"):
         task.load_eval(tmp_path, "dev", options)
     small = cls_options(num_labels=2)
-    with pytest.raises(DataError, match=r"the train file has 3 distinct labels .* data\.num_labels is 2"):
+    with pytest.raises(DataError, match=r"train\.jsonl: the train split has 3 distinct labels .* data\.num_labels is 2"):
         text_task(small).load_train(tmp_path, "train", small)
 
 
@@ -172,7 +175,7 @@ def test_regression(tmp_path):
     assert (task.kind, task.num_labels, task.main_metric) == ("regression", 1, "pearson")
     assert [x.label for x in task.load_train(tmp_path, "train", options)] == [0.5, 3.0]
     jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": "high"}])
-    with pytest.raises(DataError, match=r"line 1: label 'high' is not a number"):
+    with pytest.raises(DataError, match=r"line 1: label 'high' is not a finite number \(data\.num_labels is 1: regression\)$"):
         task.load_train(tmp_path, "train", options)
     jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": None}])
     with pytest.raises(DataError, match=r"line 1: label field 'label' is null"):
@@ -198,3 +201,22 @@ def test_scores():
     result = reg.score([0.0, 1.0, 2.0], gold)
     assert result["pearson"] == pytest.approx(1.0) and result["mse"] == 0.0
     assert reg.score([1.0, 1.0, 1.0], gold)["pearson_unavailable"] == "constant predictions or labels"
+
+
+def test_labels_are_never_coerced(tmp_path):
+    """A float label is refused (not rounded), ids and names are not mixed, data.label_names fixes the ids."""
+    options = DataConfig(train_file="train.jsonl", text_field="t", label_field="y", num_labels=2)
+    for labels, message in [([0, 1.5], r"train\.jsonl line 2: label 1\.5 is neither a class id \(an integer in 0\.\.1\) nor a name$"),
+                            ([0, "pos"], r"train\.jsonl: the train split mixes class ids \(0\) and names \('pos'\)"),
+                            ([0, True], r"train\.jsonl line 2: label true is neither a class id")]:
+        jsonl(tmp_path / "train.jsonl", [{"t": f"x{i}", "y": y} for i, y in enumerate(labels)])
+        with pytest.raises(DataError, match=message):
+            text_task(options).load_train(tmp_path, "train", options)
+    jsonl(tmp_path / "train.jsonl", [{"t": "a", "y": 1.0}, {"t": "b", "y": 0}])
+    assert [x.label for x in text_task(options).load_train(tmp_path, "train", options)] == [1, 0]  # 1.0 is the id 1
+    named = DataConfig(train_file="train.jsonl", text_field="t", label_field="y", num_labels=2, label_names=("pos", "neg"))
+    jsonl(tmp_path / "train.jsonl", [{"t": "a", "y": "neg"}, {"t": "b", "y": "pos"}])
+    assert [x.label for x in text_task(named).load_train(tmp_path, "train", named)] == [1, 0]
+    jsonl(tmp_path / "train.jsonl", [{"t": 5, "y": "neg"}])
+    with pytest.raises(DataError, match=r"train\.jsonl line 1: text field 't' should be text, got a number \(5\)$"):
+        text_task(named).load_train(tmp_path, "train", named)

@@ -94,7 +94,7 @@ def test_errors(task, data_dir, tmp_path):
     with pytest.raises(DataError, match=r"valid\.jsonl line 1: invalid JSON"):
         task.load_eval(tmp_path, "dev", None)
     path.write_bytes(b"")
-    with pytest.raises(DataError, match=r"valid\.jsonl has no data rows"):
+    with pytest.raises(DataError, match=r"valid\.jsonl is empty$"):
         task.load_eval(tmp_path, "dev", None)
 
 

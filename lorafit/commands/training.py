@@ -73,7 +73,7 @@ def train(
 def data(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a recipe key.")] = [],  # noqa: B006
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write the token-length histogram PNG here (default: data-NAME-lengths.png).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the token-length histogram PNG here (default: lengths-NAME.png beside the data cache; the path is printed).")] = None,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="No PNG.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Tokenise afresh; read and write no data cache.")] = False,
     json_out: JsonOpt = False,
@@ -93,9 +93,8 @@ def data(
     from lorafit.workflows.data import show_data
 
     parsed = load_recipe(recipe, set_)
-    png = None if no_plot else (plot or Path(f"data-{parsed.name}-lengths.png"))
     reporter = Reporter(False, json_out)
-    reporter.summary(show_data(parsed, reporter, use_cache=not no_cache and parsed.data.cache, plot=png))
+    reporter.summary(show_data(parsed, reporter, use_cache=not no_cache and parsed.data.cache, plot=plot, draw=not no_plot))
 
 
 @app.command()

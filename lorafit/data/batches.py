@@ -1,8 +1,7 @@
 """Tokenization, loss masks and batches: task examples in, padded tensors out.
 
 Generation examples become `prompt_ids + completion_ids + [eos]` with labels -100 on the prompt, so
-the loss covers the completion only. Prompt and completion are tokenized separately: generation later
-feeds exactly `prompt_ids`, so training and inference see the same token boundary.
+the loss covers the completion only; the rules live in data/encode.py, shared with the data cache.
 
 Batch order is a pure function of (seed, epoch): a run that resumes at batch k of epoch e rebuilds the
 same order and skips k batches. "bucket" batching groups examples of similar length (less padding),
@@ -18,10 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lorafit.data.encode import IGNORE_INDEX, encode_classification_batch, encode_generation_batch
 from lorafit.errors import DataError
 from lorafit.tasks.types import ClassificationExample, GenerationExample
-
-IGNORE_INDEX = -100  # label value that cross_entropy skips
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class EncodeStats:
 def encode_generation(
     examples: Sequence[GenerationExample], tokenizer, max_length: int
 ) -> tuple[list[Encoded], EncodeStats]:
-    """Tokenize prompt -> completion pairs with the prompt masked out of the loss.
+    """Tokenize prompt -> completion pairs with the prompt masked out of the loss (data/encode.py's rules).
 
     Too long: the prompt is cut from the left (its end, next to the completion, is kept); an example
     whose completion alone leaves fewer than 8 prompt tokens is skipped. Both are counted.
@@ -58,23 +56,12 @@ def encode_generation(
     stats = EncodeStats()
     if not examples:  # e.g. no validation split; a fast tokenizer fails on an empty batch
         return [], stats
-    eos = tokenizer.eos_token_id
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
-    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
-    encoded = []
-    for prompt, completion in zip(prompts, completions, strict=True):
-        completion = list(completion) + [eos]
-        room = max_length - len(completion)
-        if room < min(8, len(prompt)):
-            stats.skipped += 1
-            continue
-        if len(prompt) > room:
-            prompt = prompt[len(prompt) - room :]
-            stats.truncated += 1
-        ids = tuple(prompt) + tuple(completion)
-        labels = (IGNORE_INDEX,) * len(prompt) + tuple(completion)
-        encoded.append(Encoded(input_ids=ids, labels=labels))
-        stats.completion_tokens += len(completion)
+    columns = encode_generation_batch(tokenizer, [e.prompt for e in examples], [e.completion for e in examples], max_length)
+    encoded = [Encoded(input_ids=tuple(ids), labels=tuple(labels)) for ids, labels, dropped
+               in zip(columns["input_ids"], columns["labels"], columns["dropped"], strict=True) if not dropped]
+    stats.skipped = sum(columns["dropped"])
+    stats.truncated = sum(columns["truncated"])
+    stats.completion_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in encoded)
     stats.examples = len(encoded)
     return encoded, stats
 
@@ -86,29 +73,14 @@ def encode_classification(
     stats = EncodeStats()
     if not examples:  # e.g. no validation split; a fast tokenizer fails on an empty batch
         return [], stats
-    texts = [e.text for e in examples]
     pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
-    batch = tokenizer(texts, pairs, truncation=False, verbose=False)
-    # Re-tokenize only the rows that are too long, with the tokenizer's own truncation strategy.
-    long_rows = [i for i, ids in enumerate(batch["input_ids"]) if len(ids) > max_length]
-    if long_rows:
-        cut = tokenizer(
-            [texts[i] for i in long_rows], [pairs[i] for i in long_rows] if pairs else None,
-            truncation=True, max_length=max_length,
-        )
-        for j, i in enumerate(long_rows):
-            for key in batch:
-                batch[key][i] = cut[key][j]
-    stats.truncated = len(long_rows)
-    type_ids = batch.get("token_type_ids")
-    encoded = [
-        Encoded(
-            input_ids=tuple(batch["input_ids"][i]),
-            token_type_ids=tuple(type_ids[i]) if type_ids is not None else None,
-            target=example.label,
-        )
-        for i, example in enumerate(examples)
-    ]
+    columns = encode_classification_batch(tokenizer, [e.text for e in examples], pairs, [e.label for e in examples],
+                                          max_length)
+    types = columns.get("token_type_ids")
+    encoded = [Encoded(input_ids=tuple(ids), token_type_ids=tuple(types[i]) if types is not None else None,
+                       target=target)
+               for i, (ids, target) in enumerate(zip(columns["input_ids"], columns["target"], strict=True))]
+    stats.truncated = sum(columns["truncated"])
     stats.examples = len(encoded)
     return encoded, stats
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorafit.data.batches import IGNORE_INDEX
+from lorafit.data.encode import encode_classification_batch, encode_generation_batch
 from lorafit.data.formats import Format
 
 ENCODER_VERSION = 1
@@ -78,49 +78,6 @@ def default_num_proc(rows: int) -> int | None:
 # ------------------------------------------------------------------------------------------- encoders
 
 
-def encode_generation_batch(tokenizer, prompts: list[str], completions: list[str], max_length: int) -> dict:
-    """`batches.encode_generation`, column-wise, keeping dropped rows (flagged) so indices stay aligned.
-
-    Same rule: `prompt_ids + completion_ids + [eos]`, the prompt masked; too long: the prompt is cut from
-    the left; a completion leaving fewer than 8 prompt tokens is dropped."""
-    eos = tokenizer.eos_token_id
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
-    out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "truncated": [], "dropped": []}
-    for prompt, completion in zip(prompt_ids, completion_ids, strict=True):
-        completion = list(completion) + [eos]
-        room = max_length - len(completion)
-        dropped = room < min(8, len(prompt))
-        truncated = not dropped and len(prompt) > room
-        if truncated:
-            prompt = prompt[len(prompt) - room :]
-        ids = [] if dropped else list(prompt) + completion
-        out["input_ids"].append(ids)
-        out["labels"].append([] if dropped else [IGNORE_INDEX] * len(prompt) + completion)
-        out["length"].append(len(ids))
-        out["truncated"].append(truncated)
-        out["dropped"].append(1 if dropped else 0)
-    return out
-
-
-def encode_classification_batch(tokenizer, texts: list[str], pairs: list | None, labels: list, max_length: int) -> dict:
-    """`batches.encode_classification`, column-wise: the tokenizer's own truncation for the long rows only."""
-    batch = tokenizer(texts, pairs, truncation=False, verbose=False)
-    long_rows = [i for i, ids in enumerate(batch["input_ids"]) if len(ids) > max_length]
-    if long_rows:
-        cut = tokenizer([texts[i] for i in long_rows], [pairs[i] for i in long_rows] if pairs else None,
-                        truncation=True, max_length=max_length)
-        for j, i in enumerate(long_rows):
-            for key in batch:
-                batch[key][i] = cut[key][j]
-    out = {"input_ids": list(batch["input_ids"]), "target": list(labels),
-           "length": [len(ids) for ids in batch["input_ids"]],
-           "truncated": [i in set(long_rows) for i in range(len(texts))], "dropped": [0] * len(texts)}
-    if batch.get("token_type_ids") is not None:
-        out["token_type_ids"] = list(batch["token_type_ids"])
-    return out
-
-
 def encode_batch(batch: dict, *, fmt: Format, tokenizer, max_length: int) -> dict:
     """One `datasets.map` batch of normalised rows -> token columns (+ the source `row`)."""
     if fmt.encoder == "generation":
@@ -132,7 +89,7 @@ def encode_batch(batch: dict, *, fmt: Format, tokenizer, max_length: int) -> dic
     else:
         from lorafit.data.chat import encode_chat_batch
 
-        out = encode_chat_batch(tokenizer, batch["messages"], max_length)
+        out = encode_chat_batch(tokenizer, batch["messages"], max_length, batch.get("where"))
     out["row"] = batch["row"]
     return out
 

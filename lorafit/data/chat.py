@@ -102,10 +102,25 @@ def _by_prefixes(tokenizer, full: str, spans: list[tuple[int, int]]) -> tuple[li
     return ids, labels
 
 
-def encode_chat_batch(tokenizer, conversations: list[list[dict]], max_length: int) -> dict[str, list]:
-    """Columns input_ids, labels, length, truncated, dropped for a batch of conversations."""
+def _spans_of(tokenizer, messages: list[dict], renderer, where: str | None):
+    """`assistant_spans`; a conversation the template refuses (e.g. "roles must alternate user/assistant",
+    raised by the template itself) is a one-line DataError naming the row."""
+    try:
+        return assistant_spans(tokenizer, messages, renderer)
+    except DataError as e:
+        raise DataError(f"{where}: {e}" if where else str(e)) from None
+    except Exception as e:  # noqa: BLE001 - jinja raises whatever the template author wrote
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"{where + ': ' if where else ''}the chat template cannot render this conversation: {reason}") from None
+
+
+def encode_chat_batch(tokenizer, conversations: list[list[dict]], max_length: int,
+                      where: list[str] | None = None) -> dict[str, list]:
+    """Columns input_ids, labels, length, truncated, dropped for a batch of conversations; `where` names each
+    conversation's source row for errors ("chats.jsonl line 12")."""
     renderer = fast_renderer(tokenizer, conversations[0]) if conversations else render
-    rendered = [assistant_spans(tokenizer, messages, renderer) for messages in conversations]
+    where = where or [None] * len(conversations)
+    rendered = [_spans_of(tokenizer, messages, renderer, at) for messages, at in zip(conversations, where, strict=True)]
     texts = [full for full, _ in rendered]
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)

@@ -1,11 +1,13 @@
-"""Where a user's rows come from: `data.source` -> one `datasets.Dataset` per split, read lazily from disk.
+"""Where a user's rows come from: `data.source` -> each split's rows, read lazily from disk.
 
     resolve_source(options, data_dir) -> SourceSpec   what to read, and a fingerprint of it (cheap: stat only)
-    load_split(spec, split)           -> RawSplit     the split's rows (Arrow, memory-mapped) + which file each came from
+    load_split(spec, split)           -> RawSplit     the split's rows, each with where it came from
 
 `data.source` is one of:
 - a file in a format `datasets` reads (jsonl, json, csv, tsv, parquet, arrow; `.gz` allowed for text formats):
   its rows are the `train` split;
+- a mapping of split name to a file, a glob, or a list of them (`{train: a.jsonl, validation: b/*.jsonl}`), as
+  `datasets.load_dataset(..., data_files=...)` takes; every file must exist and every glob match;
 - a directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`: its splits;
 - a directory of files: files whose name holds train / dev, valid, validation / test are those splits
   (every file is `train` when none does);
@@ -13,6 +15,9 @@
 - a Hub dataset id (`org/name`, with data.source_config and data.source_revision), only when online.
 
 Splits are lorafit's names: `train`, `dev` (a source's `validation`, `valid` or `val`), `test`.
+JSON Lines and JSON files are streamed by the one JSON reader (data/jsonrows.py): each row is named by its
+line in the file. The columnar ones (CSV, TSV, parquet, arrow, saved, Hub) are read by `datasets` into
+memory-mapped Arrow: each row is named by its row number (CSV: the data row, the header not counted).
 CSV/TSV cells are read as text exactly as written ("NA" stays "NA", "007" stays "007"), as the hand-written
 readers did; TSV without quoting (a `"` is an ordinary character, as in GLUE).
 """
@@ -22,11 +27,14 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorafit.data.jsonrows import json_rows
 from lorafit.errors import DataError
 from lorafit.recipe.schema import DataConfig
 
@@ -39,6 +47,7 @@ BUILDERS = {
     ".parquet": ("parquet", {}), ".arrow": ("arrow", {}),
 }
 TEXT_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv")
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 @dataclass(frozen=True)
@@ -74,14 +83,26 @@ class SourceSpec:
 
 @dataclass
 class RawSplit:
-    """A split's rows and where each came from: `where(i)` -> "train.jsonl row 12" for error messages."""
+    """A split's rows, file by file: a JSON file (streamed, each row named by its line) or an Arrow dataset
+    (each row named by its row number). `rows()` yields (where, row): where is "train.jsonl line 12"."""
 
-    dataset: object  # datasets.Dataset
-    starts: list[tuple[int, str]]  # (first row index, file) per file, in order
+    parts: list[tuple[str, object]]  # (name in messages, Path of a JSON file or a datasets.Dataset)
 
-    def where(self, index: int) -> str:
-        start, name = next((s, n) for s, n in reversed(self.starts) if s <= index)
-        return f"{name} row {index - start + 1}"
+    def rows(self) -> Iterator[tuple[str, dict]]:
+        for name, part in self.parts:
+            if isinstance(part, Path):
+                yield from ((f"{name} line {line}", row) for line, row in json_rows(part))
+                continue
+            number = 0
+            for batch in part.iter(batch_size=1000):
+                columns = list(batch)
+                for j in range(len(batch[columns[0]]) if columns else 0):
+                    number += 1
+                    yield f"{name} row {number}", {c: batch[c][j] for c in columns}
+
+    def num_rows(self) -> int:
+        """Rows in the split (JSON files are read through to count them)."""
+        return sum(sum(1 for _ in json_rows(p)) if isinstance(p, Path) else len(p) for _, p in self.parts)
 
 
 def is_offline() -> bool:
@@ -102,8 +123,6 @@ def _split_of(path: Path) -> str | None:
 
 def _saved_splits(path: Path) -> tuple[str, ...]:
     if (path / "dataset_dict.json").is_file():
-        import json
-
         names = json.loads((path / "dataset_dict.json").read_text())["splits"]
         return tuple(SPLIT_ALIASES.get(n, n) for n in names)
     return ("train",)
@@ -116,16 +135,46 @@ def _readable(paths: list[Path], what: str) -> list[Path]:
     return paths
 
 
-def resolve_source(options: DataConfig, data_dir: Path | None) -> SourceSpec:
-    """The SourceSpec for `data.source` (relative paths and globs are taken from the data directory)."""
-    name = options.source
+def _local(name: str, data_dir: Path | None) -> Path:
     raw = Path(name).expanduser()
-    path = raw if raw.is_absolute() or data_dir is None else Path(data_dir) / raw
+    return raw if raw.is_absolute() or data_dir is None else Path(data_dir) / raw
+
+
+def _matches(name: str, data_dir: Path | None, key: str) -> list[Path]:
+    """The files a path or glob names; none is an error naming the key."""
+    path = _local(name, data_dir)
     if any(c in name for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
-            raise DataError(f"data.source: the glob {str(path)!r} matches no file")
-        return SourceSpec(name, "files", {"train": tuple(_readable(files, "from the glob"))})
+            raise DataError(f"{key}: the glob {str(path)!r} matches no file")
+        return _readable(files, "from the glob")
+    if not path.is_file():
+        raise DataError(f"{key}: {path} not found" + (" (a directory: name its files, or a glob)" if path.is_dir() else ""))
+    return _readable([path], key)
+
+
+def _split_files(mapping: dict, data_dir: Path | None) -> SourceSpec:
+    """`data.source: {train: a.jsonl, validation: [b.jsonl, c/*.jsonl]}` -> files per lorafit split."""
+    files: dict[str, tuple[Path, ...]] = {}
+    for given, names in mapping.items():
+        split = SPLIT_ALIASES.get(given, given)
+        if split in files:
+            raise DataError(f"data.source: {given!r} and another key are both the {split!r} split")
+        key = f"data.source.{given}"
+        files[split] = tuple(f for name in ([names] if isinstance(names, str) else names)
+                             for f in _matches(name, data_dir, key))
+    return SourceSpec(json.dumps(mapping, sort_keys=True), "files", files)
+
+
+def resolve_source(options: DataConfig, data_dir: Path | None) -> SourceSpec:
+    """The SourceSpec for `data.source` (relative paths and globs are taken from the data directory)."""
+    name = options.source
+    if isinstance(name, dict):
+        return _split_files(name, data_dir)
+    raw = Path(name).expanduser()
+    path = _local(name, data_dir)
+    if any(c in name for c in "*?["):
+        return SourceSpec(name, "files", {"train": tuple(_matches(name, data_dir, "data.source"))})
     if path.is_file():
         return SourceSpec(name, "files", {"train": tuple(_readable([path], "data.source"))})
     if path.is_dir():
@@ -153,7 +202,9 @@ def resolve_source(options: DataConfig, data_dir: Path | None) -> SourceSpec:
 
 
 def check_utf8(path: Path) -> None:
-    """Fail with the file, line and byte offset of the first byte that is not UTF-8 (streamed: flat memory)."""
+    """Fail with the file, line and byte offset of the first byte that is not UTF-8 (streamed: flat memory).
+
+    For CSV/TSV, which `datasets` reads; JSON files are checked by their reader (data/jsonrows.py)."""
     if _suffix(path) not in TEXT_SUFFIXES or path.suffix.lower() == ".gz":
         return
     import codecs
@@ -178,15 +229,20 @@ def _header(path: Path, kwargs: dict) -> list[str]:
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         first = f.readline().rstrip("\r\n")
-    if not first:
-        raise DataError(f"{path} has no header row")
+        if not first:
+            raise DataError(f"{path} is empty" if path.stat().st_size == 0 else f"{path} has no header row (line 1 is blank)")
+        if not any(line.strip() for line in f):  # stops at the first data row; datasets' own message is obscure
+            raise DataError(f"{path} has no data rows (only the header)")
     return first.split("\t") if kwargs.get("sep") == "\t" else next(csv.reader([first]))
 
 
 def _load_file(path: Path):
+    """A columnar file as memory-mapped Arrow (JSON files are streamed instead: RawSplit.rows)."""
     import datasets
 
     builder, kwargs = BUILDERS[_suffix(path)]
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty")
     check_utf8(path)
     if builder == "csv":  # every column a string, as written (the header names them)
         kwargs = {**kwargs, "features": datasets.Features({n: datasets.Value("string") for n in _header(path, kwargs)})}
@@ -208,23 +264,14 @@ def load_split(spec: SourceSpec, split: str) -> RawSplit:
         raise DataError(f"data.source {spec.source!r} has no split {split!r} (splits: {', '.join(spec.splits)}); "
                         "set data.valid_split, or data.valid_fraction to carve one out of train")
     if spec.kind == "files":
-        parts, starts, total = [], [], 0
-        for path in spec.files[split]:
-            ds = _load_file(path)
-            starts.append((total, str(path)))
-            parts.append(ds)
-            total += len(ds)
-        try:
-            dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-        except ValueError as e:
-            raise DataError(f"data.source: the {split} files do not share one set of columns: {e}") from None
-        return RawSplit(dataset, starts)
+        return RawSplit([(str(path), path if _suffix(path) in JSON_SUFFIXES else _load_file(path))
+                         for path in spec.files[split]])
     if spec.kind == "saved":
         loaded = datasets.load_from_disk(str(spec.path))
         if isinstance(loaded, datasets.DatasetDict):
             names = {SPLIT_ALIASES.get(n, n): n for n in loaded}
             loaded = loaded[names[split]]
-        return RawSplit(loaded, [(0, f"{spec.path} ({split})")])
+        return RawSplit([(f"{spec.path} ({split})", loaded)])
     hub_names = [n for n, s in SPLIT_ALIASES.items() if s == split]
     try:
         found = datasets.get_dataset_split_names(spec.source, spec.config, revision=spec.revision)
@@ -236,4 +283,4 @@ def load_split(spec: SourceSpec, split: str) -> RawSplit:
         raise
     except Exception as e:  # noqa: BLE001
         raise DataError(f"data.source {spec.source!r}: cannot load from the Hub: {str(e).strip().splitlines()[0]}") from None
-    return RawSplit(dataset, [(0, f"{spec.source} ({name})")])
+    return RawSplit([(f"{spec.source} ({name})", dataset)])

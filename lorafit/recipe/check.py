@@ -66,7 +66,17 @@ def _convert(tp: Any, value: Any, path: str, meta: typing.Mapping, ctx: Problems
     if optional:
         if value is None:
             return None
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]  # noqa: UP007 - `str | dict[...]` kept whole
+    mapping = next((a for a in (tp, *typing.get_args(tp)) if typing.get_origin(a) is dict), None)
+    if mapping is not None and isinstance(value, dict) and value:  # name the entry that is wrong
+        value_tp = typing.get_args(mapping)[1]
+        wrong = [(k, v) for k, v in value.items() if not isinstance(k, str) or _coerce(value_tp, v) is BAD]
+        for k, v in wrong:
+            expected = "a string" if value_tp is str else "a string or a non-empty list of strings"
+            ctx.add(f"{path}.{k}", f"expected {expected}, got {_show(v)}")
+        if wrong:
+            return BAD
     out = _coerce(tp, value)
     if out is BAD:
         ctx.add(path, _type_problem(tp, value, optional))
@@ -75,7 +85,7 @@ def _convert(tp: Any, value: Any, path: str, meta: typing.Mapping, ctx: Problems
         for i, item in enumerate(out):
             if not isinstance(item, str):
                 ctx.add(f"{path}[{i}]", f"expected a string, got {_show(item)}")
-            elif not item or re.search(r"[\s,]", item):
+            elif not meta.get("any_text") and (not item or re.search(r"[\s,]", item)):
                 ctx.add(f"{path}[{i}]", f"not a module name: {_show(item)} (a list is written [q_proj, v_proj])")
         return BAD if any(not isinstance(item, str) for item in out) else out
     shown = value if isinstance(value, str) and not isinstance(out, str) else _show(value)  # `-2e-4` as written
@@ -113,6 +123,16 @@ def _coerce(tp: Any, value: Any) -> Any:
         if isinstance(value, str):
             return (value,)  # `targets: all-linear` is the one-item list [all-linear]
         return tuple(value) if isinstance(value, list | tuple) else BAD
+    if tp == list[str]:
+        return list(value) if isinstance(value, list) and value and all(isinstance(v, str) for v in value) else BAD
+    if typing.get_origin(tp) is dict:  # a mapping of strings: data.source per split, data.role_names
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict) or not value:
+            return BAD
+        pairs = [(_coerce(key_tp, k), _coerce(value_tp, v)) for k, v in value.items()]
+        return BAD if any(k is BAD or v is BAD for k, v in pairs) else dict(pairs)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # the first member the value is
+        return next((out for out in (_coerce(a, value) for a in typing.get_args(tp)) if out is not BAD), BAD)
     raise TypeError(f"recipe field type {tp!r} has no converter")
 
 
@@ -125,6 +145,10 @@ def _type_problem(tp: Any, value: Any, optional: bool) -> str:
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         tp, "a string or a list of strings"
     )
+    if typing.get_origin(tp) is dict:
+        expected = "a mapping (name: text)"
+    elif typing.get_origin(tp) in (typing.Union, types.UnionType):
+        expected = "a string or a mapping (name: a string or a list of strings)"
     if tp is float and (isinstance(value, float) or isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
         expected = "a finite number"  # .inf, .nan
     return f"expected {expected}{' or null' if optional else ''}, got {_show(value)}"

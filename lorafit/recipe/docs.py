@@ -63,8 +63,13 @@ are the only required keys. The defaults live in one place, the dataclasses in `
 
 def type_name(tp: Any) -> str:
     """A field type as the docs write it: int, float or null, one of fp32, bf16, list of str."""
-    if isinstance(tp, types.UnionType):
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is dict:
+        key, value = typing.get_args(tp)
+        return f"mapping of {type_name(key)} to {type_name(value)}"
+    if tp == list[str]:
+        return "list of str"
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(typing.get_args(tp))
     if tp == tuple[str, ...]:

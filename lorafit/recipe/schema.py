@@ -64,9 +64,10 @@ class DataConfig:
     max_length: int = _opt(512, "tokens per example; longer prompts are cut from the left, the completion kept", gt=0)
     max_train_examples: int | None = _opt(None, "train on a seeded random subset of this many examples", gt=0)
     max_valid_examples: int | None = _opt(200, "examples used for the validation loss; null: all", ge=0)
-    source: str | None = _opt(
+    source: str | dict[str, str | list[str]] | None = _opt(
         None, "task text: a file or directory datasets reads (jsonl, json, csv, tsv, parquet, arrow, a save_to_disk "
-        "dir), a glob of shards (data/*.parquet), or a Hub dataset id (online only); relative to data_dir",
+        "dir), a glob of shards (data/*.parquet), or a Hub dataset id (online only); or a mapping of split to "
+        "file(s) or glob(s), as datasets' data_files ({train: a.jsonl, validation: b.jsonl}); relative to data_dir",
         nonempty=True,
     )
     source_config: str | None = _opt(None, "Hub dataset configuration name (data.source is a Hub id)")
@@ -78,13 +79,23 @@ class DataConfig:
     valid_fraction: float = _opt(
         0.0, "carve this fraction of the training rows out as the validation split (seeded); 0: off", ge=0, lt=1
     )
-    format: Literal["auto", "completion", "classification", "chat", "alpaca"] = _opt(
+    format: Literal["auto", "completion", "classification", "chat", "alpaca", "sharegpt"] = _opt(
         "auto", "row format: completion (prompt + completion), classification, chat (a list of messages), alpaca "
-        "(instruction/input/output); auto: completion if completion_field, classification if label_field, else chat",
+        "(instruction/input/output), sharegpt (chat as conversations: from/value, human/gpt/system); "
+        "auto: completion if completion_field, classification if label_field, else chat",
     )
+    label_names: tuple[str, ...] | None = _opt(
+        None, "class names by id (classification): labels are these names (or ids); null: the train split's sorted "
+        "labels", any_text=True)
+    role_field: str | None = _opt(None, "key of a message's role (chat: role, sharegpt: from)", nonempty=True)
+    content_field: str | None = _opt(None, "key of a message's text (chat: content, sharegpt: value)", nonempty=True)
+    role_names: dict[str, str] | None = _opt(
+        None, "the file's role names -> system, user, assistant, tool (sharegpt: {system: system, human: user, gpt: "
+        "assistant, observation: tool}); null: the format's")
     prompt_field: str | None = _opt(None, "field holding the prompt text (completion format; or use prompt_template)")
-    messages_field: str = _opt(
-        "messages", "field holding the conversation, a list of {role, content} (chat format; or give prompt_field / "
+    messages_field: str | None = _opt(
+        None, "field holding the conversation (null: messages for chat, conversations for sharegpt), a list of "
+        "{role, content} (chat format; or give prompt_field / "
         "prompt_template + completion_field for one user turn and one assistant reply)", nonempty=True)
     system_prompt: str | None = _opt(
         None, "chat format: a system message put first in each conversation that has none (null: the template's default)"

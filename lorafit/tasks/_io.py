@@ -1,5 +1,6 @@
 """File reading shared by the task loaders: strict UTF-8, tab-separated rows without CSV quoting,
-CSV and JSON Lines, and the one-line `DataError`s they raise.
+CSV, and JSON Lines (through the one JSON reader, lorafit/data/jsonrows.py), and the one-line
+`DataError`s they raise.
 
 Every message names the task and the file (and the line where there is one), so a user can fix the
 data without reading a traceback.
@@ -10,10 +11,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from lorafit.data.jsonrows import json_rows
 from lorafit.errors import DataError
 
 
@@ -131,19 +132,14 @@ def read_csv(task: str, path: Path) -> tuple[list[str], list[tuple[int, list[str
 
 
 def read_jsonl(task: str, path: Path) -> list[tuple[int, dict]]:
-    """JSON Lines: one object per line, blank lines skipped. Returns [(line number, object)]."""
-    rows = []
-    for number, line in lines_of(read_text(task, path)):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"task {task}: {path} line {number}: invalid JSON: {e.msg} (column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"task {task}: {path} line {number}: expected a JSON object, got {type(row).__name__}")
-        rows.append((number, row))
-    if not rows:
-        raise DataError(f"task {task}: {path} has no data rows")
-    return rows
+    """JSON Lines (or a JSON array of objects): [(line number, object)], blank lines skipped.
+
+    Read by the one JSON reader (lorafit/data/jsonrows.py), so every broken line is reported alike;
+    its messages get the task's name in front."""
+    try:
+        return list(json_rows(path))
+    except DataError as e:
+        raise DataError(f"task {task}: {e}") from None
 
 
 def check_lengths(task: str, predictions: Sequence, items: Sequence) -> None:

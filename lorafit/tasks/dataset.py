@@ -12,15 +12,18 @@ Validation carved out of train (`data.valid_fraction`) takes whole source rows, 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from lorafit.data.formats import Format, columns_needed, format_of, label_names_of, normalise
+from lorafit.data.formats import Format, features_of, format_of, normalise_row
 from lorafit.data.source import RawSplit, SourceSpec, load_split, resolve_source
 from lorafit.errors import DataError
 from lorafit.recipe.schema import DataConfig
+from lorafit.tasks.labels import LabelError, class_names
 from lorafit.tasks.text_scores import score_classification, score_generation
 from lorafit.tasks.types import EvalItem, GenerationExample, Task
 
@@ -34,43 +37,78 @@ def carved_rows(num_rows: int, fraction: float) -> np.ndarray:
     return np.sort(np.random.default_rng(CARVE_SEED).permutation(num_rows)[:count])
 
 
-def check_columns(raw: RawSplit, fmt: Format) -> None:
-    missing = [c for c in columns_needed(fmt) if c not in raw.dataset.column_names]
-    if missing:
-        raise DataError(f"{raw.starts[0][1]}: no field {', '.join(map(repr, missing))} "
-                        f"(fields: {', '.join(raw.dataset.column_names)}); set data.format / data.*_field")
+def train_labels(raw: RawSplit, fmt: Format) -> list:
+    """The distinct labels of the train split, each checked to be a label at all (a float such as 1.5, true,
+    a list: refused with its row); a missing or null label is left to the row's own check."""
+    seen: dict = {}
+    for where, row in raw.rows():
+        value = row.get(fmt.label_field)
+        key = (type(value).__name__, value) if isinstance(value, str | int | float | bool | None) else None
+        if key in seen:
+            continue
+        try:
+            class_names([value], fmt.num_labels)
+        except LabelError as e:
+            raise DataError(f"{where}: field {fmt.label_field!r}: {e}") from None
+        seen[key] = value
+    return list(seen.values())
 
 
 def source_format(options: DataConfig, data_dir: Path | None) -> tuple[SourceSpec, Format]:
-    """The source and the row format; string class labels are mapped from the train split's sorted labels."""
+    """The source and the row format; string class labels are mapped from the train split's sorted labels
+    (or the recipe's data.label_names)."""
     spec = resolve_source(options, data_dir)
     fmt = format_of(options)
-    if fmt.name == "classification" and fmt.num_labels > 1:
-        raw = load_split(spec, options.train_split if options.train_split in spec.splits else "train")
-        check_columns(raw, fmt)
-        names = label_names_of(fmt, raw.dataset.unique(fmt.label_field))
+    if fmt.name == "classification" and fmt.num_labels > 1 and not fmt.labels_listed:
+        train = options.train_split if options.train_split in spec.splits else "train"
+        raw = load_split(spec, train)
+        try:
+            names = class_names(train_labels(raw, fmt), fmt.num_labels)
+        except LabelError as e:
+            raise DataError(f"data.source {train} split ({raw.parts[0][0]}{', ...' if len(raw.parts) > 1 else ''}): "
+                            f"field {fmt.label_field!r}: {e}") from None
         fmt = Format(**{**fmt.settings(), "label_names": names})
     return spec, fmt
 
 
+def write_rows(path: Path, fmt: Format, rows) -> int:
+    """Normalised rows (dicts) -> an Arrow file of the format's fixed columns, 1,000 rows at a time."""
+    from datasets.arrow_writer import ArrowWriter
+
+    features = features_of(fmt)
+    batch: list[dict] = []
+    with ArrowWriter(features=features, path=str(path)) as writer:
+        for row in rows:
+            batch.append(row)
+            if len(batch) == 1000:
+                writer.write_batch({c: [r[c] for r in batch] for c in features})
+                batch = []
+        if batch:
+            writer.write_batch({c: [r[c] for r in batch] for c in features})
+        count, _ = writer.finalize()
+    return count
+
+
 def normalised_split(spec: SourceSpec, fmt: Format, split: str, *, keep_in_memory: bool = False,
                      cache_file: str | None = None, carve: float = 0.0):
-    """The split's rows in the format's normalised columns (+ `row`), as a datasets.Dataset.
+    """The split's rows in the format's normalised columns (+ `row`, the source row), as a datasets.Dataset.
 
-    `carve` > 0: only the rows `carved_rows` picks for validation (read before normalising: a carved dev
-    split of a huge train split costs only its own rows)."""
+    Every row is checked as it is read (data/formats.py: normalise_row). `carve` > 0: only the rows
+    `carved_rows` picks for validation."""
+    import datasets
+
     raw = load_split(spec, split)
-    check_columns(raw, fmt)
-    dataset, where = raw.dataset, raw.where
-    if carve > 0:
-        picked = carved_rows(len(dataset), carve)
-        dataset = dataset.select(picked)
-        where = lambda i: raw.where(int(picked[i]))  # noqa: E731 - error messages name the source row
-    return dataset.map(
-        partial(normalise, fmt, where=where), batched=True, with_indices=True, batch_size=1000,
-        remove_columns=dataset.column_names, keep_in_memory=keep_in_memory, cache_file_name=cache_file,
-        new_fingerprint=f"lorafit-normalise-{spec.fingerprint()}-{split}-{carve}", desc=f"read {split}",
-    )
+    picked = set(carved_rows(raw.num_rows(), carve).tolist()) if carve > 0 else None
+    rows = (out for index, (where, row) in enumerate(raw.rows()) if picked is None or index in picked
+            for out in normalise_row(fmt, row, where, index))
+    scratch = None if cache_file else Path(tempfile.mkdtemp(prefix="lorafit-rows-"))
+    path = Path(cache_file) if cache_file else scratch / "rows.arrow"
+    try:
+        write_rows(path, fmt, rows)
+        return datasets.Dataset.from_file(str(path), in_memory=keep_in_memory or scratch is not None)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def eval_rows(options: DataConfig, data_dir: Path | None, split: str):
@@ -120,7 +158,9 @@ def source_task(options: DataConfig) -> Task:
     if options.valid_fraction > 0 and options.valid_split:
         raise DataError("set data.valid_split (a split of the source) or data.valid_fraction (carved from train), not both")
     fmt = format_of(options)
-    relative = not Path(options.source).expanduser().is_absolute()
+    sources = options.source.values() if isinstance(options.source, dict) else [options.source]
+    names = [n for v in sources for n in ([v] if isinstance(v, str) else v)]
+    relative = not all(Path(n).expanduser().is_absolute() for n in names)
     if fmt.kind == "generation":
         score, main = score_generation, "bleu"
     else:

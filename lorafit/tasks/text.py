@@ -17,16 +17,19 @@ Two modes, chosen by which field is set:
 - classification (`data.label_field`, with `data.text_field`, optional `data.text_pair_field`,
   and `data.num_labels`):
   - `num_labels: 1` is regression: labels are read as floats; scored by Pearson, Spearman, MSE.
-  - otherwise, when every label in the train file is an integer (a JSON int, or digits), the
-    labels are those class ids (each must be in 0..num_labels-1);
+  - `data.label_names: [neg, pos]`: labels are those names (or their ids), ids by position;
+  - otherwise, when every label in the train file is an integer (a JSON int, 1.0, or digits), the
+    labels are those class ids (each must be in 0..num_labels-1; 1.5 is refused, never rounded);
   - else labels are strings, and the ids are their positions in the **sorted** set of the train
-    file's labels (["neg", "pos"] -> neg=0, pos=1); a dev/test label not seen in train is an error.
+    file's labels (["neg", "pos"] -> neg=0, pos=1); a dev/test label not seen in train is an error,
+    and so is a train file that mixes ids and names (lorafit/tasks/labels.py has the rules).
+  Text fields are JSON strings (a number or a list is refused, not converted); the text to classify
+  and every completion must not be empty.
   Scored by accuracy and macro F1.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from collections.abc import Sequence
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from lorafit.data.jsonrows import check_unicode, json_kind
 from lorafit.errors import DataError
 from lorafit.recipe.schema import DataConfig
 from lorafit.tasks._io import (
@@ -41,10 +45,9 @@ from lorafit.tasks._io import (
     column_index,
     read_csv,
     read_jsonl,
-    read_text,
     read_tsv,
 )
-from lorafit.tasks.labels import is_int_label, parse_label
+from lorafit.tasks.labels import LabelError, check_listed, class_names, is_int_label, parse_label
 from lorafit.tasks.text_scores import score_classification, score_generation
 from lorafit.tasks.types import ClassificationExample, EvalItem, GenerationExample, Task
 
@@ -58,13 +61,12 @@ class Row:
     """One record of a user file: its fields and where it came from (for error messages)."""
 
     path: Path
-    line: int  # line number (JSON Lines, CSV: where the record ends), or record number (JSON array)
+    line: int  # line number (JSON: where the object starts; CSV: where the record ends)
     fields: dict
-    unit: str = "line"
 
     @property
     def where(self) -> str:
-        return f"{self.path} {self.unit} {self.line}"
+        return f"{self.path} line {self.line}"
 
 
 def template_fields(template: str) -> list[str]:
@@ -110,6 +112,10 @@ def validate(options: DataConfig) -> None:
                 f"task {NAME}: data.label_field is set, so data.num_labels is needed too "
                 "(1 for regression, 2 or more for classes)"
             )
+        try:
+            check_listed(o.label_names, o.num_labels)
+        except LabelError as e:
+            raise DataError(f"task {NAME}: {e}") from None
     for key in SPLIT_FILES.values():
         name = getattr(o, key)
         if name and Path(name).suffix.lower() not in SUFFIXES:
@@ -136,19 +142,7 @@ def read_rows(path: Path, needed: Sequence[str]) -> list[Row]:
         names, rows = read_csv(NAME, path) if suffix == ".csv" else read_tsv(NAME, path)
         column_index(NAME, path, names, needed)  # a missing column is an error listing those there are
         return [Row(path, number, dict(zip(names, fields, strict=True))) for number, fields in rows]
-    text = read_text(NAME, path) if suffix == ".json" else ""
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"task {NAME}: {path} line {e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-        if not all(isinstance(r, dict) for r in records):
-            raise DataError(f"task {NAME}: {path} should be an array of JSON objects")
-        rows = [Row(path, index, r, "record") for index, r in enumerate(records, start=1)]
-        if not rows:
-            raise DataError(f"task {NAME}: {path} has no data rows")
-    else:
-        rows = [Row(path, number, r) for number, r in read_jsonl(NAME, path)]
+    rows = [Row(path, number, r) for number, r in read_jsonl(NAME, path)]  # JSON Lines, or a JSON array
     for row in rows:
         missing = [n for n in needed if n not in row.fields]
         if missing:
@@ -167,11 +161,25 @@ def value(row: Row, field: str, what: str):
     return v
 
 
+def text_value(row: Row, field: str, what: str, *, trained: bool = False) -> str:
+    """A text field: a string as written (a JSON number or list is refused, not converted); `trained`
+    (what the model learns): not empty either."""
+    v = value(row, field, what)
+    if not isinstance(v, str):
+        raise DataError(f"task {NAME}: {row.where}: {what} field {field!r} should be text, got {json_kind(v)}")
+    if trained and not v.strip():
+        raise DataError(f"task {NAME}: {row.where}: {what} field {field!r} is empty (nothing to learn)")
+    return check_unicode(v, f"task {NAME}: {row.where}", field)
+
+
 # -- generation ------------------------------------------------------------------------------------
 
 
 def prompt_of(row: Row, template: str) -> str:
-    """The row's prompt: the template filled in from its fields."""
+    """The row's prompt: the template filled in from its fields (text fields: a number is not guessed at)."""
+    for name in template_fields(template):
+        if name in row.fields:
+            text_value(row, name, "template")
     try:
         return template.format(**row.fields)
     except KeyError as e:
@@ -187,9 +195,9 @@ def completions_of(row: Row, field: str) -> list[str]:
     """The row's completion(s) as text: one, or several from a JSON list."""
     v = value(row, field, "completion")
     refs = v if isinstance(v, list) else [v]
-    if not refs or not all(isinstance(r, str | int | float) and not isinstance(r, bool) for r in refs):
-        raise DataError(f"task {NAME}: {row.where}: completion field {field!r} should be text")
-    return [str(r) for r in refs]
+    if not refs:
+        raise DataError(f"task {NAME}: {row.where}: completion field {field!r} is an empty list")
+    return [text_value(Row(row.path, row.line, {field: r}), field, "completion", trained=True) for r in refs]
 
 
 def generation_rows(data_dir: Path, split: str, options: DataConfig) -> list[tuple[str, list[str]]]:
@@ -221,53 +229,53 @@ def raw_labels(data_dir: Path, split: str, options: DataConfig) -> tuple[list[Ro
 
 
 def label_names(data_dir: Path, options: DataConfig) -> list[str] | None:
-    """Class names by id for string labels (the sorted set of the train file's labels); None when the
-    labels are ints or floats (regression)."""
+    """Class names by id: data.label_names, or for string labels the sorted set of the train file's labels;
+    None when the labels are class ids or floats (regression)."""
     if options.num_labels == 1:
         return None
+    if options.label_names:
+        return list(options.label_names)
     if not options.train_file:
         raise DataError(f"task {NAME}: labels are mapped to ids from the train file's labels: set data.train_file")
-    return _names(raw_labels(data_dir, "train", options)[1], options.num_labels)
+    return _names(*raw_labels(data_dir, "train", options), options.num_labels)
 
 
-def _names(labels: list, num_labels: int) -> list[str] | None:
-    if all(is_int_label(v) for v in labels):
-        return None
-    names = sorted({str(v).strip() for v in labels})
-    if len(names) > num_labels:
-        raise DataError(
-            f"task {NAME}: the train file has {len(names)} distinct labels ({', '.join(names[:10])}"
-            f"{', ...' if len(names) > 10 else ''}) but data.num_labels is {num_labels}"
-        )
-    return names
+def _names(rows: list[Row], labels: list, num_labels: int) -> list[str] | None:
+    for row, v in zip(rows, labels, strict=True):  # each label a label at all (1.5, true, a list: refused here)
+        try:
+            class_names([v], num_labels)
+        except LabelError as e:
+            raise DataError(f"task {NAME}: {row.where}: {e}") from None
+    try:
+        names = class_names(labels, num_labels)
+    except LabelError as e:
+        raise DataError(f"task {NAME}: {rows[0].path}: {e}") from None
+    return list(names) if names is not None else None
 
 
 def label_of(row: Row, v, options: DataConfig, names: list[str] | None) -> int | float:
     """A row's label as a class id (or a float for regression), checked against the task's labels."""
-    where = f"task {NAME}: {row.where}: label {v!r}"
     try:
-        return parse_label(v, options.num_labels, names)
-    except ValueError as e:
-        expected = {"number": "a number (data.num_labels is 1: regression)",
-                    "name": f"a train-file label ({', '.join(names or [])})",
-                    "class id": f"a class id in 0..{options.num_labels - 1}"}[str(e)]
-        raise DataError(f"{where} is not {expected}") from None
+        return parse_label(v, options.num_labels, names, listed=bool(options.label_names))
+    except LabelError as e:
+        raise DataError(f"task {NAME}: {row.where}: {e}") from None
 
 
 def load_classification(data_dir: Path, split: str, options: DataConfig) -> list[ClassificationExample]:
     """The split's examples, with labels mapped to ids as the module docstring describes."""
     rows, labels = raw_labels(data_dir, split, options)
-    if options.num_labels == 1 or (not options.train_file and all(is_int_label(v) for v in labels)):
+    if options.num_labels == 1 or (not options.train_file and not options.label_names
+                                   and all(is_int_label(v) for v in labels)):
         names = None
-    elif split == "train":
-        names = _names(labels, options.num_labels)
+    elif split == "train" and not options.label_names:
+        names = _names(rows, labels, options.num_labels)
     else:
         names = label_names(data_dir, options)
     pair = options.text_pair_field
     return [
         ClassificationExample(
-            text=str(value(r, options.text_field, "text")),
-            text_pair=str(value(r, pair, "text pair")) if pair else None,
+            text=text_value(r, options.text_field, "text", trained=True),
+            text_pair=text_value(r, pair, "text pair") if pair else None,
             label=label_of(r, v, options, names),
         )
         for r, v in zip(rows, labels, strict=True)

@@ -62,8 +62,22 @@ def masked_text(tokenizer, example):
     return text
 
 
-def show_data(recipe: Recipe, reporter: Reporter, *, use_cache: bool = True, plot: Path | None = None) -> dict:
-    """Prepare the recipe's data as `lorafit train` would and report on it; returns the --json summary."""
+def plot_path(recipe: Recipe, prepared, plot: Path | None) -> Path | None:
+    """Where the histogram goes: `plot` when given, else beside the train split's data cache (None when the
+    cache is not kept: --no-cache writes nothing that outlives the command, and the working directory is
+    not ours to fill)."""
+    if plot is not None:
+        return plot
+    train = prepared.caches.get("train")
+    kept = train is not None and (train.hit or train.path.parent.name == "data")
+    return train.path / f"lengths-{recipe.name}.png" if kept else None
+
+
+def show_data(recipe: Recipe, reporter: Reporter, *, use_cache: bool = True, plot: Path | None = None,
+              draw: bool = True) -> dict:
+    """Prepare the recipe's data as `lorafit train` would and report on it; returns the --json summary.
+
+    `draw`: write the token-length histogram PNG, to `plot` or beside the data cache (plot_path)."""
     from lorafit.data.pipeline import cache_line, prepare
     from lorafit.models import load_tokenizer, resolve_model
     from lorafit.train.setup import load_task
@@ -73,6 +87,8 @@ def show_data(recipe: Recipe, reporter: Reporter, *, use_cache: bool = True, plo
     prepared = prepare(recipe, task, tokenizer, use_cache=use_cache)
     c = prepared.counts
     source = recipe.data.source or recipe.data.train_file or task.name
+    if isinstance(source, dict):  # files per split
+        source = "; ".join(f"{split}: {', '.join([files] if isinstance(files, str) else files)}" for split, files in source.items())
     reporter.info(f"{recipe.name}: task {task.name} ({task.kind}) from {source}, max_length {recipe.data.max_length}")
     reporter.info(cache_line(prepared))
     rows = [[split, c[f"{split}_examples"], c[f"{split}_truncated"], c[f"{split}_skipped"]] for split in ("train", "valid")]
@@ -94,9 +110,12 @@ def show_data(recipe: Recipe, reporter: Reporter, *, use_cache: bool = True, plo
                           f"p95 {int(np.percentile(values, 95))}, max {values.max()}")
             for line in histogram_lines(values):
                 reporter.info(line)
-    png = plot_lengths(lengths, recipe.data.max_length, plot, f"{recipe.name}: token lengths") if plot else None
+    target = plot_path(recipe, prepared, plot) if draw else None
+    png = plot_lengths(lengths, recipe.data.max_length, target, f"{recipe.name}: token lengths") if target else None
     if png:
         reporter.info(f"\nhistogram: {png}")
+    elif draw:
+        reporter.info("\nhistogram: not written (no data cache is kept to put it beside; use --plot FILE.png)")
     first = prepared.train[0]
     if not reporter.quiet:
         if first.labels is None:  # classification: the whole text is input, the label is what is learned
