@@ -73,6 +73,18 @@ def trial_id(study, number: int) -> int:
     return next(t._trial_id for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
+def tell_failed(study, number: int, message: str, *, seconds: float | None = None, only_running: bool = False) -> None:
+    """Mark trial `number` failed with its one-line error (only_running: unless it already ended)."""
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    if only_running and frozen.state != TrialState.RUNNING:
+        return
+    trial = optuna.trial.Trial(study, frozen._trial_id)
+    trial.set_user_attr("error", message)
+    if seconds is not None:
+        trial.set_user_attr("seconds", round(seconds, 1))
+    study.tell(number, state=TrialState.FAIL)
+
+
 def trial_row(trial) -> dict:
     """A trial as sweep.json lists it: params, state, objective, steps, seconds, run dir, error."""
     state = trial.state.name.lower()

@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -76,6 +72,7 @@ def plan_sweep(recipe: Path | None, sets: list[str], output: Path, *, grid: list
                resume: bool) -> Sweep:
     """Check everything a sweep needs before any trial runs; a sweep already in `output` is reopened
     (the same settings) or refused (other settings). `recipe` None with `resume`: the saved sweep."""
+    require_optuna()
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise RunDirError(f"{output}: exists and is not a directory")
@@ -107,6 +104,14 @@ def plan_sweep(recipe: Path | None, sets: list[str], output: Path, *, grid: list
     write_text_atomic(output / BASE_FILE, dump_recipe(base))
     write_text_atomic(output / CONFIG_FILE, json.dumps(sweep.config(), indent=1) + "\n")
     return sweep
+
+
+def require_optuna() -> None:
+    """optuna is the extra `lorafit[sweep]`: say so in one line rather than fail on an import."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise RecipeError("lorafit sweep needs the optuna package: pip install lorafit[sweep]") from None
 
 
 def check_objective(base: Recipe, objective: str, prune: str) -> None:
@@ -143,7 +148,7 @@ def run_trial(sweep: Sweep, number: int) -> None:
     """Run (or continue) trial `number` in its run directory and tell the study how it ended."""
     import optuna
 
-    from lorafit.sweep.study import trial_id
+    from lorafit.sweep.study import tell_failed, trial_id
     from lorafit.workflows.train import run_training
 
     study = sweep.study()
@@ -168,10 +173,11 @@ def run_trial(sweep: Sweep, number: int) -> None:
             summary = run_training(trial_recipe(sweep, number, frozen.params), run, overwrite=not resume,
                                    resume=resume, reporter=Reporter(quiet=True), on_evaluation=on_evaluation)
     except LorafitError as e:
-        fail(study, trial, str(e).splitlines()[0], started)
+        tell_failed(study, number, str(e).splitlines()[0], seconds=time.perf_counter() - started)
         return
     except Exception as e:  # noqa: BLE001 - one trial's crash is that trial's failure; the sweep goes on
-        fail(study, trial, f"unexpected {type(e).__name__}: {(str(e).splitlines() or [''])[0]}", started)
+        tell_failed(study, number, f"unexpected {type(e).__name__}: {(str(e).splitlines() or [''])[0]}",
+                    seconds=time.perf_counter() - started)
         return
     value = objective_value(summary, run, key)
     trial.set_user_attr("steps", summary["steps"])
@@ -181,17 +187,10 @@ def run_trial(sweep: Sweep, number: int) -> None:
     if summary.get("stopped") == "pruned":
         study.tell(number, state=optuna.trial.TrialState.PRUNED)
     elif value is None:
-        fail(study, trial, f"{run.path}: the run has no value of {sweep.objective}", started)
+        tell_failed(study, number, f"{run.path}: the run has no value of {sweep.objective}",
+                    seconds=time.perf_counter() - started)
     else:
         study.tell(number, value)
-
-
-def fail(study, trial, message: str, started: float) -> None:
-    import optuna
-
-    trial.set_user_attr("error", message)
-    trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
-    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def objective_value(summary: dict, run: RunDir, key: str) -> float | None:
@@ -213,6 +212,9 @@ def objective_value(summary: dict, run: RunDir, key: str) -> float | None:
 
 def run_sweep(sweep: Sweep, reporter: Reporter, *, jobs: int = 1) -> dict:
     """Run the sweep to its N trials (continuing interrupted ones first), then write its outputs."""
+    from lorafit.sweep.study import tell_failed
+    from lorafit.sweep.workers import start_worker, stop_workers, wait_for_a_worker
+
     study = sweep.study()
     distributions = {p.key: p.distribution() for p in sweep.params}
     reporter.info(f"sweep of {sweep.trials} trials ({'grid' if sweep.grid else sweep.sampler}) over "
@@ -241,7 +243,7 @@ def run_sweep(sweep: Sweep, reporter: Reporter, *, jobs: int = 1) -> dict:
                 shown.add(t.number)
                 reporter.info(trial_line(t, sweep))
 
-    running: dict[int, subprocess.Popen | None] = {}
+    running: dict = {}  # trial number -> its worker process (None: this process runs it)
     with sigterm_as_interrupt():
         try:
             while True:
@@ -255,7 +257,9 @@ def run_sweep(sweep: Sweep, reporter: Reporter, *, jobs: int = 1) -> dict:
                         running[number] = start_worker(sweep.directory, number, jobs)
                 if not running:
                     break
-                wait_for_a_worker(running)
+                number, code = wait_for_a_worker(running)
+                if code != 0:  # died without telling the study (killed, out of memory): not retried now
+                    tell_failed(study, number, f"worker process exited with code {code}", only_running=True)
                 report_finished()
         except KeyboardInterrupt:
             stop_workers(running)
@@ -275,36 +279,6 @@ def trial_line(trial, sweep: Sweep) -> str:
     tail = f" ({row['steps']} steps, {row['seconds']:.0f}s)" if row["steps"] is not None else ""
     error = f": {row['error']}" if row["error"] else ""
     return f"trial {row['number']:03d} {row['state']}{value}  {params}{tail}{error}"
-
-
-def start_worker(directory: Path, number: int, jobs: int) -> subprocess.Popen:
-    """`lorafit sweep --worker K -o DIR` with this machine's cores shared out: cores // jobs threads."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = str(max(1, cores // jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    return subprocess.Popen([sys.executable, "-m", "lorafit", "sweep", "--worker", str(number), "-o", str(directory)],
-                            env=env)
-
-
-def wait_for_a_worker(running: dict) -> None:
-    while True:
-        for number, proc in list(running.items()):
-            if proc.poll() is not None:
-                del running[number]
-                if proc.returncode == 130:
-                    raise KeyboardInterrupt  # a worker was stopped by a signal: the sweep stops too
-                return
-        time.sleep(0.2)
-
-
-def stop_workers(running: dict) -> None:
-    """SIGTERM each worker (it writes a checkpoint and exits 130) and wait for them."""
-    for proc in running.values():
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in running.values():
-        if proc is not None:
-            proc.wait()
 
 
 def write_outputs(sweep: Sweep, study, reporter: Reporter, *, final: bool) -> dict:
