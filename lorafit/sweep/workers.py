@@ -16,8 +16,9 @@ def start_worker(directory: Path, number: int, jobs: int) -> subprocess.Popen:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = str(max(1, cores // jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    # A session of its own: Ctrl-C on the terminal reaches the sweep alone, which stops each worker once.
     return subprocess.Popen([sys.executable, "-m", "lorafit", "sweep", "--worker", str(number), "-o", str(directory)],
-                            env=env)
+                            env=env, start_new_session=True)
 
 
 def wait_for_a_worker(running: dict) -> tuple[int, int]:

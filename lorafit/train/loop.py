@@ -332,7 +332,7 @@ class Training:
 
     def result(self) -> FitResult:
         return FitResult(self.state, self.total, self.train_loss, self.valid_loss, self.history, self.precision,
-                         self.best.summary(), self.best.stopped)
+                         self.best.summary(), self.best.stopped if self.state.step < self.total else None)
 
 
 def fit(

@@ -89,7 +89,8 @@ def plan_sweep(recipe: Path | None, sets: list[str], output: Path, *, grid: list
         raise RecipeError(f"--trials: a grid runs each of its {len(grid_points(params))} combinations; drop --trials")
     count = len(grid_points(params)) if grid else trials if trials is not None else 10
     check_objective(base, objective, prune)
-    sweep = Sweep(output, base, tuple(params), bool(grid), count, objective, sampler, prune, prune_startup)
+    sweep = Sweep(output, base, tuple(params), bool(grid), count, objective, "grid" if grid else sampler, prune,
+                  prune_startup)
     if saved.is_file():
         stored = load_sweep(output)
         if stored.config() != sweep.config() or dump_recipe(stored.base) != dump_recipe(base):
