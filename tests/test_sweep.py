@@ -64,6 +64,14 @@ def test_a_grid_of_four_runs_every_combination_and_its_best_recipe_trains(tmp_pa
 
     shown = run_cli(["sweep", "show", out])
     assert shown.exit_code == 0 and f"best: trial {best['number']:03d}" in shown.output
+    finished = {r["run_dir"]: (out / r["run_dir"] / "summary.json").read_bytes() for r in rows}
+    again = run_cli(["sweep", "--resume", "-o", out])  # the saved sweep, nothing left to run
+    assert again.exit_code == 0 and "4 trial(s) finished earlier are kept, not run again" in again.output
+    assert finished == {r["run_dir"]: (out / r["run_dir"] / "summary.json").read_bytes() for r in rows}
+    other = run_cli(["sweep", recipe, "-o", out, "--grid", "lora.rank=2,8"])
+    assert other.exit_code == 2
+    assert_one_line_error(other.stderr, f"{out}: holds a sweep with other settings; continue it with `lorafit sweep "
+                                        f"--resume -o {out}`, or choose another -o")
     trained = run_cli(["train", out / "best.yaml", "-o", tmp_path / "again", "-q"])
     assert trained.exit_code == 0, trained.output
     again = json.loads((tmp_path / "again" / "summary.json").read_text())

@@ -42,7 +42,7 @@ def sweep(
 
     \b
     Examples:
-      lorafit sweep recipes/sst2-minilm.yaml -o sweeps/sst2 --grid lora.rank=1,2,4,8,16 --grid train.lr=1e-4,5e-4,1e-3 --set train.eval_every=50 --prune median
+      lorafit sweep recipes/sst2-minilm.yaml -o sweeps/sst2 --grid lora.rank=1,2,4,8,16 --grid train.lr=3e-4,1e-3,3e-3 --set train.eval_every=50 --prune median
       lorafit sweep recipes/e2e-smollm2.yaml -o sweeps/e2e --space space.yaml --trials 12 --sampler tpe
       lorafit sweep --resume -o sweeps/sst2
       lorafit sweep show sweeps/sst2
