@@ -72,6 +72,9 @@ def test_a_grid_of_four_runs_every_combination_and_its_best_recipe_trains(tmp_pa
     assert other.exit_code == 2
     assert_one_line_error(other.stderr, f"{out}: holds a sweep with other settings; continue it with `lorafit sweep "
                                         f"--resume -o {out}`, or choose another -o")
+    runs = [out / r["run_dir"] for r in rows]  # trials are run directories `lorafit report` compares
+    compared = run_cli(["report", *runs, "-o", tmp_path / "report.png"])
+    assert compared.exit_code == 0 and (tmp_path / "report.png").is_file(), compared.output
     trained = run_cli(["train", out / "best.yaml", "-o", tmp_path / "again", "-q"])
     assert trained.exit_code == 0, trained.output
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
