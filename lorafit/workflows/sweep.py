@@ -239,10 +239,13 @@ def run_sweep(sweep: Sweep, reporter: Reporter, *, jobs: int = 1) -> dict:
         return trial.number
 
     def report_finished() -> None:
-        for t in study.get_trials(deepcopy=False):
-            if t.state.is_finished() and t.number not in shown:
-                shown.add(t.number)
-                reporter.info(trial_line(t, sweep))
+        """A line per newly finished trial, and sweep.json brought up to date (for `sweep show`, scripts)."""
+        fresh = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in shown]
+        for t in fresh:
+            shown.add(t.number)
+            reporter.info(trial_line(t, sweep))
+        if fresh:
+            write_outputs(sweep, study, reporter, final=False)
 
     running: dict = {}  # trial number -> its worker process (None: this process runs it)
     with sigterm_as_interrupt():
