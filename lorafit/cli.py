@@ -8,7 +8,7 @@ import importlib
 from lorafit.commands.app import app, cli_command  # noqa: F401 - re-exported: tests and tools use lorafit.cli.app
 
 # Importing a group registers its commands on `app`, in the order `lorafit --help` lists them.
-for _group in ("training", "adapters", "serving", "listing"):
+for _group in ("training", "sweeping", "adapters", "serving", "listing"):
     importlib.import_module(f"lorafit.commands.{_group}")
 
 

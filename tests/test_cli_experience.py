@@ -336,7 +336,7 @@ def test_plain_progress_lines_without_a_terminal(capsys):
 
 # ---- help and version -------------------------------------------------------------------------------
 
-COMMANDS = [[], ["train"], ["inspect"], ["merge"], ["eval"], ["models"], ["report"], ["recipes"], ["recipes", "show"]]
+COMMANDS = [[], ["train"], ["sweep"], ["inspect"], ["merge"], ["eval"], ["models"], ["report"], ["recipes"], ["recipes", "show"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "lorafit")

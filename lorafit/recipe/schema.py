@@ -130,6 +130,17 @@ class TrainConfig:
     eval_every: int = _opt(0, "validation loss every N optimizer steps; 0: only at the end", ge=0)
     save_every: int = _opt(0, "checkpoint every N optimizer steps; 0: none (Ctrl-C and SIGTERM still write one)", ge=0)
     keep_checkpoints: int = _opt(2, "how many recent checkpoints to keep", gt=0)
+    best_metric: str = _opt(
+        "valid_loss", "what early_stopping_patience and keep_best watch: valid_loss (every train.eval_every steps) "
+        "or a task metric evaluated every eval.every steps (accuracy, bleu, ...); names ending in loss are "
+        "minimised, others maximised", nonempty=True,
+    )
+    early_stopping_patience: int = _opt(
+        0, "stop after this many evaluations of best_metric in a row without improvement; 0: never stop early", ge=0
+    )
+    keep_best: bool = _opt(
+        False, "save the adapter of the best evaluation of best_metric rather than the last (summary.json: best.step)"
+    )
     method: Literal["lora", "full", "head"] = _opt(
         "lora", "lora: train LoRA adapters (+ head); full: train every weight; head: train only the head / modules_to_save"
     )

@@ -49,6 +49,7 @@ from lorafit.fast.precision import FrozenWeightCasts, autocast_context, resolve_
 from lorafit.recipe.schema import TrainConfig
 from lorafit.rng import rng_state, seed_everything, set_rng_state
 from lorafit.runs.interrupts import interrupts_deferred
+from lorafit.train.best import BestTracker
 from lorafit.train.distributed import Dist, full_value, load_value
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
@@ -74,6 +75,8 @@ class FitResult:
     valid_loss: float | None
     history: list[dict] = field(default_factory=list)
     precision: str = "fp32"  # what the loop ran ("auto" resolved)
+    best: dict | None = None  # train.best_metric's best evaluation (train/best.py); None: never evaluated
+    stopped: str | None = None  # why training ended before total_steps ("early stopping", "pruned"), else None
 
 
 @dataclass
@@ -167,6 +170,7 @@ class Training:
         # arrives halfway through the micro-batches of the next step.
         self.boundary = {"state": vars(self.state).copy(), "rng": rng_state()}
         self.stop = False  # all ranks stop after this step (a signal reached one of them)
+        self.best = BestTracker.from_config(config)  # early stopping, keep_best, the caller's stop (train/best.py)
 
     def restore(self, snapshot: dict) -> None:
         """Continue exactly where `snapshot` (see `snapshot`) stopped."""
@@ -184,6 +188,7 @@ class Training:
         self.scheduler.load_state_dict(snapshot["scheduler"])
         self.state = TrainState(**snapshot["state"])
         self.history = list(snapshot.get("history", []))
+        self.best.load(snapshot.get("best"))
         rng = snapshot.get("rng_by_rank", [snapshot["rng"]])[self.dist.rank]
         set_rng_state(rng)
         self.boundary = {"state": vars(self.state).copy(), "rng": rng}
@@ -207,6 +212,7 @@ class Training:
             "state": dict(self.boundary["state"]),
             "rng": self.boundary["rng"],
             "history": list(self.history),
+            "best": self.best.state(),
         }
         if self.dist.world > 1:  # each rank draws its own dropout masks
             snapshot["rng_by_rank"] = self.dist.gather_objects(self.boundary["rng"])
@@ -325,7 +331,8 @@ class Training:
         return record
 
     def result(self) -> FitResult:
-        return FitResult(self.state, self.total, self.train_loss, self.valid_loss, self.history, self.precision)
+        return FitResult(self.state, self.total, self.train_loss, self.valid_loss, self.history, self.precision,
+                         self.best.summary(), self.best.stopped if self.state.step < self.total else None)
 
 
 def fit(
@@ -335,6 +342,7 @@ def fit(
     on_step: Callable[[TrainState, Snapshot], None] = lambda state, snapshot: None,
     on_task_eval: Callable[[TrainState], dict] | None = None, task_eval_every: int = 0,
     on_interrupt: Callable[[Snapshot], None] | None = None, resume: dict | None = None, dist: Dist = Dist(),
+    on_evaluation: Callable[[dict], bool] | None = None,
 ) -> FitResult:
     """Train `model`'s trainable parameters on `train` as `config` (the recipe's train section) says.
 
@@ -346,7 +354,8 @@ def fit(
     KeyboardInterrupt propagates. resume: a snapshot returned earlier; training continues exactly there.
     dist: this process's rank in a multi-process job (every rank calls fit; the callbacks run on every
     rank, in step, so a snapshot is taken by all of them together); a signal to any rank stops every
-    rank after the same step.
+    rank after the same step. on_evaluation(record): after each evaluation; True ends training after
+    this step (a pruned sweep trial), as early stopping does; keep_best restores the best's weights.
     """
     limit_onednn_primitive_cache(fast.onednn_primitive_cache)  # before the run's first bf16 matmul
     kind = "generation" if train and train[0].labels is not None else "classification"
@@ -373,15 +382,18 @@ def fit(
                 if run.due(config.log_every) or run.state.step == run.total:
                     on_log(run.train_record(grad_norm, steps_per_epoch))
                 if run.due(config.eval_every) or run.state.step == run.total:
-                    on_log(run.timed_record(lambda: run.validate(valid)))
+                    on_log(run.best.evaluated(run.timed_record(lambda: run.validate(valid)), model, on_evaluation))
                 if on_task_eval is not None and run.due(task_eval_every):
-                    on_log(run.timed_record(lambda: on_task_eval(run.state)))
+                    on_log(run.best.evaluated(run.timed_record(lambda: on_task_eval(run.state)), model, on_evaluation))
                 on_step(run.state, run.snapshot)
                 if run.stop:  # every rank saw the same all-reduced request: all stop after this step
                     raise KeyboardInterrupt
+                if run.best.stopped:  # early stopping, or on_evaluation asked to stop
+                    break
         except KeyboardInterrupt:
             # Several ranks save together only when they agreed to stop (a second signal stops at once).
             if on_interrupt is not None and (dist.world == 1 or run.stop):
                 on_interrupt(run.snapshot)
             raise
+    run.best.restore_into(model, run.state.step)
     return run.result()

@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lorafit import __version__
 from lorafit.console import Reporter, format_train_record, format_train_status, print_metrics
@@ -36,18 +36,22 @@ from lorafit.runs.tensorboard import TensorBoardLog, summary_writer_class
 from lorafit.tasks import task_data_dir
 from lorafit.tasks.types import Task
 from lorafit.train import distributed
+from lorafit.train.best import check_watch
 from lorafit.train.distributed import Dist
 from lorafit.train.loop import FitResult, fit, total_optimizer_steps
 from lorafit.train.setup import load_task, loss_function, parameter_summary, prepare_data, save_trained
 
 
 def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, reporter: Reporter,
-                 use_cache: bool = True) -> dict:
+                 use_cache: bool = True, on_evaluation: Callable[[dict], bool] | None = None) -> dict:
     """Train as the recipe says and write the run directory; returns the summary dict.
 
-    `recipe` and `run` come from `runs.rundir.locate_run` (the saved recipe when resuming)."""
+    `recipe` and `run` come from `runs.rundir.locate_run` (the saved recipe when resuming).
+    on_evaluation(record): each validation / task-evaluation record; True stops training after that
+    step, the run finishing as usual (a sweep prunes a trial this way, workflows/sweep.py)."""
     started = time.perf_counter()
     task = load_task(recipe)
+    check_watch(recipe.train, recipe.eval.every)
     if recipe.log.tensorboard:
         summary_writer_class()  # fail now, not after loading the model, when tensorboard is missing
     with distributed.session(recipe.train.distributed, recipe.device) as dist:  # one process: no process group
@@ -68,7 +72,7 @@ def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, 
         step = snapshot["state"]["step"] if snapshot else 0
         tensorboard = TensorBoardLog(run.path / TENSORBOARD_DIR, step) if recipe.log.tensorboard and dist.main else None
         result = train_with_progress(recipe, task, loaded, run, train_data, valid_data, snapshot, tensorboard,
-                                     reporter, dist)
+                                     reporter, dist, on_evaluation)
         with dist.full_trainable(loaded.model):  # fsdp: the trainable weights gathered whole on every rank
             if dist.main:
                 save_trained(loaded, recipe, task, run.adapter)
@@ -155,7 +159,7 @@ def open_run(run: RunDir, recipe: Recipe, *, overwrite: bool, resume: bool, repo
 
 def train_with_progress(recipe: Recipe, task: Task, loaded: Loaded, run: RunDir, train_data: Sequence, valid_data: Sequence,
                         snapshot: dict | None, tensorboard: TensorBoardLog | None, reporter: Reporter,
-                        dist: Dist = Dist()) -> FitResult:
+                        dist: Dist = Dist(), on_evaluation: Callable[[dict], bool] | None = None) -> FitResult:
     """`fit` with the run's outputs attached: progress bar, metrics.jsonl, TensorBoard, checkpoints
     every train.save_every steps and on Ctrl-C / SIGTERM, task metrics every eval.every steps.
     Several ranks: every rank takes the snapshot (a collective), rank 0 writes it, all wait for it."""
@@ -200,8 +204,14 @@ def train_with_progress(recipe: Recipe, task: Task, loaded: Loaded, run: RunDir,
             loaded.model, train_data, valid_data, recipe.train, seed=recipe.seed, precision=recipe.precision,
             loss_fn=loss_function(task), pad_id=loaded.tokenizer.pad_token_id, on_log=on_log, on_step=on_step,
             on_task_eval=on_task_eval, task_eval_every=recipe.eval.every, on_interrupt=on_interrupt, resume=snapshot,
-            dist=dist,
+            dist=dist, on_evaluation=on_evaluation,
         )
+    if result.stopped == "early stopping":
+        reporter.info(f"early stopping at step {result.state.step}: {recipe.train.best_metric} did not improve in "
+                      f"{recipe.train.early_stopping_patience} evaluation(s)")
+    if recipe.train.keep_best and result.best:
+        reporter.info(f"keeping the best evaluation: step {result.best['step']}, {recipe.train.best_metric} "
+                      f"{result.best['value']:.4f}")
     return result
 
 
@@ -272,6 +282,8 @@ def write_summary(run: RunDir, recipe: Recipe, task: Task, loaded: Loaded, resul
         "final_train_loss": result.train_loss,
         "initial_valid_loss": first_valid,
         "final_valid_loss": result.valid_loss,
+        "best": result.best,  # train.best_metric's best evaluation; best.kept: the adapter holds its weights
+        "stopped": result.stopped,  # "early stopping" / "pruned" before train.max_steps, else null
         **parameter_summary(loaded.report),
         **data_counts,
         "metrics": evaluation["metrics"] if evaluation else None,
