@@ -30,6 +30,7 @@ EXAMPLES = [
 
 @pytest.mark.parametrize("family, expected", [
     ("llama", "pack"), ("mistral", "pack"), ("gemma3_text", "pack"), ("gemma2", "bucket"), ("bloom", "bucket"),
+    ("llama4_text", "bucket"),  # chunked attention: chunks counted from the row's start, not each example's
 ])
 def test_auto_packs_only_models_whose_attention_runs_through_sdpa(family, expected):
     model = build(family)
@@ -42,6 +43,8 @@ def test_the_log_says_why_auto_did_not_pack():
     assert describe_batching("auto", "generation", build("gemma2")) == (
         "bucket (auto; cannot pack: gemma2 attention is 'eager', not torch's scaled_dot_product_attention)")
     assert describe_batching("auto", "generation", build("llama")) == "pack"
+    assert describe_batching("auto", "generation", build("llama4_text")) == (
+        "bucket (auto; cannot pack: llama4_text has chunked_attention layers)")
     assert describe_batching("auto", "classification", build("bert")) == "bucket"
 
 

@@ -138,12 +138,18 @@ def packing_blocker(model) -> str | None:
     A packed row keeps its examples apart only where attention runs through torch's
     scaled_dot_product_attention (fast/attention.py splits those calls example by example); models
     that compute attention themselves ("eager": Gemma 2's logit soft-capping, BLOOM's ALiBi) would let
-    the examples of a row see each other."""
+    the examples of a row see each other. Layers other than full or sliding-window attention cannot
+    either (their masks are not per example)."""
     config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model in .module
     implementation = getattr(config, "_attn_implementation", None)
-    if implementation is None or implementation == "sdpa":
-        return None
-    return f"{config.model_type} attention is {implementation!r}, not torch's scaled_dot_product_attention"
+    if implementation is not None and implementation != "sdpa":
+        return f"{config.model_type} attention is {implementation!r}, not torch's scaled_dot_product_attention"
+    # Full and sliding-window attention keep to one example per block of the row's mask; chunked attention
+    # (Llama 4) cuts chunks from the row's start, not from each example's.
+    kinds = sorted(set(getattr(config, "layer_types", None) or ()) - {"full_attention", "sliding_attention"})
+    if kinds:
+        return f"{config.model_type} has {', '.join(kinds)} layers"
+    return None
 
 
 def describe_batching(mode: str, task_kind: str, model) -> str:
