@@ -46,7 +46,7 @@ def test_minimal_recipe_takes_every_default_from_the_dataclasses():
     assert recipe.name == "" and recipe.data_dir is None and recipe.output_dir is None
     assert recipe.seed == 0 and recipe.precision == "auto"
     assert recipe.lora == LoraConfig(
-        rank=8, alpha=16.0, dropout=0.0, targets=("q_proj", "v_proj"), targets_regex=None,
+        rank=8, alpha=16.0, dropout=0.0, targets=("default",), targets_regex=None,
         rslora=False, init="kaiming", bias="none", modules_to_save=(),
     )
     t = recipe.train
@@ -466,7 +466,7 @@ def test_dump_writes_every_key_in_field_order():
     assert list(top) == [f.name for f in dataclasses.fields(Recipe)]
     assert list(top["train"]) == [f.name for f in dataclasses.fields(TrainConfig)]
     assert text.startswith("name: ''\nmodel: smollm2-135m\ntask: e2e\ndata_dir: null\n")
-    assert "\nlora:\n  rank: 8\n  alpha: 16.0\n  dropout: 0.0\n  targets: [q_proj, v_proj]\n" in text
+    assert "\nlora:\n  rank: 8\n  alpha: 16.0\n  dropout: 0.0\n  targets: [default]\n" in text
 
 
 def test_recipe_to_dict_and_from_dict_round_trip():

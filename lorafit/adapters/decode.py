@@ -8,7 +8,8 @@
 
 Per-row state lives in tensors aligned with `batch.rows` (B rows, L cached positions):
 
-    cache          transformers DynamicCache, per layer keys/values (B, heads, L, head_dim)
+    cache          transformers DynamicCache, per layer keys/values (B, heads, L, head_dim); every layer,
+                   sliding-window layers included, keeps all L columns (see "Sliding windows" below)
     mask           (B, L) 1 where the cache holds a real token of the row, 0 for left padding
     next_pos       (B,)   position id of the row's next token (its own count of real tokens)
     last_token     (B,)   the token fed at the next step
@@ -20,6 +21,14 @@ the same). `add` prefills new rows on their own (by length, PREFILL_ROWS per for
 to the batch by left-padding the shorter cache; finished rows (eos or max_new_tokens) leave at once,
 and padding columns no row needs any more are cropped. The batch is kept sorted by slot, so each
 adapter's rows are one slice.
+
+Sliding windows (Mistral, Gemma 2/3, Qwen2/3, Starcoder2: some or all layers attend to the last
+`sliding_window` positions only): the window is applied by the attention mask the model builds from
+the (B, L) mask, in cache columns. A row's real tokens are contiguous columns ending at L (left padding
+only, never a hole), so a column distance is a position distance and the mask is the row's own window.
+The one layout with a hole, a shared prefix ([prefix | padding | rest]), is therefore not used on such
+models. Sliding layers keep all columns instead of the last window: the memory of a full-attention
+layer, the tokens of `model.generate` with its window-sized caches.
 
 Sampling is per row: greedy (temperature 0, the default) or temperature + top_p with the row's own
 seeded generator, so a row's tokens do not depend on which other rows share its batch.
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lorafit.errors import ModelError
 from lorafit.eval.generate import left_padded
 from lorafit.lora.multi import SlotRouting
 
@@ -45,6 +55,27 @@ PREFILL_ROWS = 16
 # prefill: the common prefix runs once and its keys/values are copied to each row. Worth an extra
 # forward only when it saves this many prompt tokens or more ((rows - 1) x prefix length).
 SHARED_PREFIX_MIN_SAVED = 64
+
+
+# Per-layer attention kinds the loop decodes (transformers' `layer_types` names). Others (chunked
+# attention, linear/recurrent layers) need cache layouts the row joins and crops here do not handle.
+DECODABLE_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def attention_layer_types(config) -> list[str]:
+    """Each decoder layer's attention kind, as transformers' caches see it ("full_attention", ...)."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    return get_layer_types_and_kwargs(config.get_text_config(decoder=True))[0]
+
+
+def check_decodable(config) -> None:
+    """Raise ModelError (one line) if DecodeBatch cannot decode a model of this config."""
+    # "dummy": a layer that reuses another layer's keys/values (transformers' name for KV sharing).
+    kinds = sorted({"kv_shared" if k == "dummy" else k for k in attention_layer_types(config)} - set(DECODABLE_LAYER_TYPES))
+    if kinds:
+        raise ModelError(f"model type {config.model_type!r} has {', '.join(kinds)} layers; batched decoding "
+                         f"(generate, serve) supports {' and '.join(DECODABLE_LAYER_TYPES)} layers only")
 
 
 @dataclass
@@ -78,6 +109,14 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _full_cache():
+    """A DynamicCache whose layers all keep every column (DynamicLayer), sliding-window ones too: the
+    joins and crops here treat all layers alike, and the mask applies the window (module doc)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
 
 
 def _common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
@@ -116,8 +155,10 @@ class DecodeBatch:
     def __init__(self, model: nn.Module, routing: SlotRouting | None, eos_ids: Sequence[int], pad_id: int,
                  share_prefixes: bool = True):
         """`share_prefixes`: prefill a prefix common to one adapter's new prompts once (see `add`)."""
+        check_decodable(model.config)
         self.model = model
-        self.share_prefixes = share_prefixes
+        # A shared prefix leaves a hole in its rows' columns, which a sliding window must not span (module doc).
+        self.share_prefixes = share_prefixes and "sliding_attention" not in attention_layer_types(model.config)
         self.routing = routing or SlotRouting()
         self.eos_ids = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
         self.pad_id = pad_id
@@ -178,9 +219,7 @@ class DecodeBatch:
 
     def _shared_prefix(self, prefix: list[int], slot: int) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
         """One forward over `prefix` on `slot`: its length and per-layer keys/values (1, heads, p, head_dim)."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
+        cache = _full_cache()
         ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
         with self.routing.use(torch.tensor([slot], dtype=torch.long, device=self.device)):
             self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(prefix))[None].to(self.device),
@@ -193,13 +232,11 @@ class DecodeBatch:
         `shared`: (p, per-layer keys/values) of a prefix all `requests` start with, on their one slot
         (from `_shared_prefix`): only the rest of each prompt is fed, after a copy of that cache. Each
         row's cache then reads [prefix | left padding | rest of its prompt]; the mask skips the hole."""
-        from transformers import DynamicCache
-
         p = 0 if shared is None else shared[0]
         ids, mask = left_padded([r.prompt_ids[p:] for r in requests], self.pad_id)  # (n, width) each
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0) + p  # as model.generate makes them
         slots = torch.tensor([r.slot for r in requests], dtype=torch.long)
-        cache = DynamicCache(config=self.model.config)
+        cache = _full_cache()
         if shared is not None:
             n = len(requests)
             for index, (keys, values) in enumerate(shared[1]):
@@ -299,7 +336,6 @@ class DecodeBatch:
             self.next_pos = torch.cat([self.next_pos, next_pos])
             self.last_token = torch.cat([self.last_token, tokens])
             self.slots = torch.cat([self.slots, slots])
-        self._check_cache_layers()
 
     def _keep(self, indices: list[int]) -> None:
         """Keep these rows (in this order, sorted by slot afterwards) and crop unused left padding."""
@@ -320,12 +356,3 @@ class DecodeBatch:
             self.mask = self.mask[:, first_real:]
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, first_real:], layer.values[:, :, first_real:]
-
-    def _check_cache_layers(self) -> None:
-        from transformers.cache_utils import DynamicLayer
-
-        for layer in self.cache.layers:
-            if type(layer) is not DynamicLayer:
-                raise NotImplementedError(
-                    f"DecodeBatch handles full-attention caches only, this model uses {type(layer).__name__}"
-                )

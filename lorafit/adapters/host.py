@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lorafit.adapters.decode import DecodeBatch, Request
+from lorafit.adapters.decode import DecodeBatch, Request, check_decodable
 from lorafit.adapters.files import AdapterParts, BaseShape, read_adapter
 from lorafit.adapters.packing import pack_linears, unpack_linears
 from lorafit.errors import AdapterError, ModelError
@@ -87,6 +87,8 @@ class AdapterHost:
         in fp32 whatever the base's precision (see `MultiLoRALinear`). `pack_weights`: swap the base's
         linear layers for oneDNN-packed ones (lorafit/adapters/packing.py; faster on CPU, fp32 results
         differ from F.linear's in the last bits); the model is then for this host's inference only."""
+        if causal:
+            check_decodable(model.config)  # refuse an attention kind the decode loop lacks now, not at the first request
         self.model, self.tokenizer, self.causal, self.name = model.eval(), tokenizer, causal, name
         self.precision = cast_base(model, precision)
         self.max_rank, self.kernel = max_rank, kernel

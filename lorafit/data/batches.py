@@ -90,16 +90,46 @@ def encode_classification(
 BUCKET_WINDOW_BATCHES = 64
 
 
-def resolve_batching(mode: str, task_kind: str) -> str:
-    """`auto` -> pack for causal-LM (generation) tasks, bucket for classifiers; other modes as given.
+def resolve_batching(mode: str, task_kind: str, model=None) -> str:
+    """`auto` -> pack for causal-LM (generation) tasks whose model can pack (`packing_blocker`), bucket
+    otherwise and for classifiers; other modes as given. Without a `model`, as if it could pack.
 
     Why: on E2E/SmolLM2 both remove the padding, but bucketed batches of similar lengths trained to a
     higher held-out loss than random batches (docs/performance.md), and a packed row keeps the random
     batches; on SST-2 bucketing cost no loss, and classifiers cannot be packed here.
     """
     if mode == "auto":
-        return "pack" if task_kind == "generation" else "bucket"
+        packs = task_kind == "generation" and (model is None or packing_blocker(model) is None)
+        return "pack" if packs else "bucket"
     return mode
+
+
+def packing_blocker(model) -> str | None:
+    """Why `model` cannot train on packed rows, in a few words; None when it can (or cannot be told).
+
+    A packed row keeps its examples apart only where attention runs through torch's
+    scaled_dot_product_attention (fast/attention.py splits those calls example by example); models
+    that compute attention themselves ("eager": Gemma 2's logit soft-capping, BLOOM's ALiBi) would let
+    the examples of a row see each other. Layers other than full or sliding-window attention cannot
+    either (their masks are not per example)."""
+    config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model in .module
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation is not None and implementation != "sdpa":
+        return f"{config.model_type} attention is {implementation!r}, not torch's scaled_dot_product_attention"
+    # Full and sliding-window attention keep to one example per block of the row's mask; chunked attention
+    # (Llama 4) cuts chunks from the row's start, not from each example's.
+    kinds = sorted(set(getattr(config, "layer_types", None) or ()) - {"full_attention", "sliding_attention"})
+    if kinds:
+        return f"{config.model_type} has {', '.join(kinds)} layers"
+    return None
+
+
+def describe_batching(mode: str, task_kind: str, model) -> str:
+    """The batching a run uses, and why when `auto` could not pack a causal LM (the log's data line)."""
+    chosen = resolve_batching(mode, task_kind, model)
+    if mode == "auto" and task_kind == "generation" and chosen != "pack":
+        return f"{chosen} (auto; cannot pack: {packing_blocker(model)})"
+    return chosen
 
 
 def batch_order(

@@ -123,13 +123,20 @@ class PackedAttention(TorchFunctionMode):
         query, key, value = named.pop("query"), named.pop("key"), named.pop("value")
         if query.size(-2) != self.total or key.size(-2) != self.total:
             raise ValueError(f"packed attention: sequence length {query.size(-2)} is not the packed row's {self.total}")
-        named.update(attn_mask=None, is_causal=True)  # within one example: plain causal attention
+        # No mask: plain causal attention within each example. A mask (T, T) for the row (a sliding-window
+        # layer's: Mistral, Qwen2, Gemma 3): each example gets its own diagonal block of it, which is its
+        # windowed causal mask, since within one example a column distance is a position distance.
+        row_mask = named.pop("attn_mask", None)
+        named["is_causal"] = row_mask is None
+        starts = [sum(self.lengths[:i]) for i in range(len(self.lengths))]
         self.calls += 1
         # split, not slicing: split's backward joins the pieces' gradients into one tensor, while each
         # slice's backward would write its piece into a zero-filled gradient of the whole row.
         pieces = [
-            F.scaled_dot_product_attention(q, k, v, **named)
-            for q, k, v in zip(*(t.split(self.lengths, dim=-2) for t in (query, key, value)), strict=True)
+            F.scaled_dot_product_attention(
+                q, k, v, attn_mask=None if row_mask is None else row_mask[..., s : s + n, s : s + n], **named)
+            for q, k, v, s, n in zip(*(t.split(self.lengths, dim=-2) for t in (query, key, value)), starts,
+                                     self.lengths, strict=True)
         ]
         return torch.cat(pieces, dim=-2)
 

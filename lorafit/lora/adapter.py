@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lorafit.errors import AdapterError
-from lorafit.lora.inject import ALL_LINEAR, LoraSpec, find_saved_modules, output_head_names
+from lorafit.lora.inject import ALL_LINEAR, KEYWORDS, LoraSpec, find_saved_modules, output_head_names
 from lorafit.lora.layer import LoRALinear
 from lorafit.lora.merge import lora_layers
 from lorafit.runs.atomic import atomic_directory
@@ -74,13 +74,13 @@ def adapter_tensors(model: nn.Module, spec: LoraSpec) -> dict[str, torch.Tensor]
 def peft_target_modules(model: nn.Module, spec: LoraSpec) -> list[str] | str:
     """`target_modules` for adapter_config.json, selecting in PEFT exactly the layers we adapted.
 
-    A name list is written as given; a regex as the string PEFT full-matches; `all-linear` is resolved
-    to the adapted layers' leaf names when those select exactly the same set, else to a regex listing
-    the qualified names.
+    A name list is written as given; a regex as the string PEFT full-matches; a keyword (`all-linear`,
+    `default`, `attention`, `mlp`) is resolved to the adapted layers' leaf names when those select
+    exactly the same set, else to a regex listing the qualified names.
     """
     if spec.targets_regex is not None:
         return spec.targets_regex
-    if tuple(spec.targets) != (ALL_LINEAR,):
+    if not (len(spec.targets) == 1 and spec.targets[0] in KEYWORDS):
         return list(spec.targets)
     adapted = [name for name, _ in lora_layers(model)]
     leaves = sorted({n.split(".")[-1] for n in adapted})

@@ -4,6 +4,8 @@ Targets follow PEFT's matching rules so adapter_config.json means the same thing
 - a list of names: a module matches when its qualified name equals a name or ends with "." + name;
 - the keyword "all-linear": every nn.Linear / Conv1D except the output head (lm_head) and the
   modules trained in full (`modules_to_save`, e.g. the classification head);
+- the keywords "default" (the attention's query and value projections), "attention" and "mlp",
+  resolved from the model's type and layer names (lora/targets.py), among those same layers;
 - a regex (`targets_regex`): `re.fullmatch` against the qualified module name.
 """
 
@@ -17,8 +19,10 @@ from torch import nn
 
 from lorafit.errors import TargetError
 from lorafit.lora.layer import LoRALinear, is_linear
+from lorafit.lora.targets import DEFAULT, MODEL_KEYWORDS, resolve_keyword
 
 ALL_LINEAR = "all-linear"
+KEYWORDS = (ALL_LINEAR, *MODEL_KEYWORDS)  # a keyword is a recipe's only target
 BiasMode = Literal["none", "all", "lora_only"]
 
 
@@ -29,7 +33,7 @@ class LoraSpec:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    targets: tuple[str, ...] = (DEFAULT,)
     targets_regex: str | None = None
     rslora: bool = False
     init: Literal["kaiming", "gaussian"] = "kaiming"
@@ -97,9 +101,11 @@ def select_targets(model: nn.Module, spec: LoraSpec) -> dict[str, list[str]]:
     if spec.targets_regex is not None:
         rx = re.compile(spec.targets_regex)
         matched = {spec.targets_regex: [n for n in linear if rx.fullmatch(n)]}
-    elif tuple(spec.targets) == (ALL_LINEAR,):
+    elif len(spec.targets) == 1 and spec.targets[0] in KEYWORDS:
         heads = output_head_names(model)
-        matched = {ALL_LINEAR: [n for n in linear if n not in heads]}
+        candidates = [n for n in linear if n not in heads]
+        keyword = spec.targets[0]
+        matched = {keyword: candidates if keyword == ALL_LINEAR else resolve_keyword(model, keyword, candidates)}
     else:
         matched = {t: [n for n in linear if _name_matches(n, t)] for t in spec.targets}
     empty = [t for t, names in matched.items() if not names]

@@ -25,7 +25,10 @@ from lorafit.models.aliases import ALIASES
 from lorafit.models.quiet import quiet_transformers
 from lorafit.models.resolve import ModelRef, first_line
 
-HEAD_MODULES = ("classifier", "score", "pre_classifier")  # freshly initialised sequence-classification heads
+# Freshly initialised sequence-classification heads (top-level children of the model): DeBERTa's
+# `pooler` (dense + activation on [CLS]) belongs to its head, not to the pretrained encoder (BERT's
+# pooler sits inside `bert.` and is pretrained), so it is trained in full and saved with the adapter.
+HEAD_MODULES = ("classifier", "score", "pre_classifier", "pooler")
 
 
 def load_tokenizer(ref: ModelRef):
@@ -106,7 +109,7 @@ def load_classifier(ref: ModelRef, num_labels: int, dtype: torch.dtype = torch.f
     """AutoModelForSequenceClassification with a new, randomly initialised head of `num_labels` outputs.
 
     num_labels == 1 is regression (MSE on one score); > 1 single-label classification (cross-entropy).
-    Only the head (HEAD_MODULES: `classifier`, `score`, `pre_classifier`) is expected to be new: any
+    Only the head (HEAD_MODULES: `classifier`, `score`, `pre_classifier`, DeBERTa's `pooler`) is expected to be new: any
     other weight missing from the checkpoint is reported with a warning, since it would be random and
     frozen under LoRA.
     minilm-l6: the package's checkpoint is a BertModel with its pooler (dense + tanh on [CLS]) saved,

@@ -82,7 +82,8 @@ def check_base_identity(model: nn.Module, metadata: dict, source: str) -> None:
 
 def head_names(model: nn.Module) -> tuple[str, ...]:
     """The freshly initialised sequence-classification head modules the model has (HEAD_MODULES:
-    BERT/RoBERTa `classifier`, Llama/GPT-2 `score`, DistilBERT `pre_classifier` + `classifier`)."""
+    BERT/RoBERTa `classifier`, Llama/GPT-2 `score`, DistilBERT `pre_classifier` + `classifier`,
+    DeBERTa `pooler` + `classifier`)."""
     children = dict(model.named_children())
     return tuple(name for name in HEAD_MODULES if name in children)
 

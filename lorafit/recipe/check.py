@@ -42,15 +42,21 @@ def build(cls: type, raw: dict, prefix: str, ctx: Problems) -> Any:
     return cls(**values)
 
 
+# lora.targets keywords, each a recipe's only target (lorafit.lora.inject.KEYWORDS; kept here so that
+# checking a recipe does not import torch; tests/test_target_keywords.py keeps the two equal).
+TARGET_KEYWORDS = ("all-linear", "default", "attention", "mlp")
+
+
 def _check_lora(values: dict, prefix: str, ctx: Problems) -> None:
     """What no single key can check: targets against targets_regex."""
     targets = values.get("targets", LoraConfig.targets)
     if targets is BAD:
         return
     if not targets and values.get("targets_regex") is None:
-        ctx.add(prefix + "targets", "must not be empty (list module suffixes, write all-linear, or set targets_regex)")
-    if "all-linear" in targets and len(targets) > 1:
-        ctx.add(prefix + "targets", f"all-linear must be the only entry, got [{', '.join(targets)}]")
+        ctx.add(prefix + "targets", "must not be empty (list module suffixes, write default or all-linear, or set targets_regex)")
+    keywords = [t for t in targets if t in TARGET_KEYWORDS]
+    if keywords and len(targets) > 1:
+        ctx.add(prefix + "targets", f"{keywords[0]} must be the only entry, got [{', '.join(targets)}]")
 
 
 def _convert(tp: Any, value: Any, path: str, meta: typing.Mapping, ctx: Problems) -> Any:

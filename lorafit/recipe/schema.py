@@ -35,7 +35,8 @@ class LoraConfig:
     alpha: float = _opt(16.0, "scaling numerator: the update is multiplied by alpha / rank", gt=0)
     dropout: float = _opt(0.0, "dropout on the LoRA branch's input, in [0, 1)", ge=0, lt=1)
     targets: tuple[str, ...] = _opt(
-        ("q_proj", "v_proj"), "module-name suffixes to adapt, or the single keyword all-linear"
+        ("default",), "module-name suffixes to adapt, or one keyword: default (the attention's query and value "
+        "projections, docs/models.md), attention, mlp or all-linear"
     )
     targets_regex: str | None = _opt(
         None, "full-match regex on module names; when set, used instead of targets", check=_regex_problem

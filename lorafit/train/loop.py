@@ -360,7 +360,7 @@ def fit(
     limit_onednn_primitive_cache(fast.onednn_primitive_cache)  # before the run's first bf16 matmul
     kind = "generation" if train and train[0].labels is not None else "classification"
     run = Training(model, config, total=total_optimizer_steps(len(train), config, dist.world), seed=seed,
-                   precision=precision, batching=resolve_batching(config.batching, kind), loss_fn=loss_fn,
+                   precision=precision, batching=resolve_batching(config.batching, kind, model), loss_fn=loss_fn,
                    pad_id=pad_id, fast=fast, dist=dist)
     if resume is not None:
         run.restore(resume)

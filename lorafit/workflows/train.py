@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from lorafit import __version__
 from lorafit.console import Reporter, format_train_record, format_train_status, print_metrics
-from lorafit.data.batches import resolve_batching
+from lorafit.data.batches import describe_batching
 from lorafit.data.chat import eval_prompts, plain_decoding
 from lorafit.errors import RecipeError, RunDirError
 from lorafit.eval.generate import decoding_settings, generate
@@ -63,7 +63,7 @@ def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, 
         report_model(recipe, task, loaded, reporter)
         with dist.main_first():  # rank 0 tokenises into the on-disk cache; the other ranks then read it
             train_data, valid_data, data_counts = prepare_data(recipe, task, loaded.tokenizer, use_cache=use_cache)
-        report_data(data_counts, recipe, task, reporter)
+        report_data(data_counts, recipe, task, loaded, reporter)
         # Rank 0 creates (or reopens) the run directory and reads the checkpoint; the others wait for it.
         snapshot = dist.broadcast_object(
             open_run(run, recipe, overwrite=overwrite, resume=resume, reporter=reporter, world=dist.world)
@@ -109,11 +109,11 @@ def report_model(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter)
     )
 
 
-def report_data(counts: dict, recipe: Recipe, task: Task, reporter: Reporter) -> None:
+def report_data(counts: dict, recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter) -> None:
     reporter.info(
         f"data: {counts['train_examples']} train / {counts['valid_examples']} validation examples "
         f"({counts['train_truncated']} truncated, {counts['train_skipped']} skipped as too long); "
-        f"batching {resolve_batching(recipe.train.batching, task.kind)}"
+        f"batching {describe_batching(recipe.train.batching, task.kind, loaded.model)}"
     )
     if counts.get("data_cache"):
         reporter.info(counts["data_cache"])
