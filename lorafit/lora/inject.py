@@ -1,4 +1,4 @@
-"""Choosing which layers get LoRA, wrapping them, and freezing everything else.
+r"""Choosing which layers get LoRA, wrapping them, and freezing everything else.
 
 Targets follow PEFT's matching rules so adapter_config.json means the same thing in both tools:
 - a list of names: a module matches when its qualified name equals a name or ends with "." + name;

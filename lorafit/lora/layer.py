@@ -22,6 +22,7 @@ variant can reuse it. Two options of this one layer (no subclasses):
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -164,7 +165,12 @@ class LoRALinear(nn.Module):
         # Base path: W stored (d_out, d_in), or (d_in, d_out) for Conv1D.
         weight = self.weight.T if self.transposed else self.weight
         out = F.linear(x, weight, self.bias)
-        if self.merged or self.disabled:
+        if self.merged:
+            return out
+        if self.disabled:
+            if self.initial_factors is not None:  # weight holds W - s B0 A0: add it back to give the base's W x
+                a0, b0 = self.initial_factors
+                out = out + lora_delta_output(x, a0.to(x), b0.to(x), self.scale)
             return out
         dropped = self.lora_dropout(x)
         if not self.dora:

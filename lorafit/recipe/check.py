@@ -51,6 +51,13 @@ def _check_lora(values: dict, prefix: str, ctx: Problems) -> None:
         ctx.add(prefix + "targets", "must not be empty (list module suffixes, write all-linear, or set targets_regex)")
     if "all-linear" in targets and len(targets) > 1:
         ctx.add(prefix + "targets", f"all-linear must be the only entry, got [{', '.join(targets)}]")
+    init, variant = values.get("init", LoraConfig.init), values.get("variant", LoraConfig.variant)
+    if isinstance(init, str) and init.startswith(("pissa", "olora")) and variant == "dora":
+        # The saved adapter is converted to apply to the original W; DoRA's magnitude does not survive that.
+        ctx.add(prefix + "init", f"{init} cannot be combined with variant: dora (use init: kaiming or gaussian with dora)")
+    has_pattern = values.get("rank_pattern") or values.get("alpha_pattern")
+    if isinstance(init, str) and init.startswith(("pissa", "olora")) and values.get("rslora") is True and has_pattern:
+        ctx.add(prefix + "init", f"{init} with rslora and rank_pattern/alpha_pattern cannot be converted on save (as in PEFT)")
 
 
 def _convert(tp: Any, value: Any, path: str, meta: typing.Mapping, ctx: Problems) -> Any:
@@ -109,11 +116,26 @@ def _coerce(tp: Any, value: Any) -> Any:
         return BAD
     if tp is str:
         return value if isinstance(value, str) else BAD
+    if typing.get_origin(tp) is dict:
+        return _coerce_mapping(typing.get_args(tp)[1], value)
     if tp == tuple[str, ...]:
         if isinstance(value, str):
             return (value,)  # `targets: all-linear` is the one-item list [all-linear]
         return tuple(value) if isinstance(value, list | tuple) else BAD
     raise TypeError(f"recipe field type {tp!r} has no converter")
+
+
+def _coerce_mapping(value_type: Any, value: Any) -> Any:
+    """{str: value_type} from a YAML mapping (keys as written, values converted like a field of value_type)."""
+    if not isinstance(value, dict):
+        return BAD
+    out = {}
+    for key, item in value.items():
+        converted = _coerce(value_type, item)
+        if converted is BAD or not isinstance(key, str):
+            return BAD
+        out[key] = converted
+    return out
 
 
 def _type_problem(tp: Any, value: Any, optional: bool) -> str:
@@ -125,6 +147,9 @@ def _type_problem(tp: Any, value: Any, optional: bool) -> str:
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         tp, "a string or a list of strings"
     )
+    if typing.get_origin(tp) is dict:
+        kind = {int: "integers", float: "numbers"}[typing.get_args(tp)[1]]
+        expected = f"a mapping of module patterns to {kind} ({{q_proj: 16}})"
     if tp is float and (isinstance(value, float) or isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
         expected = "a finite number"  # .inf, .nan
     return f"expected {expected}{' or null' if optional else ''}, got {_show(value)}"
