@@ -302,3 +302,43 @@ def test_recipe_keys_reach_the_spec_and_bad_values_name_the_key(tmp_path):
     assert "r.yaml:4: lora.rank_pattern: key 'q_proj(' is not a valid regular expression" in message
     assert "r.yaml:5: lora.init: must be 'kaiming', 'gaussian', 'pissa', 'pissa_niter_K' (K an integer) or 'olora', got 'svd'" in message
     assert "r.yaml:6: lora.alpha_pattern: expected a mapping of module patterns to numbers ({q_proj: 16}), got a mapping" in message
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+
+@pytest.mark.parametrize("variant", ["dora", "pissa"])
+def test_cli_trains_evaluates_and_merges_a_variant_run(variant, tmp_path):
+    """train (DoRA + LoRA+, or PiSSA + a rank pattern) -> the adapter PEFT reads -> eval -> merge, self-verified."""
+    from cli_runs import TINY_RECIPE, run_cli, write_recipe
+    from tiny import save_tiny_model
+
+    from lorafit.models.loader import load_adapter
+
+    model_dir = save_tiny_model(tmp_path / "base", "llama")
+    extra = "  variant: dora\n" if variant == "dora" else "  init: pissa\n  rank_pattern: {{v_proj: 2}}\n"  # .format() fills {model}
+    text = TINY_RECIPE.replace("  targets: [q_proj, v_proj]\n", "  targets: [q_proj, v_proj]\n" + extra)
+    recipe = write_recipe(tmp_path / "r.yaml", model_dir, text)
+    run = tmp_path / "run"
+    result = run_cli(["train", recipe, "-o", run, "--set", "train.max_steps=6", "--set", "train.save_every=0",
+                      "--set", "train.loraplus_lr_ratio=16", "--set", "precision=fp32"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "adapter" / CONFIG_NAME).read_text())
+    if variant == "dora":
+        assert config["use_dora"] is True and config["r"] == 4
+    else:
+        assert (config["r"], config["rank_pattern"], config["init_lora_weights"]) == (8, {"v_proj": 4}, True)
+        assert "lora.init pissa: saved converted to apply to the original base weights" in result.output
+
+    ids = token_batch(length=12)
+    ours = logits(load_adapter(run / "adapter").model, ids)
+    from transformers import AutoModelForCausalLM
+
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(run / "adapter")).eval()
+    assert relative(logits(peft_model, ids), ours) <= 1e-5
+
+    result = run_cli(["eval", run, "--limit", "2", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    result = run_cli(["merge", run, "-o", tmp_path / "merged"])
+    assert result.exit_code == 0, result.output
+    assert "verified: reloaded merged model matches the adapter" in result.output
