@@ -11,7 +11,15 @@ and a forward over a batch whose row i uses slot idx[i] computes, with the math 
     h_i = W x_i + b + B[idx_i] (A[idx_i] x_i)                    x_i (T, d_in) -> h_i (T, d_out)
 
 Ranks are zero-padded up to the layer's r_max, so a rank-1 and a rank-16 adapter share one tensor;
-padded rows of A and columns of B are exact zeros and add exact zeros. Three kernels compute the sum
+padded rows of A and columns of B are exact zeros and add exact zeros. Each layer holds each slot's own
+rank and scale (PEFT's rank_pattern / alpha_pattern), so pattern adapters need nothing more.
+
+DoRA slots (lorafit/lora/dora.py): at inference the factor g = m / ||W + s B A||_row (d_out,) is a
+constant, computed once when the slot is filled; it is folded into B (B[s] = g * s * B) and the rest,
+(g - 1) * W x, is one multiply of the base output by the slot's row of `dora_scale` (capacity, d_out),
+zero for plain LoRA slots, done only when a DoRA slot is in the batch:
+
+    h_i = W x_i + b + (g_s - 1) * (W x_i) + (g_s * s B_s) A_s x_i Three kernels compute the sum
 (`lora_delta_multi`), tested equal:
 
 - "gather": gather A[idx], B[idx] per row and do two batched matmuls (bgmv-style; cost ~ r_max);
@@ -48,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorafit.fast.packed import PackedLinear
+from lorafit.lora.dora import dora_factor
 from lorafit.lora.layer import is_conv1d, is_linear
 
 Kernel = Literal["gather", "loop", "grouped", "auto"]
@@ -263,6 +272,9 @@ class MultiLoRALinear(nn.Module):
         factory = {"device": device, "dtype": lora_dtype or dtype}
         self.register_buffer("lora_A", torch.zeros(capacity, 1, self.in_features, **factory), persistent=False)
         self.register_buffer("lora_B", torch.zeros(capacity, self.out_features, 1, **factory), persistent=False)
+        # DoRA: g - 1 per slot and output feature (zero for plain LoRA slots); see the module docstring.
+        self.register_buffer("dora_scale", torch.zeros(capacity, self.out_features, **factory), persistent=False)
+        self.dora_slots: set[int] = set()
 
     @property
     def capacity(self) -> int:
@@ -288,30 +300,51 @@ class MultiLoRALinear(nn.Module):
         b = self.lora_B.new_zeros(new_cap, self.out_features, new_r)
         a[: self.capacity, : self.r_max] = self.lora_A
         b[: self.capacity, :, : self.r_max] = self.lora_B
-        self.lora_A, self.lora_B = a, b
+        dora = self.dora_scale.new_zeros(new_cap, self.out_features)
+        dora[: self.capacity] = self.dora_scale
+        self.lora_A, self.lora_B, self.dora_scale = a, b, dora
         self.ranks += [0] * (new_cap - len(self.ranks))
 
     @torch.no_grad()
-    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
-        """Put one adapter in `slot`: a (rank, d_in), b (d_out, rank) in PEFT's orientation."""
+    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float,
+                 magnitude: torch.Tensor | None = None) -> None:
+        """Put one adapter in `slot`: a (rank, d_in), b (d_out, rank) in PEFT's orientation; `magnitude`
+        (d_out,): DoRA's m (None: plain LoRA)."""
         rank = a.shape[0]
         if a.shape != (rank, self.in_features) or b.shape != (self.out_features, rank):
             raise ValueError(
                 f"lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit a layer with d_in "
                 f"{self.in_features}, d_out {self.out_features}"
             )
+        if magnitude is not None and magnitude.shape != (self.out_features,):
+            raise ValueError(f"lora_magnitude_vector {tuple(magnitude.shape)} does not fit a layer with d_out {self.out_features}")
         self.reserve(slot + 1, rank)
         self.clear_slot(slot)
         self.lora_A[slot, :rank] = a.to(self.lora_A.dtype)
-        # The scale is folded into B in fp32 before the cast, so the forward has no extra multiply.
-        self.lora_B[slot, :, :rank] = (b.float() * scale).to(self.lora_B.dtype)
+        # The scale (and DoRA's g) is folded into B in fp32 before the cast: no extra multiply in the forward.
+        b_scaled = b.float() * scale
+        if magnitude is not None:
+            # g = m / ||W + s B A||_row over the weights this host holds (lorafit/lora/dora.py).
+            factor = dora_factor(magnitude.float(), self.dense_weight(), a.float(), b.float(), scale)
+            b_scaled = factor.unsqueeze(1) * b_scaled
+            self.dora_scale[slot] = (factor - 1).to(self.dora_scale.dtype)
+            self.dora_slots.add(slot)
+        self.lora_B[slot, :, :rank] = b_scaled.to(self.lora_B.dtype)
         self.ranks[slot] = rank
+
+    def dense_weight(self) -> torch.Tensor:
+        """W as (d_out, d_in) fp32 (a packed weight unpacked for the moment)."""
+        if self._packed is not None:
+            return self._packed.packed.to_dense().float()
+        return (self.weight.T if self.transposed else self.weight).float()
 
     @torch.no_grad()
     def clear_slot(self, slot: int) -> None:
         if slot < self.capacity:
             self.lora_A[slot].zero_()
             self.lora_B[slot].zero_()
+            self.dora_scale[slot].zero_()
+            self.dora_slots.discard(slot)
             self.ranks[slot] = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,6 +358,12 @@ class MultiLoRALinear(nn.Module):
             return out
         x3 = x.reshape(plan.rows, -1, x.shape[-1]).to(self.lora_A.dtype)  # (rows, T, d_in)
         delta = lora_delta_multi(x3, self.lora_A, self.lora_B, self.ranks, plan, self.kernel)
+        if self.dora_slots and any(slot in self.dora_slots for slot, _ in plan.groups):
+            # (g - 1) * W x for DoRA rows; plain rows and base rows have g - 1 = 0.
+            base = out if self.bias is None else out - self.bias
+            base3 = base.reshape(plan.rows, -1, base.shape[-1]).to(self.dora_scale.dtype)  # (rows, T, d_out)
+            rescale = self.dora_scale.index_select(0, plan.row_slots).unsqueeze(1) * base3
+            delta = rescale if delta is None else delta + rescale
         if delta is None:
             return out
         return out + delta.view(out.shape).to(out.dtype)
