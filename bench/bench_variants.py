@@ -1,0 +1,161 @@
+"""What the LoRA variants cost: DoRA rows in a mixed serving batch, and a DoRA training step, vs plain LoRA.
+
+    OMP_NUM_THREADS=1 python bench/bench_variants.py [--part serve|train|both] [--rounds 5]
+
+serve (SmolLM2-135M, `smollm2-135m`, fp32, packed base weights as `lorafit generate` / `serve` use them):
+8 adapters (ranks 4/8/16/8 on q/k/v/o, non-zero B, as the other benches), loaded into one AdapterHost
+twice over: plain, and the same A/B as DoRA adapters (magnitude vectors = the row norms of W + s B A
+times a random factor in [1, 1.3)). 32 prompts spread over the 8 adapters, 16 new tokens each, greedy;
+three batches: every row plain, half the rows DoRA (adapters a0..a3 as DoRA), every row DoRA.
+Timed interleaved (round-robin, order reversed every other round); tokens/s = new tokens / wall time.
+
+train (E2E on SmolLM2-135M, the shipped recipe e2e-smollm2: r 4 on q/v, batch 8, packed rows): seconds
+per optimizer step (forward + backward + AdamW) for lora.variant lora and dora on the same batches, in
+the same process, interleaved; fp32 and bf16 (`--precisions`).
+
+Prints machine, CPU flags, versions and the command, then the tables. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
+from bench_multi_adapter import prompts, write_bench_adapters  # noqa: E402
+
+from lorafit.adapters.host import AdapterHost  # noqa: E402
+from lorafit.models import load_base, resolve_model  # noqa: E402
+
+
+def dora_copy(plain: Path, target: Path, base, seed: int) -> Path:
+    """`plain` as a DoRA adapter: the same A and B, use_dora, m = ||W + s B A||_row * U[1, 1.3)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = json.loads((plain / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    g = torch.Generator().manual_seed(seed)
+    with safe_open(str(plain / "adapter_model.safetensors"), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata()
+    modules = dict(base.named_modules())
+    for key in [k for k in tensors if k.endswith(".lora_A.weight")]:
+        path = key[len("base_model.model.") : -len(".lora_A.weight")]
+        a, b = tensors[key], tensors[key.replace("lora_A", "lora_B")]
+        norm = (modules[path].weight.float() + scale * b @ a).norm(dim=1)
+        tensors[f"base_model.model.{path}.lora_magnitude_vector"] = norm * (1 + 0.3 * torch.rand(norm.shape, generator=g))
+    target.mkdir(parents=True)
+    save_file(tensors, str(target / "adapter_model.safetensors"), metadata=metadata)
+    (target / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    return target
+
+
+def bench_serve(rounds: int, new_tokens: int) -> dict:
+    ref = resolve_model("smollm2-135m")
+    base, _ = load_base(ref, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = write_bench_adapters(base, Path(tmp) / "plain", 8)
+        dora = {name: dora_copy(path, Path(tmp) / "dora" / name, base, seed=i) for i, (name, path) in enumerate(plain.items())}
+        del base
+        host = AdapterHost.load("smollm2-135m", precision="fp32")
+        for name in plain:
+            host.load_adapter(name, plain[name])
+            host.load_adapter(f"{name}-dora", dora[name])
+        texts = prompts(32)
+        names = [f"a{i % 8}" for i in range(32)]
+        batches = {
+            "all plain": names,
+            "half DoRA": [f"{n}-dora" if int(n[1:]) < 4 else n for n in names],
+            "all DoRA": [f"{n}-dora" for n in names],
+        }
+        tokens = {label: sum(len(g.tokens) for g in host.generate(texts, adapter=rows, max_new_tokens=new_tokens))
+                  for label, rows in batches.items()}  # rows may stop early at eos: count what was made
+        fns = {label: (lambda rows=rows: host.generate(texts, adapter=rows, max_new_tokens=new_tokens))
+               for label, rows in batches.items()}
+        samples = benchlib.interleaved_samples(fns, rounds)
+    table = {label: {"median_s": statistics.median(s), "tokens": tokens[label],
+                     "tokens_per_s": tokens[label] / statistics.median(s), "samples_s": s}
+             for label, s in samples.items()}
+    print(f"\n## serve: 32 rows over 8 adapters, up to {new_tokens} new tokens each, fp32, packed base ({rounds} rounds)")
+    print("| batch | median s | tokens/s | vs all plain |")
+    print("|---|---|---|---|")
+    for label, row in table.items():
+        print(f"| {label} | {row['median_s']:.2f} | {row['tokens_per_s']:.1f} | "
+              f"{row['median_s'] / table['all plain']['median_s']:.3f}x time |")
+    return table
+
+
+def bench_train(rounds: int, steps: int, precisions: list[str]) -> dict:
+    from lorafit.fast.options import FastOptions
+    from lorafit.models.loader import load_for_training
+    from lorafit.recipe import load_recipe
+    from lorafit.recipe.shipped import recipe_paths
+    from lorafit.train.distributed import Dist
+    from lorafit.train.loop import Training
+    from lorafit.train.setup import load_task, loss_function, prepare_data
+
+    out = {}
+    for precision in precisions:
+        runs = {}
+        for variant in ("lora", "dora"):
+            path = next(p for p in recipe_paths() if p.stem == "e2e-smollm2")
+            recipe = load_recipe(path, [f"lora.variant={variant}", f"precision={precision}", "data.max_train_examples=400"])
+            task = load_task(recipe)
+            loaded = load_for_training(recipe, task.num_labels)
+            train, _, _ = prepare_data(recipe, task, loaded.tokenizer)
+            run = Training(loaded.model.train(), recipe.train, total=10**6, seed=recipe.seed, precision=precision,
+                           batching="pack", loss_fn=loss_function(task), pad_id=loaded.tokenizer.pad_token_id or 0,
+                           fast=FastOptions(), dist=Dist())
+            batches = run.step_batches(train)
+            fixed = [next(batches) for _ in range(steps)]  # the same batches for both variants (same seed)
+            runs[variant] = (run, fixed)
+
+        def one_pass(variant, runs=runs):
+            run, fixed = runs[variant]
+            for micro in fixed:
+                run.update(*run.backward(micro))
+
+        samples = benchlib.interleaved_samples({v: (lambda v=v: one_pass(v)) for v in runs}, rounds)
+        per_step = {v: statistics.median(s) / steps for v, s in samples.items()}
+        out[precision] = {"s_per_step": per_step, "dora_over_lora": per_step["dora"] / per_step["lora"], "samples_s": samples}
+    print(f"\n## train: E2E SmolLM2-135M, e2e-smollm2 recipe (r 4, q/v, batch 8, packed rows), {steps} steps x {rounds} rounds")
+    print("| precision | LoRA s/step | DoRA s/step | DoRA / LoRA |")
+    print("|---|---|---|---|")
+    for precision, row in out.items():
+        print(f"| {precision} | {row['s_per_step']['lora']:.3f} | {row['s_per_step']['dora']:.3f} | {row['dora_over_lora']:.3f} |")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("serve", "train", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per timed pass (train)")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    info = benchlib.header("LoRA variants: DoRA rows in mixed batches, DoRA training steps")
+    print("(1 torch thread; another job may share the machine: compare rows within one run)")
+    started = time.perf_counter()
+    if args.part in ("serve", "both"):
+        info["serve"] = bench_serve(args.rounds, args.new_tokens)
+    if args.part in ("train", "both"):
+        info["train"] = bench_train(args.rounds, args.steps, args.precisions.split(","))
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    benchlib.write_json("bench_variants", info)
+
+
+if __name__ == "__main__":
+    main()
