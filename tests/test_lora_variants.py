@@ -342,3 +342,36 @@ def test_cli_trains_evaluates_and_merges_a_variant_run(variant, tmp_path):
     result = run_cli(["merge", run, "-o", tmp_path / "merged"])
     assert result.exit_code == 0, result.output
     assert "verified: reloaded merged model matches the adapter" in result.output
+
+
+# ---------------------------------------------------------------------------------------------- analyze
+
+
+def test_analyze_takes_a_dora_update_as_merged_minus_base_and_pattern_scales_per_layer(tmp_path):
+    """The spectrum analyze reports is that of PEFT's own merged W' - W (DoRA), and of each layer's own
+    scale * B A (rank / alpha patterns); truncation refuses both."""
+    from tiny import save_tiny_model
+    from transformers import AutoModelForCausalLM
+
+    from lorafit.workflows.analyze import AnalyzeOptionError, run_analyze
+
+    base_dir = save_tiny_model(tmp_path / "base", "llama")
+    for name, spec in (("dora", LoraSpec(rank=4, alpha=8, targets=("q_proj", "v_proj"), variant="dora")),
+                       ("pattern", LoraSpec(rank=4, alpha=8, targets=("q_proj", "v_proj"), rank_pattern={"v_proj": 2},
+                                            alpha_pattern={"q_proj": 3.0}))):
+        model = trained(tiny_llama, spec)
+        save_adapter(model, tmp_path / name, spec, base_model_name_or_path=str(base_dir), task_type="CAUSAL_LM")
+        report = run_analyze(tmp_path / name)  # the DoRA base comes from base_model_name_or_path
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(tmp_path / name))
+        base = tiny_llama()
+        merged = peft_model.merge_and_unload()
+        for record in report["layers"]:
+            delta = merged.get_submodule(record["name"]).weight.double() - base.get_submodule(record["name"]).weight.double()
+            expected = torch.linalg.svdvals(delta)
+            got = torch.tensor(record["singular_values"], dtype=torch.float64)
+            k = len(got)
+            assert k == (32 if name == "dora" else (2 if "v_proj" in record["name"] else 4))
+            torch.testing.assert_close(got, expected[:k], rtol=1e-4, atol=1e-6)
+        assert report["variant"] == ("dora" if name == "dora" else "lora")
+        with pytest.raises(AnalyzeOptionError, match="--truncate-rank: not supported for"):
+            run_analyze(tmp_path / name, output_dir=tmp_path / f"out-{name}", truncate_rank=1)

@@ -43,6 +43,7 @@ def dora_delta_output(
 def dora_merged_weight(
     weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, magnitude: torch.Tensor
 ) -> torch.Tensor:
-    """W' = m / ||W + s B A||_row * (W + s B A) in fp32, (d_out, d_in)."""
-    updated = weight.float() + scale * (b.float() @ a.float())
-    return (magnitude.float() / torch.linalg.norm(updated, dim=1)).unsqueeze(1) * updated
+    """W' = m / ||W + s B A||_row * (W + s B A), (d_out, d_in), in fp32 (float64 for a float64 W: analysis)."""
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    updated = weight.to(dtype) + scale * (b.to(dtype) @ a.to(dtype))
+    return (magnitude.to(dtype) / torch.linalg.norm(updated, dim=1)).unsqueeze(1) * updated

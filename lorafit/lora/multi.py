@@ -11,16 +11,13 @@ and a forward over a batch whose row i uses slot idx[i] computes, with the math 
     h_i = W x_i + b + B[idx_i] (A[idx_i] x_i)                    x_i (T, d_in) -> h_i (T, d_out)
 
 Ranks are zero-padded up to the layer's r_max, so a rank-1 and a rank-16 adapter share one tensor;
-padded rows of A and columns of B are exact zeros and add exact zeros. Each layer holds each slot's own
-rank and scale (PEFT's rank_pattern / alpha_pattern), so pattern adapters need nothing more.
+padded rows of A and columns of B are exact zeros and add exact zeros. Each slot has its own rank and
+scale per layer (PEFT's rank_pattern / alpha_pattern). A DoRA slot (lorafit/lora/dora.py) has a constant
+g = m / ||W + s B A||_row (d_out,) at inference, computed when the slot is filled and folded into B; the
+rest, (g - 1) * W x, multiplies the base output by the slot's row of `dora_scale` (zero for plain slots),
+only when a DoRA slot is in the batch:  h_i = W x_i + b + (g_s - 1) * (W x_i) + (g_s s B_s) A_s x_i.
 
-DoRA slots (lorafit/lora/dora.py): at inference the factor g = m / ||W + s B A||_row (d_out,) is a
-constant, computed once when the slot is filled; it is folded into B (B[s] = g * s * B) and the rest,
-(g - 1) * W x, is one multiply of the base output by the slot's row of `dora_scale` (capacity, d_out),
-zero for plain LoRA slots, done only when a DoRA slot is in the batch:
-
-    h_i = W x_i + b + (g_s - 1) * (W x_i) + (g_s * s B_s) A_s x_i Three kernels compute the sum
-(`lora_delta_multi`), tested equal:
+Three kernels compute the sum (`lora_delta_multi`), tested equal:
 
 - "gather": gather A[idx], B[idx] per row and do two batched matmuls (bgmv-style; cost ~ r_max);
 - "loop": one pair of thin matmuls per slot present in the batch, on that slot's rows (cost ~ rank_s).
@@ -46,7 +43,6 @@ host reuses it (free list). torch only; never transformers (GPT-2's Conv1D is du
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -58,6 +54,7 @@ from torch import nn
 from lorafit.fast.packed import PackedLinear
 from lorafit.lora.dora import dora_factor
 from lorafit.lora.layer import is_conv1d, is_linear
+from lorafit.lora.slot_modules import SlotModules  # noqa: F401  (re-exported: whole modules per slot)
 
 Kernel = Literal["gather", "loop", "grouped", "auto"]
 DEFAULT_KERNEL: Kernel = "auto"
@@ -374,58 +371,3 @@ class MultiLoRALinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, slots={used}/{self.capacity}, "
             f"r_max={self.r_max}, transposed={self.transposed}, kernel={self.kernel}, packed={self._packed is not None}"
         )
-
-
-# ---------------------------------------------------------------------------------------------- whole modules
-
-
-class SlotModules(nn.Module):
-    """A module trained in full by some adapters (PEFT's modules_to_save, e.g. a classification head),
-    one copy per slot: row i goes through slot idx[i]'s copy, or the base module for slot 0 and for
-    adapters that did not train it.
-
-    Outputs of copies whose last dim differs (heads with different label counts) are padded with NaN
-    up to the widest; the caller trims each row to its adapter's width.
-    """
-
-    def __init__(self, base: nn.Module, routing: SlotRouting):
-        super().__init__()
-        self.base = base
-        self.copies = nn.ModuleDict()  # str(slot) -> module
-        object.__setattr__(self, "routing", routing)
-
-    @torch.no_grad()
-    def set_slot(self, slot: int, params: dict[str, torch.Tensor]) -> None:
-        """A copy of the base module with `params` (names relative to the module) replacing its own;
-        a parameter may change shape (a head with another number of labels)."""
-        head = copy.deepcopy(self.base)
-        own = dict(head.named_parameters())
-        unknown = sorted(set(params) - set(own))
-        if unknown:
-            raise KeyError(unknown[0])
-        for name, value in params.items():
-            owner_name, _, leaf = name.rpartition(".")
-            owner = head.get_submodule(owner_name) if owner_name else head
-            setattr(owner, leaf, nn.Parameter(value.to(own[name].dtype).clone(), requires_grad=False))
-        self.copies[str(slot)] = head
-
-    def clear_slot(self, slot: int) -> None:
-        self.copies.pop(str(slot), None)
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        plan = self.routing.plan(x.shape[:1])
-        groups = [] if plan is None else [(s, r) for s, r in plan.groups if str(s) in self.copies]
-        if not groups:
-            return self.base(x, *args, **kwargs)
-        parts = [(None, self.base(x, *args, **kwargs))]
-        parts += [(rows, self.copies[str(slot)](x[rows], *args, **kwargs)) for slot, rows in groups]
-        width = max(p.shape[-1] for _, p in parts)
-        out = parts[0][1]
-        if out.shape[-1] < width:
-            out = F.pad(out, (0, width - out.shape[-1]), value=float("nan"))
-        else:
-            out = out.clone()
-        for rows, part in parts[1:]:
-            part = F.pad(part, (0, width - part.shape[-1]), value=float("nan")) if part.shape[-1] < width else part
-            out[rows] = part
-        return out
