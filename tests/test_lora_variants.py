@@ -375,3 +375,20 @@ def test_analyze_takes_a_dora_update_as_merged_minus_base_and_pattern_scales_per
         assert report["variant"] == ("dora" if name == "dora" else "lora")
         with pytest.raises(AnalyzeOptionError, match="--truncate-rank: not supported for"):
             run_analyze(tmp_path / name, output_dir=tmp_path / f"out-{name}", truncate_rank=1)
+
+
+def test_inspect_shows_each_layer_rank_alpha_and_variant(tmp_path):
+    from cli_runs import run_cli
+    from tiny import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "base", "llama")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {model_dir}\ntask: quickstart\nlora:\n  variant: dora\n  targets: [q_proj, v_proj]\n"
+                      "  rank_pattern: {v_proj: 16}\n  alpha_pattern: {layers.1.self_attn.q_proj: 4}\n")
+    result = run_cli(["inspect", recipe])
+    assert result.exit_code == 0, result.output
+    assert "  model.layers.0.self_attn.q_proj  (rank 8, alpha 16, dora, init kaiming)" in result.output
+    assert "  model.layers.1.self_attn.q_proj  (rank 8, alpha 4, dora, init kaiming)" in result.output
+    assert "  model.layers.1.self_attn.v_proj  (rank 16, alpha 16, dora, init kaiming)" in result.output
+    # q: 2 x (8*32 + 32*8 + 32 magnitudes), v (32 -> 32): 2 x (16*32 + 32*16 + 32)
+    assert "trainable parameters: 3,200 of 32,032" in result.output
