@@ -5,7 +5,7 @@
 serve (SmolLM2-135M, `smollm2-135m`, fp32, packed base weights as `lorafit generate` / `serve` use them):
 8 adapters (ranks 4/8/16/8 on q/k/v/o, non-zero B, as the other benches), loaded into one AdapterHost
 twice over: plain, and the same A/B as DoRA adapters (magnitude vectors = the row norms of W + s B A
-times a random factor in [1, 1.3)). 32 prompts spread over the 8 adapters, 16 new tokens each, greedy;
+times a random factor in [1, 1.3)). --rows prompts (16) spread over the 8 adapters, 16 new tokens each, greedy;
 three batches: every row plain, half the rows DoRA (adapters a0..a3 as DoRA), every row DoRA.
 Timed interleaved (round-robin, order reversed every other round); tokens/s = new tokens / wall time.
 
@@ -61,7 +61,7 @@ def dora_copy(plain: Path, target: Path, base, seed: int) -> Path:
     return target
 
 
-def bench_serve(rounds: int, new_tokens: int) -> dict:
+def bench_serve(rounds: int, new_tokens: int, rows: int) -> dict:
     ref = resolve_model("smollm2-135m")
     base, _ = load_base(ref, 0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,22 +72,24 @@ def bench_serve(rounds: int, new_tokens: int) -> dict:
         for name in plain:
             host.load_adapter(name, plain[name])
             host.load_adapter(f"{name}-dora", dora[name])
-        texts = prompts(32)
-        names = [f"a{i % 8}" for i in range(32)]
+        texts = prompts(rows)
+        names = [f"a{i % 8}" for i in range(rows)]
         batches = {
             "all plain": names,
             "half DoRA": [f"{n}-dora" if int(n[1:]) < 4 else n for n in names],
             "all DoRA": [f"{n}-dora" for n in names],
         }
-        tokens = {label: sum(len(g.tokens) for g in host.generate(texts, adapter=rows, max_new_tokens=new_tokens))
-                  for label, rows in batches.items()}  # rows may stop early at eos: count what was made
-        fns = {label: (lambda rows=rows: host.generate(texts, adapter=rows, max_new_tokens=new_tokens))
-               for label, rows in batches.items()}
+        tokens: dict[str, int] = {}  # rows may stop early at eos: count what each batch made
+
+        def run(label, rows):
+            tokens[label] = sum(len(g.tokens) for g in host.generate(texts, adapter=rows, max_new_tokens=new_tokens))
+
+        fns = {label: (lambda label=label, rows=rows: run(label, rows)) for label, rows in batches.items()}
         samples = benchlib.interleaved_samples(fns, rounds)
     table = {label: {"median_s": statistics.median(s), "tokens": tokens[label],
                      "tokens_per_s": tokens[label] / statistics.median(s), "samples_s": s}
              for label, s in samples.items()}
-    print(f"\n## serve: 32 rows over 8 adapters, up to {new_tokens} new tokens each, fp32, packed base ({rounds} rounds)")
+    print(f"\n## serve: {rows} rows over 8 adapters, up to {new_tokens} new tokens each, fp32, packed base ({rounds} rounds)")
     print("| batch | median s | tokens/s | vs all plain |")
     print("|---|---|---|---|")
     for label, row in table.items():
@@ -142,6 +144,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("serve", "train", "both"), default="both")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--rows", type=int, default=16, help="prompts in the serving batch (spread over 8 adapters)")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per timed pass (train)")
     parser.add_argument("--precisions", default="fp32,bf16")
     args = parser.parse_args()
@@ -150,7 +153,7 @@ def main() -> None:
     print("(1 torch thread; another job may share the machine: compare rows within one run)")
     started = time.perf_counter()
     if args.part in ("serve", "both"):
-        info["serve"] = bench_serve(args.rounds, args.new_tokens)
+        info["serve"] = bench_serve(args.rounds, args.new_tokens, args.rows)
     if args.part in ("train", "both"):
         info["train"] = bench_train(args.rounds, args.steps, args.precisions.split(","))
     info["seconds"] = round(time.perf_counter() - started, 1)
