@@ -392,3 +392,25 @@ def test_inspect_shows_each_layer_rank_alpha_and_variant(tmp_path):
     assert "  model.layers.1.self_attn.v_proj  (rank 16, alpha 16, dora, init kaiming)" in result.output
     # q: 2 x (8*32 + 32*8 + 32 magnitudes), v (32 -> 32): 2 x (16*32 + 32*16 + 32)
     assert "trainable parameters: 3,200 of 32,032" in result.output
+
+
+def test_pissa_loraplus_run_resumed_from_a_checkpoint_saves_the_same_adapter(tmp_path):
+    """Resume re-applies the (deterministic) PiSSA init to the base, then restores the trained factors and
+    LoRA+'s optimizer groups: the converted adapter equals the uninterrupted run's."""
+    import shutil
+
+    from cli_runs import TINY_RECIPE, adapter_weights, max_abs_diff, run_cli, write_recipe
+    from tiny import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "base", "llama")
+    text = TINY_RECIPE.replace("  targets: [q_proj, v_proj]\n", "  targets: [q_proj, v_proj]\n  init: pissa\n")
+    recipe = write_recipe(tmp_path / "r.yaml", model_dir, text.replace("max_steps: 40", "max_steps: 10"))
+    result = run_cli(["train", recipe, "-o", tmp_path / "a", "--set", "precision=fp32", "--set", "train.loraplus_lr_ratio=4"])
+    assert result.exit_code == 0, result.output
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "adapter")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-000010")  # as if stopped after step 5
+    result = run_cli(["train", "--resume", tmp_path / "b"])
+    assert result.exit_code == 0, result.output
+    assert "resuming from" in result.output
+    assert max_abs_diff(adapter_weights(tmp_path / "a" / "adapter"), adapter_weights(tmp_path / "b" / "adapter")) == 0.0
