@@ -13,6 +13,9 @@ train (E2E on SmolLM2-135M, the shipped recipe e2e-smollm2: r 4 on q/v, batch 8,
 per optimizer step (forward + backward + AdamW) for lora.variant lora and dora on the same batches, in
 the same process, interleaved; fp32 and bf16 (`--precisions`).
 
+layer: one stacked layer of SmolLM2's q_proj shape in a 16-row decode step over 8 slots, plain vs DoRA
+slots, best of 2,000 calls (robust to a loaded machine where the end-to-end batches are not).
+
 Prints machine, CPU flags, versions and the command, then the tables. Nothing is asserted.
 """
 
@@ -98,6 +101,50 @@ def bench_serve(rounds: int, new_tokens: int, rows: int) -> dict:
     return table
 
 
+def bench_layer(reps: int) -> dict:
+    """One MultiLoRALinear of SmolLM2's q_proj shape (576 -> 576, packed fp32 weight), a decode step of
+    16 rows (one token each) over 8 slots of rank 8: plain slots vs DoRA slots, best of `reps` calls
+    (short calls, so the minimum is robust to a loaded machine)."""
+    from lorafit.fast.packed import PackedLinear
+    from lorafit.lora.multi import MultiLoRALinear, SlotRouting
+
+    g = torch.Generator().manual_seed(0)
+    d = 576
+    weight = torch.randn(d, d, generator=g) / d**0.5
+    layers = {}
+    for kind in ("plain", "dora"):
+        routing = SlotRouting()
+        layer = MultiLoRALinear(PackedLinear(weight.clone(), None), routing, capacity=9)
+        for slot in range(1, 9):
+            a, b = torch.randn(8, d, generator=g) / d**0.5, torch.randn(d, 8, generator=g) * 0.02
+            layer.set_slot(slot, a, b, 2.0, (weight + 2.0 * b @ a).norm(dim=1) * 1.1 if kind == "dora" else None)
+        layers[kind] = (layer, routing)
+    x = torch.randn(16, 1, d, generator=g)
+    slots = torch.arange(16) % 8 + 1
+
+    def call(kind):
+        layer, routing = layers[kind]
+        with routing.use(slots):
+            layer(x)
+
+    best = {}
+    for kind in ("plain", "dora", "plain", "dora"):  # twice each, interleaved; keep the best
+        for _ in range(20):
+            call(kind)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            call(kind)
+            times.append(time.perf_counter() - t0)
+        best[kind] = min(best.get(kind, float("inf")), min(times))
+    print(f"\n## layer: 576 -> 576 packed fp32, 16 rows x 1 token over 8 slots of rank 8, best of {reps} x 2")
+    print("| slots | best us | vs plain |")
+    print("|---|---|---|")
+    for kind, t in best.items():
+        print(f"| {kind} | {t * 1e6:.1f} | {t / best['plain']:.3f}x |")
+    return {"best_s": best}
+
+
 def bench_train(rounds: int, steps: int, precisions: list[str]) -> dict:
     from lorafit.fast.options import FastOptions
     from lorafit.models.loader import load_for_training
@@ -141,7 +188,8 @@ def bench_train(rounds: int, steps: int, precisions: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("serve", "train", "both"), default="both")
+    parser.add_argument("--part", choices=("serve", "layer", "train", "both"), default="both",
+                        help="both: serve, layer and train")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--rows", type=int, default=16, help="prompts in the serving batch (spread over 8 adapters)")
@@ -154,6 +202,8 @@ def main() -> None:
     started = time.perf_counter()
     if args.part in ("serve", "both"):
         info["serve"] = bench_serve(args.rounds, args.new_tokens, args.rows)
+    if args.part in ("layer", "both"):
+        info["layer"] = bench_layer(reps=2000)
     if args.part in ("train", "both"):
         info["train"] = bench_train(args.rounds, args.steps, args.precisions.split(","))
     info["seconds"] = round(time.perf_counter() - started, 1)
