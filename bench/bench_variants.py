@@ -13,6 +13,9 @@ train (E2E on SmolLM2-135M, the shipped recipe e2e-smollm2: r 4 on q/v, batch 8,
 per optimizer step (forward + backward + AdamW) for lora.variant lora and dora on the same batches, in
 the same process, interleaved; fp32 and bf16 (`--precisions`).
 
+parity: PEFT reads lorafit's DoRA + rank-pattern and PiSSA adapters on SmolLM2-135M, lorafit reads a
+PEFT-made DoRA + rank-pattern classifier adapter on MiniLM-L6: relative logit differences, fp32.
+
 layer: one stacked layer of SmolLM2's q_proj shape in a 16-row decode step over 8 slots, plain vs DoRA
 slots, best of 2,000 calls (robust to a loaded machine where the end-to-end batches are not).
 
@@ -145,6 +148,65 @@ def bench_layer(reps: int) -> dict:
     return {"best_s": best}
 
 
+def bench_parity() -> dict:
+    """PEFT parity on the real bases, fp32: lorafit-made adapters (DoRA + rank pattern, PiSSA converted)
+    read by PEFT on SmolLM2-135M, and a PEFT-made DoRA + pattern adapter read by lorafit on MiniLM-L6.
+    Max |logit difference| / max |logit|, over a batch of 4 prompts."""
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+
+    from lorafit.lora import LoraSpec, add_lora, save_adapter
+    from lorafit.models.loader import load_adapter
+
+    def perturbed(model, seed):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_" in name and "magnitude" not in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+                elif "magnitude" in name or "modules_to_save" in name:
+                    p.mul_(1 + 0.2 * torch.rand(p.shape, generator=g))
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = resolve_model("smollm2-135m")
+        for label, spec in (("SmolLM2 DoRA + rank_pattern, lorafit -> PEFT",
+                             LoraSpec(rank=8, alpha=16, targets=("q_proj", "v_proj"), variant="dora", rank_pattern={"v_proj": 4})),
+                            ("SmolLM2 PiSSA (converted), lorafit -> PEFT",
+                             LoraSpec(rank=8, alpha=16, targets=("q_proj", "v_proj"), init="pissa"))):
+            model, tok = load_base(ref, 0)
+            add_lora(model, spec)
+            perturbed(model, 1)
+            save_adapter(model.eval(), Path(tmp) / label[:12], spec, base_model_name_or_path=ref.path_or_id, task_type="CAUSAL_LM")
+            ids = tok(prompts(4), return_tensors="pt", padding=True)
+            with torch.no_grad():
+                ours = model(**ids).logits
+                theirs = PeftModel.from_pretrained(load_base(ref, 0)[0], str(Path(tmp) / label[:12])).eval()(**ids).logits
+                base_logits = load_base(ref, 0)[0](**ids).logits
+            out[label] = {"relative_difference": float((ours - theirs).abs().max() / theirs.abs().max()),
+                          "adapter_effect": float((ours - base_logits).abs().max() / base_logits.abs().max())}
+        ref = resolve_model("minilm-l6")
+        base, tok = load_base(ref, 2)
+        peft_model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, use_dora=True,
+                                                     target_modules=["query", "value"], rank_pattern={"value": 4}))
+        perturbed(peft_model, 2)
+        peft_model.eval().save_pretrained(str(Path(tmp) / "minilm"))
+        ids = tok(["a fine film", "dull and long", "not bad at all", "the plot never lands"], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            theirs = peft_model(**ids).logits
+            ours = load_adapter(Path(tmp) / "minilm", base_override="minilm-l6").model(**ids).logits
+            with peft_model.disable_adapter():
+                base_logits = peft_model(**ids).logits  # the base with the adapter's head, adapters off
+        out["MiniLM-L6 DoRA + rank_pattern classifier, PEFT -> lorafit"] = {
+            "relative_difference": float((ours - theirs).abs().max() / theirs.abs().max()),
+            "adapter_effect": float((ours - base_logits).abs().max() / base_logits.abs().max())}
+    print("\n## PEFT parity on the real bases (fp32, max |diff| / max |logit|; effect: adapted vs base logits)")
+    print("| adapter | lorafit vs PEFT | adapter effect |")
+    print("|---|---|---|")
+    for label, value in out.items():
+        print(f"| {label} | {value['relative_difference']:.2e} | {value['adapter_effect']:.2e} |")
+    return out
+
+
 def bench_train(rounds: int, steps: int, precisions: list[str]) -> dict:
     from lorafit.fast.options import FastOptions
     from lorafit.models.loader import load_for_training
@@ -188,8 +250,8 @@ def bench_train(rounds: int, steps: int, precisions: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("serve", "layer", "train", "both"), default="both",
-                        help="both: serve, layer and train")
+    parser.add_argument("--part", choices=("serve", "layer", "train", "parity", "both"), default="both",
+                        help="both: every part")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--rows", type=int, default=16, help="prompts in the serving batch (spread over 8 adapters)")
@@ -202,6 +264,8 @@ def main() -> None:
     started = time.perf_counter()
     if args.part in ("serve", "both"):
         info["serve"] = bench_serve(args.rounds, args.new_tokens, args.rows)
+    if args.part in ("parity", "both"):
+        info["parity"] = bench_parity()
     if args.part in ("layer", "both"):
         info["layer"] = bench_layer(reps=2000)
     if args.part in ("train", "both"):
