@@ -192,6 +192,9 @@ def converted_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dic
 def converted_spec(spec: LoraSpec) -> LoraSpec:
     """The spec of a converted adapter: every rank doubled, alpha doubled (rsLoRA: x sqrt 2) so each
     layer keeps its scale, and an init that no longer touches the base (as PEFT writes it)."""
+    if spec.variant == "dora":
+        # DoRA's magnitude was fitted to the residual base; [A; A0], [B | -B0] cannot carry it over.
+        raise AdapterError("lora.init pissa/olora with variant dora cannot be converted on save")
     if spec.rslora and (spec.rank_pattern or spec.alpha_pattern):
         # alpha / sqrt(r) cannot keep its value by doubling alpha_pattern entries (PEFT refuses it too).
         raise AdapterError("lora.init pissa/olora with rslora and rank_pattern/alpha_pattern cannot be converted on save")
