@@ -140,3 +140,27 @@ def test_host_refuses_unconverted_pissa_and_a_dora_adapter_without_magnitudes(ll
     with pytest.raises(AdapterError, match="model.layers.0.self_attn.q_proj has no lora_magnitude_vector"):
         host.load_adapter("b", tmp_path / "broken")
     assert host.adapters() == {}
+
+
+def test_lorafit_generate_cli_mixes_dora_pattern_and_plain_rows(llama, model_dir, tmp_path):
+    """`lorafit generate` (fp32): one requests file, rows of every kind; greedy rows equal each adapter alone."""
+    from cli_runs import run_cli
+    from tiny import tiny_tokenizer
+
+    rows = [("dora", "name[Ginger]"), ("plain", "hello"), ("pattern", "x y z"), ("dora-pattern", "select"), (None, "q")]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"prompt": p, "adapter": a}) + "\n" for a, p in rows))
+    args = ["generate", "--model", model_dir, "-i", requests, "-o", tmp_path / "out.jsonl", "--max-new-tokens", "8",
+            "--precision", "fp32"]
+    for name in ("dora", "plain", "pattern", "dora-pattern"):
+        args += ["--adapter", f"{name}={llama[name][0]}"]
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    tok = tiny_tokenizer()
+    for (name, prompt), got in zip(rows, results, strict=True):
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        model = llama[name][1] if name else tiny_llama()
+        alone = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=2)
+        assert got["adapter"] == name
+        assert got["completion"] == tok.decode(alone[0, ids.shape[1] :], skip_special_tokens=True), (name, prompt)
