@@ -70,6 +70,10 @@ GLUE_TASKS = ("sst2", "mrpc", "cola", "rte", "stsb")
 ALL_LINEAR_BERT = "lora.targets=[query,key,value,attention.output.dense,intermediate.dense,output.dense]"
 
 
+VARIANTS = (("dora", "DoRA", "lora.variant=dora"), ("loraplus16", "LoRA+ ratio 16", "train.loraplus_lr_ratio=16"),
+            ("pissa", "PiSSA init", "lora.init=pissa"))
+
+
 def experiments() -> list[Experiment]:
     rows: list[Experiment] = []
     # Table 1: E2E NLG on SmolLM2-135M.
@@ -116,6 +120,13 @@ def experiments() -> list[Experiment]:
                            zero_shot=("smollm2-135m", "wikisql"), eval_args=("--chat-template",)))
     rows.append(Experiment("wikisql-lora", "wikisql", "LoRA r=4 q,v", "wikisql-smollm2", tuple(WIKISQL_SCALE),
                            merge_check=True))
+    # Table "variants": DoRA, LoRA+ (ratio 16) and PiSSA at tables 1 and 2's budget (same data, steps, seed).
+    # Plain LoRA is the row e2e-lora-qv-r4 (E2E) and glue-sst2-lora (SST-2): not run twice.
+    for key, label, overrides in VARIANTS:
+        rows.append(Experiment(f"variant-e2e-{key}", "variants", label, "e2e-smollm2", (*E2E_SCALE, *s(overrides)),
+                               merge_check=True, extra={"task": "e2e"}))
+        rows.append(Experiment(f"variant-sst2-{key}", "variants", label, "sst2-minilm", (*SST2_SCALE, *s(overrides)),
+                               merge_check=True, extra={"task": "sst2"}))
     from results_converged import converged_rows  # bench/ is on sys.path when run as bench/results.py
 
     return rows + converged_rows(Experiment, OUT)

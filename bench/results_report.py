@@ -136,6 +136,25 @@ def rank_table(res: dict) -> str:
                   "LoRA params (SST-2)", "SST-2 valid loss", "SST-2 acc"], rows)
 
 
+def variants_table(res: dict) -> str:
+    """Table "variants": plain LoRA (tables 1 and 2's rows) beside DoRA, LoRA+ and PiSSA, E2E and SST-2."""
+    from results import VARIANTS  # bench/ is on sys.path when run as bench/results.py
+
+    def cost(r: dict | None) -> list[str]:
+        s = (r or {}).get("summary", {})
+        return [fmt(r.get("seconds_per_step"), 2) if r and "seconds_per_step" in r else "-",
+                fmt(s.get("peak_rss_mb"), 0) if s else "-"]
+
+    rows = []
+    for label, e2e_id, sst2_id in (("LoRA", "e2e-lora-qv-r4", "glue-sst2-lora"),
+                                   *((lbl, f"variant-e2e-{k}", f"variant-sst2-{k}") for k, lbl, _ in VARIANTS)):
+        e, m = res.get(e2e_id), res.get(sst2_id)
+        rows.append([label, lora_params(e), *(metric(e, k) for k in ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")),
+                     *cost(e), lora_params(m), metric(m, "accuracy", 3), *cost(m)])
+    return table(["variant", "LoRA params (E2E)", "BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr", "E2E s/step",
+                  "E2E peak RSS MB", "LoRA params (SST-2)", "SST-2 acc", "SST-2 s/step", "SST-2 peak RSS MB"], rows)
+
+
 def valid_loss(r: dict | None) -> str:
     """The run's final validation loss (E2E: 200 dev examples, completion tokens; SST-2: 872 sentences)."""
     if r is None:
@@ -241,6 +260,13 @@ def write_report(out: Path, docs: Path) -> None:
         "The paper's Table 5 question with the same budget per layer (rank x number of adapted matrices = 8), "
         "SST-2 as in table 2; q+v at r=4 is table 3a's r=4 row.\n",
         targets_table(res),
+        "\n## 3c. LoRA variants: DoRA, LoRA+, PiSSA (E2E and SST-2)\n",
+        "Tables 1 and 2's budget, data and seed; plain LoRA is their LoRA q,v row. DoRA: `lora.variant: dora` "
+        "(a magnitude per output feature, trained); LoRA+: `train.loraplus_lr_ratio: 16` (B at 16x the lr); "
+        "PiSSA: `lora.init: pissa` (A and B from W's top-r SVD; the saved adapter is converted to rank 2r for "
+        "the original base). LoRA params count what the adapter file holds (DoRA adds one value per output "
+        "feature; PiSSA's converted adapter holds twice the rank).\n",
+        variants_table(res),
         "\n## 4. WikiSQL subset on SmolLM2-135M (valid, 100 questions)\n",
         "Training: the subset's 1,000 training questions, one epoch (125 steps of 8), recipe `wikisql-smollm2`; "
         "greedy decoding. Logical-form accuracy compares the parsed query (WikiSQL's semantics: select column, "

@@ -155,8 +155,10 @@ def test_adapter_for_another_base_is_refused(tmp_path):
 
 
 def test_unsupported_peft_feature_is_refused():
-    with pytest.raises(AdapterError, match="use_dora"):
-        spec_from_config({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q"], "use_dora": True})
+    with pytest.raises(AdapterError, match="layer_replication"):
+        spec_from_config({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q"], "layer_replication": [[0, 1]]})
+    with pytest.raises(AdapterError, match="init_lora_weights='corda' is a PEFT init lorafit does not support"):
+        spec_from_config({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q"], "init_lora_weights": "corda"})
 
 
 def test_corrupted_or_missing_adapter_files_are_refused(tmp_path):

@@ -23,7 +23,12 @@ def test_experiment_ids_are_unique_and_every_trained_row_names_a_shipped_recipe(
         assert (e.recipe in shipped) != bool(e.zero_shot), e.id
     # Every table the issue asks for has rows, and the rank sweep covers the paper's ranks on both tasks.
     assert {e.table for e in rows} == {"e2e", "glue", "rank", "targets", "wikisql", "converged-glue",
-                                       "converged-wikisql", "converged-e2e"}
+                                       "converged-wikisql", "converged-e2e", "variants"}
+    # The variants table: DoRA, LoRA+ 16, PiSSA on E2E and SST-2 at tables 1 and 2's settings (plain LoRA reused).
+    variants = {e.id: e for e in rows if e.table == "variants"}
+    assert sorted(variants) == sorted(f"variant-{t}-{k}" for t in ("e2e", "sst2") for k in ("dora", "loraplus16", "pissa"))
+    assert variants["variant-e2e-dora"].overrides[: len(results.E2E_SCALE)] == tuple(results.E2E_SCALE)
+    assert variants["variant-sst2-loraplus16"].overrides[-2:] == ("--set", "train.loraplus_lr_ratio=16")
     assert sorted(e.extra["rank"] for e in rows if e.id.startswith("rank-e2e-")) == [1, 2, 8, 64]  # r=4: e2e-lora-qv-r4
     assert sorted(e.extra["rank"] for e in rows if e.id.startswith("rank-sst2-")) == [1, 2, 4, 64]  # r=8: glue-sst2-lora
 

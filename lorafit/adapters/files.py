@@ -3,12 +3,15 @@
 An adapter is split into what the stacked layers need:
 
     lora   {module path: (A (rank, d_in), B (d_out, rank))}       the low-rank pairs, PEFT orientation
+    scales {module path: alpha / rank}                            per layer (rank_pattern / alpha_pattern)
+    magnitudes {module path: m (d_out,)}                          DoRA's magnitude vectors (DoRA adapters)
     saved  {module path: {param name: tensor}}                    modules trained in full (heads)
 
 and refused with one AdapterError line naming it when: the file is unreadable or uses a PEFT feature
 lorafit does not implement; its rank is above the host's max_rank; a key names no module of the base
 (an adapter for another model must not be silently served as the base); a lora pair is incomplete or
-has the wrong shape; it trains biases (they would change the base rows too); or the base identity
+has the wrong shape (its layer's rank from rank_pattern); it was saved unconverted from a pissa / olora
+init (it needs its own residual base); it trains biases (they would change the base rows too); or the base identity
 lorafit recorded when training it differs from this base.
 """
 
@@ -23,6 +26,7 @@ from torch import nn
 
 from lorafit.errors import AdapterError
 from lorafit.lora import LoraSpec, lora_scale, read_adapter_config, read_adapter_tensors, spec_from_config
+from lorafit.lora.inits import uses_base_weight
 from lorafit.lora.layer import is_linear
 from lorafit.models import model_identity
 from lorafit.models.base import identity_mismatch
@@ -38,9 +42,10 @@ class AdapterParts:
     name: str
     source: str
     spec: LoraSpec
-    scale: float
     task_type: str | None
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    scales: dict[str, float] = field(default_factory=dict)
+    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)
     saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     num_labels: int | None = None  # width of the classification head, for SEQ_CLS adapters
 
@@ -112,12 +117,16 @@ def read_adapter(name: str, directory: str | Path, base: BaseShape, max_rank: in
         tensors, metadata = read_adapter_tensors(directory)
     except AdapterError as e:
         raise AdapterError(f"adapter {name!r}: {e}") from None
-    if spec.rank > max_rank:
-        raise AdapterError(f"{source}: rank {spec.rank} is above this host's max_rank {max_rank}")
+    top_rank = max([spec.rank, *spec.rank_pattern.values()])
+    if top_rank > max_rank:
+        raise AdapterError(f"{source}: rank {top_rank} is above this host's max_rank {max_rank}")
+    if uses_base_weight(spec.init):
+        raise AdapterError(f"{source}: init_lora_weights={spec.init!r} (unconverted) needs its own residual base "
+                           "weights; not servable on a shared base (lorafit saves such adapters converted)")
     if spec.bias != "none":
         raise AdapterError(f"{source}: trains biases (bias={spec.bias!r}), which would change the base rows; not servable")
     task_type = config.get("task_type")
-    parts = AdapterParts(name, source, spec, lora_scale(spec.rank, spec.alpha, spec.rslora), task_type)
+    parts = AdapterParts(name, source, spec, task_type)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if not key.startswith(PREFIX):
@@ -132,6 +141,12 @@ def read_adapter(name: str, directory: str | Path, base: BaseShape, max_rank: in
                 raise AdapterError(f"{source}: key {key!r} names {what} of this base model (adapter for another model?)")
             pairs.setdefault(owner, {})[kind] = value
             continue
+        if leaf == "lora_magnitude_vector" and spec.variant == "dora":
+            layer = base.modules.get(module)
+            if layer is None or layer.linear is None or value.shape != (layer.linear[0],):
+                raise AdapterError(f"{source}: key {key!r} does not fit a linear layer of this base model")
+            parts.magnitudes[module] = value
+            continue
         root = _saved_root(path, spec, task_type, base.modules)
         if root is None:
             raise AdapterError(f"{source}: key {key!r} matches no module of this base model (adapter for another model?)")
@@ -144,12 +159,16 @@ def read_adapter(name: str, directory: str | Path, base: BaseShape, max_rank: in
             raise AdapterError(f"{source}: {module} has no {missing}.weight")
         a, b = pair["lora_A"], pair["lora_B"]  # (rank, d_in), (d_out, rank)
         d_out, d_in = base.modules[module].linear
-        if a.shape != (spec.rank, d_in) or b.shape != (d_out, spec.rank):
+        rank = spec.rank_for(module)
+        if a.shape != (rank, d_in) or b.shape != (d_out, rank):
             raise AdapterError(
                 f"{source}: {module} lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit rank "
-                f"{spec.rank} on a ({d_out} x {d_in}) layer of this base model"
+                f"{rank} on a ({d_out} x {d_in}) layer of this base model"
             )
+        if spec.variant == "dora" and module not in parts.magnitudes:
+            raise AdapterError(f"{source}: {module} has no lora_magnitude_vector (use_dora is true)")
         parts.lora[module] = (a, b)
+        parts.scales[module] = lora_scale(rank, spec.alpha_for(module), spec.rslora)
     _check_saved_shapes(parts, base)
     _check_identity(parts, base, metadata)
     if task_type == "SEQ_CLS":

@@ -145,7 +145,7 @@ class AdapterHost:
             raise AdapterError(f"adapter {name!r}: no classification head; this host classifies")
         slot = self._free.pop() if self._free else self._take_new_slot()
         for module, (a, b) in parts.lora.items():
-            self._layer(module).set_slot(slot, a, b, parts.scale)
+            self._layer(module).set_slot(slot, a, b, parts.scales[module], parts.magnitudes.get(module))
         for module, params in parts.saved.items():
             self._saved_module(module).set_slot(slot, params)
         self._slots[name] = _Slot(parts, slot, str(directory))

@@ -12,6 +12,9 @@ factors mean the same thing for every layer kind; only amplification.py, which r
 has to care.
 
 Every other tensor (saved heads, `base_layer.bias`) is kept as `other` so truncation can copy it.
+Each layer carries its own scale (rank_pattern / alpha_pattern give layers their own rank and alpha)
+and, for a DoRA adapter, its magnitude vector m: a DoRA update is W' - W, which needs the base weight
+(the analysis workflow computes it with lorafit/lora/dora.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from lorafit.lora import (
 PREFIX = "base_model.model."
 A_SUFFIX = ".lora_A.weight"
 B_SUFFIX = ".lora_B.weight"
+M_SUFFIX = ".lora_magnitude_vector"
 RUN_RECIPE = "recipe.yaml"  # a run directory holds its resolved recipe and the adapter under adapter/
 RUN_ADAPTER = "adapter"
 
@@ -46,6 +50,8 @@ class LayerFactors:
     name: str  # module path inside the base model, e.g. model.layers.3.self_attn.q_proj
     a: torch.Tensor  # (r, d_in)
     b: torch.Tensor  # (d_out, r)
+    scale: float = 1.0  # this layer's alpha / r (or alpha / sqrt(r))
+    magnitude: torch.Tensor | None = None  # DoRA's m (d_out,); None for plain LoRA
 
     @property
     def target(self) -> str:
@@ -75,6 +81,8 @@ class AdapterFactors:
     scale: float
     layers: list[LayerFactors]
     other: dict[str, torch.Tensor] = field(default_factory=dict)
+    variant: str = "lora"  # "dora": every layer has a magnitude vector
+    patterned: bool = False  # rank_pattern / alpha_pattern: layers differ in rank or scale
 
     def layer_map(self) -> dict[str, LayerFactors]:
         return {layer.name: layer for layer in self.layers}
@@ -98,8 +106,10 @@ def read_factors(target: str | Path) -> AdapterFactors:
     tensors, metadata = read_adapter_tensors(directory)
     source = directory / WEIGHTS_NAME
     layers, other = [], {}
+    magnitudes = {key[len(PREFIX) : -len(M_SUFFIX)]: t for key, t in tensors.items()
+                  if spec.variant == "dora" and key.endswith(M_SUFFIX) and key.startswith(PREFIX)}
     for key, tensor in tensors.items():
-        if key.endswith(B_SUFFIX):
+        if key.endswith(B_SUFFIX) or key[len(PREFIX) : -len(M_SUFFIX)] in magnitudes:
             continue
         if not key.endswith(A_SUFFIX):
             other[key] = tensor
@@ -115,13 +125,19 @@ def read_factors(target: str | Path) -> AdapterFactors:
             raise AdapterError(
                 f"{source}: {name}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} are not (r, d_in) and (d_out, r)"
             )
-        if a.shape[0] != spec.rank:
-            raise AdapterError(f"{source}: {key} has rank {a.shape[0]}, {CONFIG_NAME} says r={spec.rank}")
-        layers.append(LayerFactors(name, a, b))
+        rank = spec.rank_for(name)
+        if a.shape[0] != rank:
+            raise AdapterError(f"{source}: {key} has rank {a.shape[0]}, {CONFIG_NAME} says r={rank}")
+        magnitude = magnitudes.get(name)
+        if spec.variant == "dora" and (magnitude is None or magnitude.shape != (b.shape[0],)):
+            raise AdapterError(f"{source}: {name} has no lora_magnitude_vector of {b.shape[0]} values (use_dora is true)")
+        scale = lora_scale(rank, spec.alpha_for(name), spec.rslora)
+        layers.append(LayerFactors(name, a, b, scale, magnitude))
     orphans = [k for k in tensors if k.endswith(B_SUFFIX) and k[: -len(B_SUFFIX)] + A_SUFFIX not in tensors]
     if orphans:
         raise AdapterError(f"{source}: {orphans[0]} has no matching lora_A")
     if not layers:
         raise AdapterError(f"{source}: no lora_A / lora_B tensors (nothing to analyse)")
     scale = lora_scale(spec.rank, spec.alpha, spec.rslora)
-    return AdapterFactors(directory, config, metadata, spec.rank, scale, layers, other)
+    return AdapterFactors(directory, config, metadata, spec.rank, scale, layers, other, spec.variant,
+                          bool(spec.rank_pattern or spec.alpha_pattern))

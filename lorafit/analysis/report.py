@@ -106,6 +106,7 @@ def build_report(factors: AdapterFactors, svds: dict[str, FactorSVD], amplificat
         "adapter": str(factors.directory),
         "rank": factors.rank,
         "scale": factors.scale,
+        "variant": factors.variant,  # "dora": each ΔW is W' - W (dense), not s B A
         "layers": records,
         "total": total,
         "by_target": by_target,

@@ -47,6 +47,12 @@ def factor_svd(a: torch.Tensor, b: torch.Tensor, scale: float) -> FactorSVD:
     return FactorSVD(u=q_b @ u_m, s=s, v=q_a @ vh_m.T)
 
 
+def dense_svd(delta: torch.Tensor) -> FactorSVD:
+    """SVD of a dense update ΔW (d_out, d_in) in float64: for DoRA, whose W' - W is not a low-rank product."""
+    u, s, vh = torch.linalg.svd(delta.detach().to(torch.float64), full_matrices=False)
+    return FactorSVD(u=u, s=s, v=vh.T)
+
+
 def frobenius_norm(s: torch.Tensor) -> float:
     """||ΔW||_F = sqrt(sum s_i^2)."""
     return math.sqrt(float((s.to(torch.float64) ** 2).sum()))

@@ -75,7 +75,7 @@ def truncate_adapter(factors: AdapterFactors, rank: int, output: str | Path, svd
     tensors = dict(factors.other)
     layers, kept_total, energy_total = [], 0.0, 0.0
     for layer in factors.layers:
-        svd = svds.get(layer.name) or factor_svd(layer.a, layer.b, factors.scale)
+        svd = svds.get(layer.name) or factor_svd(layer.a, layer.b, layer.scale)
         a, b = truncated_factors(svd, rank, factors.scale)
         dtype = layer.a.dtype
         tensors[PREFIX + layer.name + A_SUFFIX] = a.to(dtype).contiguous()

@@ -123,10 +123,16 @@ def inspect(
     prepared = load_for_training(parsed, task.num_labels)
     counts = parameter_summary(prepared.report)
     reporter.info(f"recipe {recipe}: model {parsed.model} ({prepared.base.path_or_id}), task {task.name} ({task.kind})")
+    lora = parsed.lora
+    # Per-layer shape when it is not the same everywhere (rank/alpha patterns) or not plain LoRA.
+    detailed = lora.rank_pattern or lora.alpha_pattern or lora.variant != "lora" or lora.init not in ("kaiming", "gaussian")
+    layers = {name: prepared.model.get_submodule(name) for name in prepared.report.adapted}
     for target, names in prepared.report.matched_by_target.items():
         reporter.info(f"target {target!r} matches {len(names)} module(s):")
         for name in names:
-            reporter.info(f"  {name}")
+            layer = layers.get(name)
+            shape = f"  (rank {layer.rank}, alpha {layer.alpha:g}, {lora.variant}, init {lora.init})" if detailed and layer else ""
+            reporter.info(f"  {name}{shape}")
     for name in prepared.report.saved_modules:
         reporter.info(f"trained in full: {name}")
     reporter.info(
@@ -134,4 +140,5 @@ def inspect(
         f"({counts['trainable_percent']:.4f}%)"
     )
     reporter.summary({"recipe": str(recipe), **counts, "matched": prepared.report.matched_by_target,
-                      "saved_modules": prepared.report.saved_modules})
+                      "saved_modules": prepared.report.saved_modules,
+                      "layers": {n: {"rank": m.rank, "alpha": m.alpha, "variant": lora.variant} for n, m in layers.items()}})

@@ -5,6 +5,14 @@
                                       base_model.model.<module path>.lora_B.weight   (d_out, rank)
                                       base_model.model.<head path>.<param>           (modules_to_save)
                                       base_model.model.<path>.base_layer.bias        (adapted layer's bias)
+                                      base_model.model.<path>.lora_magnitude_vector  (d_out,) DoRA's m
+
+Variants use PEFT's own config keys: `use_dora`, `rank_pattern` / `alpha_pattern` (per-module rank and
+alpha), `init_lora_weights` ("gaussian", "pissa", "pissa_niter_K", "olora"). An adapter trained from a
+pissa / olora init (whose base weight was replaced by the residual W - s B0 A0 while training) is saved
+converted, as PEFT's `save_pretrained(path_initial_model_for_weight_conversion=...)` does: rank 2r,
+A' = [A; A0], B' = [B | -B0], alpha doubled (x sqrt 2 for rsLoRA), so s' B' A' = s (B A - B0 A0) applies
+to the ORIGINAL base weight, and `init_lora_weights: true`; the header records `lorafit_converted_from`.
 
 lorafit's own metadata (base model identity, recipe hash, version) goes into the safetensors header
 under `lorafit_*` keys; PEFT ignores them. Saving is atomic: the directory appears complete or not
@@ -18,6 +26,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,7 +35,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lorafit.errors import AdapterError
-from lorafit.lora.inject import ALL_LINEAR, KEYWORDS, LoraSpec, find_saved_modules, output_head_names
+from lorafit.lora.inits import init_problem, uses_base_weight
+from lorafit.lora.inject import (
+    ALL_LINEAR,
+    KEYWORDS,
+    LoraSpec,
+    find_saved_modules,
+    is_lora_parameter,
+    output_head_names,
+)
 from lorafit.lora.layer import LoRALinear
 from lorafit.lora.merge import lora_layers
 from lorafit.runs.atomic import atomic_directory
@@ -37,10 +54,7 @@ PREFIX = "base_model.model."
 
 # PEFT LoraConfig features that change the math; an adapter using them is refused, not misread.
 _UNSUPPORTED = {
-    "use_dora": (False, None),
     "layers_to_transform": (None,),
-    "rank_pattern": ({}, None),
-    "alpha_pattern": ({}, None),
     "layer_replication": (None,),
     "lora_bias": (False, None),
     "exclude_modules": (None, [], ()),
@@ -58,7 +72,7 @@ def adapter_tensors(model: nn.Module, spec: LoraSpec) -> dict[str, torch.Tensor]
     for name, param in model.named_parameters(remove_duplicate=False):
         module_name, _, leaf = name.rpartition(".")
         in_saved = any(name.startswith(s + ".") for s in saved)
-        is_lora = ".lora_A." in name or ".lora_B." in name
+        is_lora = is_lora_parameter(name)
         is_bias = leaf == "bias" and (
             spec.bias == "all" or (spec.bias == "lora_only" and module_name in lora_names)
         )
@@ -128,6 +142,11 @@ def save_adapter(
     """
     directory = Path(directory)
     tensors = adapter_tensors(model, spec)
+    converted = uses_base_weight(spec.init)
+    if converted:
+        tensors = converted_tensors(model, tensors)
+        spec = converted_spec(spec)
+        metadata = {**(metadata or {}), "lorafit_converted_from": spec_init_note(model)}
     config = {
         "peft_type": "LORA",
         "task_type": task_type,
@@ -138,22 +157,62 @@ def save_adapter(
         "target_modules": peft_target_modules(model, spec),
         "bias": spec.bias,
         "use_rslora": spec.rslora,
-        "init_lora_weights": True if spec.init == "kaiming" else "gaussian",
+        "init_lora_weights": True if spec.init == "kaiming" else spec.init,
         "modules_to_save": list(spec.modules_to_save) or None,
         "fan_in_fan_out": any(layer.transposed for _, layer in lora_layers(model)),
         "inference_mode": True,
         "revision": None,
         "layers_to_transform": None,
         "layers_pattern": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "use_dora": False,
+        "rank_pattern": dict(spec.rank_pattern),
+        "alpha_pattern": dict(spec.alpha_pattern),
+        "use_dora": spec.variant == "dora",
     }
     header = {"format": "pt", **(metadata or {})}
     with atomic_directory(directory) as tmp, safetensors_os_errors():
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=header)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def spec_init_note(model: nn.Module) -> str:
+    """The init the saved adapter was converted from (the header's `lorafit_converted_from`)."""
+    inits = sorted({layer.init for _, layer in lora_layers(model) if layer.initial_factors is not None})
+    return ",".join(inits)
+
+
+def converted_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PiSSA / OLoRA factors made to apply to the original base: for each layer with initial factors
+    (A0 (r, d_in), B0 (d_out, r)), A' = [A; A0] (2r, d_in) and B' = [B | -B0] (d_out, 2r), so that
+    B' A' = B A - B0 A0 = (W_res + s B A - W) / s (PEFT's `subtract_mutated_init`)."""
+    out = dict(tensors)
+    for name, layer in lora_layers(model):
+        if layer.initial_factors is None:
+            continue
+        a0, b0 = layer.initial_factors
+        key_a, key_b = f"{PREFIX}{name}.lora_A.weight", f"{PREFIX}{name}.lora_B.weight"
+        out[key_a] = torch.cat([tensors[key_a], a0.to(tensors[key_a].dtype)], dim=0).contiguous()
+        out[key_b] = torch.cat([tensors[key_b], -b0.to(tensors[key_b].dtype)], dim=1).contiguous()
+    return out
+
+
+def converted_spec(spec: LoraSpec) -> LoraSpec:
+    """The spec of a converted adapter: every rank doubled, alpha doubled (rsLoRA: x sqrt 2) so each
+    layer keeps its scale, and an init that no longer touches the base (as PEFT writes it)."""
+    if spec.variant == "dora":
+        # DoRA's magnitude was fitted to the residual base; [A; A0], [B | -B0] cannot carry it over.
+        raise AdapterError("lora.init pissa/olora with variant dora cannot be converted on save")
+    if spec.rslora and (spec.rank_pattern or spec.alpha_pattern):
+        # alpha / sqrt(r) cannot keep its value by doubling alpha_pattern entries (PEFT refuses it too).
+        raise AdapterError("lora.init pissa/olora with rslora and rank_pattern/alpha_pattern cannot be converted on save")
+    return replace(
+        spec,
+        rank=2 * spec.rank,
+        alpha=spec.alpha * (2**0.5 if spec.rslora else 2),
+        rank_pattern={k: 2 * v for k, v in spec.rank_pattern.items()},
+        alpha_pattern={k: 2 * v for k, v in spec.alpha_pattern.items()},
+        init="kaiming",
+    )
 
 
 def read_adapter_config(directory: str | Path) -> dict:
@@ -190,6 +249,11 @@ def spec_from_config(config: dict, source: str = CONFIG_NAME) -> LoraSpec:
     else:
         raise AdapterError(f"{source}: target_modules must be a non-empty list or a regex string")
     init = config.get("init_lora_weights", True)
+    init = "kaiming" if init is True or init is None else str(init)
+    if init_problem(init):
+        raise AdapterError(f"{source}: init_lora_weights={config.get('init_lora_weights')!r} is a PEFT init lorafit does not support")
+    rank_pattern = _pattern(config, "rank_pattern", int, source)
+    alpha_pattern = _pattern(config, "alpha_pattern", float, source)
     return LoraSpec(
         rank=rank,
         alpha=alpha,
@@ -197,10 +261,28 @@ def spec_from_config(config: dict, source: str = CONFIG_NAME) -> LoraSpec:
         targets=targets or ("",),
         targets_regex=regex,
         rslora=bool(config.get("use_rslora", False)),
-        init="gaussian" if init == "gaussian" else "kaiming",
+        init=init,
         bias=config.get("bias") or "none",
         modules_to_save=tuple(config.get("modules_to_save") or ()),
+        variant="dora" if config.get("use_dora") else "lora",
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
     )
+
+
+def _pattern(config: dict, key: str, kind: type, source: str) -> dict:
+    """rank_pattern / alpha_pattern: a mapping of regex -> positive number (None or {} when unused)."""
+    value = config.get(key) or {}
+    if not isinstance(value, dict):
+        raise AdapterError(f"{source}: {key} must be a mapping of module patterns to numbers, got {value!r}")
+    try:
+        out = {str(k): kind(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        raise AdapterError(f"{source}: {key} values must be numbers, got {value!r}") from None
+    bad = [k for k, v in out.items() if v <= 0]
+    if bad:
+        raise AdapterError(f"{source}: {key}[{bad[0]!r}] must be > 0, got {value[bad[0]]!r}")
+    return out
 
 
 def read_adapter_tensors(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

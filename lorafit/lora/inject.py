@@ -1,4 +1,4 @@
-"""Choosing which layers get LoRA, wrapping them, and freezing everything else.
+r"""Choosing which layers get LoRA, wrapping them, and freezing everything else.
 
 Targets follow PEFT's matching rules so adapter_config.json means the same thing in both tools:
 - a list of names: a module matches when its qualified name equals a name or ends with "." + name;
@@ -7,11 +7,16 @@ Targets follow PEFT's matching rules so adapter_config.json means the same thing
 - the keywords "default" (the attention's query and value projections), "attention" and "mlp",
   resolved from the model's type and layer names (lora/targets.py), among those same layers;
 - a regex (`targets_regex`): `re.fullmatch` against the qualified module name.
+
+Per-module rank and alpha (`rank_pattern`, `alpha_pattern`) follow PEFT's `get_pattern_key`: the first
+key (in the mapping's order) for which `re.match(rf"(.*\.)?({key})$", module name)` succeeds gives the
+module its rank (alpha); a module no key matches keeps `rank` (`alpha`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +29,7 @@ from lorafit.lora.targets import DEFAULT, MODEL_KEYWORDS, resolve_keyword
 ALL_LINEAR = "all-linear"
 KEYWORDS = (ALL_LINEAR, *MODEL_KEYWORDS)  # a keyword is a recipe's only target
 BiasMode = Literal["none", "all", "lora_only"]
+Variant = Literal["lora", "dora"]
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,31 @@ class LoraSpec:
     targets: tuple[str, ...] = (DEFAULT,)
     targets_regex: str | None = None
     rslora: bool = False
-    init: Literal["kaiming", "gaussian"] = "kaiming"
+    init: str = "kaiming"  # kaiming, gaussian, pissa, pissa_niter_K, olora (lorafit/lora/inits.py)
     bias: BiasMode = "none"
     modules_to_save: tuple[str, ...] = ()
+    variant: Variant = "lora"  # "dora": a magnitude vector per layer (lorafit/lora/dora.py)
+    rank_pattern: Mapping[str, int] = field(default_factory=dict)  # PEFT's keys: regex -> rank
+    alpha_pattern: Mapping[str, float] = field(default_factory=dict)  # regex -> alpha
+
+    def rank_for(self, module_name: str) -> int:
+        """The rank of the layer `module_name`: rank_pattern's first matching key, else `rank`."""
+        key = pattern_key(self.rank_pattern, module_name)
+        return int(self.rank_pattern[key]) if key is not None else self.rank
+
+    def alpha_for(self, module_name: str) -> float:
+        """The alpha of the layer `module_name`: alpha_pattern's first matching key, else `alpha`."""
+        key = pattern_key(self.alpha_pattern, module_name)
+        return float(self.alpha_pattern[key]) if key is not None else self.alpha
+
+
+def pattern_key(patterns: Mapping[str, object], module_name: str) -> str | None:
+    """The first key of `patterns` matching `module_name` by PEFT's rule (the key is a regex that must
+    match a dotted suffix of the name: `q_proj`, `layers.0.self_attn.q_proj`, `mlp\\..*_proj`)."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return key
+    return None
 
 
 @dataclass
@@ -133,15 +161,16 @@ def add_lora(model: nn.Module, spec: LoraSpec) -> InjectionReport:
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = LoRALinear.wrap(
             getattr(parent, child),
-            rank=spec.rank,
-            alpha=spec.alpha,
+            rank=spec.rank_for(name),
+            alpha=spec.alpha_for(name),
             dropout=spec.dropout,
             rslora=spec.rslora,
             init=spec.init,
+            dora=spec.variant == "dora",
         )
         setattr(parent, child, layer)
     for name, param in model.named_parameters():
-        if ".lora_A." in name or ".lora_B." in name:
+        if is_lora_parameter(name):
             param.requires_grad_(True)
     if spec.bias == "all":
         for name, param in model.named_parameters():
@@ -163,6 +192,11 @@ def add_lora(model: nn.Module, spec: LoraSpec) -> InjectionReport:
         total_params=count_parameters(model),
         matched_by_target=matched,
     )
+
+
+def is_lora_parameter(name: str) -> bool:
+    """True for an adapter's own parameters: lora_A / lora_B weights and DoRA's magnitude vector."""
+    return ".lora_A." in name or ".lora_B." in name or name.endswith(".lora_magnitude_vector")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -10,21 +10,29 @@ model saves exactly like the original. GPT-2's `Conv1D` stores its weight transp
 `transposed=True` handles it, and A/B keep PEFT's orientation either way.
 
 All the low-rank math lives in `lora_delta_output` and `lora_delta_weight`, so a stacked multi-adapter
-variant can reuse it.
+variant can reuse it. Two options of this one layer (no subclasses):
+
+- `dora=True`: DoRA's magnitude vector `lora_magnitude_vector` (d_out,) beside A and B, the math in
+  lorafit/lora/dora.py;
+- `init`: besides the random inits, pissa / pissa_niter_K / olora take A and B from W and leave the
+  residual W - scale * B A in `weight` (lorafit/lora/inits.py); the initial factors are kept (outside the
+  state dict) so the saved adapter can be converted to apply to the original W.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lorafit.fast.dropout import FastDropout
+from lorafit.lora.dora import dora_delta_output, dora_factor, dora_merged_weight, dora_weight_norm
+from lorafit.lora.inits import base_factors, init_problem, random_factors, uses_base_weight
 
-InitKind = Literal["kaiming", "gaussian"]
+# "kaiming", "gaussian", "pissa", "pissa_niter_K" (K an integer) or "olora"; see lorafit/lora/inits.py.
+InitKind = str
 
 
 def lora_scale(rank: int, alpha: float, rslora: bool) -> float:
@@ -77,6 +85,7 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         rslora: bool = False,
         init: InitKind = "kaiming",
+        dora: bool = False,
     ) -> None:
         super().__init__()
         if rank <= 0:
@@ -98,7 +107,15 @@ class LoRALinear(nn.Module):
         self.disabled = False  # True: behave as the base layer (to compare base vs adapted outputs)
         self._weight_before_merge: torch.Tensor | None = None
         self._original: nn.Module | None = None
+        # (A0, B0) of an init that factors W (pissa, olora): what the saved adapter is converted with.
+        self.initial_factors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.init = init
         self.reset_lora_parameters(init)
+        self.dora = dora
+        if dora:
+            # m starts at ||W + s B A||_row, so the DoRA factor is 1 before training (lorafit/lora/dora.py).
+            norm = dora_weight_norm(self.oriented_weight().detach(), self.lora_A.weight, self.lora_B.weight, self.scale)
+            self.lora_magnitude_vector = nn.Parameter(norm.detach().clone())  # (d_out,), PEFT's key name
 
     @classmethod
     def wrap(cls, module: nn.Module, **kwargs) -> LoRALinear:
@@ -116,33 +133,69 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def reset_lora_parameters(self, init: InitKind = "kaiming") -> None:
-        """A random, B zero: the product BA starts at zero, so the untrained adapter is the identity.
+        """Set A and B by `init` (lorafit/lora/inits.py).
 
-        kaiming: A ~ kaiming_uniform(a=sqrt(5)), nn.Linear's default (as in PEFT and loralib).
-        gaussian: A ~ N(0, 1/rank) (PEFT's `init_lora_weights="gaussian"`).
+        kaiming / gaussian: A random, B zero, so the untrained adapter is the identity.
+        pissa / pissa_niter_K / olora: A and B from W's SVD / QR, and `weight` becomes the residual
+        W - scale * B A (in place: the base model's Parameter), so the model's output is unchanged.
         """
-        if init == "kaiming":
-            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        elif init == "gaussian":
-            nn.init.normal_(self.lora_A.weight, std=1 / self.rank)
-        else:
-            raise ValueError(f"unknown init {init!r}: expected 'kaiming' or 'gaussian'")
-        nn.init.zeros_(self.lora_B.weight)
+        problem = init_problem(init)
+        if problem:
+            raise ValueError(f"init {problem}")
+        if not uses_base_weight(init):
+            a, b = random_factors(init, self.rank, self.in_features, self.out_features, self.lora_A.weight)
+            self.lora_A.weight.copy_(a)
+            self.lora_B.weight.copy_(b)
+            return
+        if self.initial_factors is not None:
+            raise ValueError("the base weight already holds a residual; this layer was initialised from W once")
+        weight = self.oriented_weight()
+        a, b = base_factors(init, weight, self.rank, self.scale)
+        residual = weight.float() - self.scale * (b @ a)  # (d_out, d_in)
+        self.weight.data.copy_((residual.T if self.transposed else residual).to(self.weight.dtype))
+        self.lora_A.weight.copy_(a)
+        self.lora_B.weight.copy_(b)
+        self.initial_factors = (a.clone(), b.clone())
+
+    def oriented_weight(self) -> torch.Tensor:
+        """W as (d_out, d_in), whatever the storage (Conv1D keeps it (d_in, d_out))."""
+        return self.weight.T if self.transposed else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Base path: W stored (d_out, d_in), or (d_in, d_out) for Conv1D.
         weight = self.weight.T if self.transposed else self.weight
         out = F.linear(x, weight, self.bias)
-        if self.merged or self.disabled:
+        if self.merged:
             return out
-        return out + lora_delta_output(self.lora_dropout(x), self.lora_A.weight, self.lora_B.weight, self.scale)
+        if self.disabled:
+            if self.initial_factors is not None:  # weight holds W - s B0 A0: add it back to give the base's W x
+                a0, b0 = self.initial_factors
+                out = out + lora_delta_output(x, a0.to(x), b0.to(x), self.scale)
+            return out
+        dropped = self.lora_dropout(x)
+        if not self.dora:
+            return out + lora_delta_output(dropped, self.lora_A.weight, self.lora_B.weight, self.scale)
+        factor = dora_factor(self.lora_magnitude_vector, weight, self.lora_A.weight, self.lora_B.weight, self.scale)
+        low_rank = F.linear(F.linear(dropped, self.lora_A.weight), self.lora_B.weight)  # B A x, (..., d_out)
+        if dropped is x:  # no dropout (or eval): W x is the base output without its bias
+            base = out if self.bias is None else out - self.bias
+        else:  # with dropout, DoRA's rescaling of W x sees the dropped input, as in PEFT
+            base = F.linear(dropped, weight)
+        return out + dora_delta_output(base, low_rank, factor, self.scale)
 
     def delta_weight(self) -> torch.Tensor:
-        """scale * B A in fp32, in the wrapped weight's orientation."""
-        return lora_delta_weight(self.lora_A.weight, self.lora_B.weight, self.scale, self.transposed)
+        """W' - W in fp32, in the wrapped weight's orientation: scale * B A, or for DoRA
+        m / ||W + scale B A||_row * (W + scale B A) - W."""
+        if not self.dora:
+            return lora_delta_weight(self.lora_A.weight, self.lora_B.weight, self.scale, self.transposed)
+        weight = self.oriented_weight()
+        merged = dora_merged_weight(weight, self.lora_A.weight, self.lora_B.weight, self.scale, self.lora_magnitude_vector)
+        delta = merged - weight.float()
+        return delta.T if self.transposed else delta
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-            f"alpha={self.alpha}, rslora={self.rslora}, transposed={self.transposed}, merged={self.merged}"
+            f"alpha={self.alpha}, rslora={self.rslora}, dora={self.dora}, init={self.init}, "
+            f"transposed={self.transposed}, merged={self.merged}"
         )

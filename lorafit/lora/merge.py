@@ -1,6 +1,7 @@
 """Merging LoRA updates into the frozen weights, and undoing it: explicit functions, never hidden.
 
     W' = W + scale * B A        (computed in fp32, cast back to W's dtype)
+    W' = m / ||W + scale B A||_row * (W + scale B A)        for DoRA (lorafit/lora/dora.py)
 
 After `merge_lora` every LoRALinear computes only W' x, so inference costs what the base costs.
 `unload_lora` then swaps each LoRALinear back for the original module class, leaving a plain model
@@ -53,7 +54,11 @@ def merge_lora(model: nn.Module, keep_original: bool = True) -> int:
 
 @torch.no_grad()
 def unmerge_lora(model: nn.Module) -> int:
-    """Undo `merge_lora`: restore the saved base weights (exact), or subtract the delta if none was kept."""
+    """Undo `merge_lora`: restore the saved base weights (exact), or subtract the delta if none was kept
+    (not possible for DoRA, whose delta depends on the pre-merge W: MergeError before anything changes)."""
+    lost = [name for name, layer in lora_layers(model) if layer.merged and layer.dora and layer._weight_before_merge is None]
+    if lost:
+        raise MergeError(f"{lost[0]}: a DoRA layer merged without keep_original cannot be unmerged")
     count = 0
     for _, layer in lora_layers(model):
         if not layer.merged:

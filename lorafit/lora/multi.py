@@ -11,8 +11,13 @@ and a forward over a batch whose row i uses slot idx[i] computes, with the math 
     h_i = W x_i + b + B[idx_i] (A[idx_i] x_i)                    x_i (T, d_in) -> h_i (T, d_out)
 
 Ranks are zero-padded up to the layer's r_max, so a rank-1 and a rank-16 adapter share one tensor;
-padded rows of A and columns of B are exact zeros and add exact zeros. Three kernels compute the sum
-(`lora_delta_multi`), tested equal:
+padded rows of A and columns of B are exact zeros and add exact zeros. Each slot has its own rank and
+scale per layer (PEFT's rank_pattern / alpha_pattern). A DoRA slot (lorafit/lora/dora.py) has a constant
+g = m / ||W + s B A||_row (d_out,) at inference, computed when the slot is filled and folded into B; the
+rest, (g - 1) * W x, multiplies the base output by the slot's row of `dora_scale` (zero for plain slots),
+only when a DoRA slot is in the batch:  h_i = W x_i + b + (g_s - 1) * (W x_i) + (g_s s B_s) A_s x_i.
+
+Three kernels compute the sum (`lora_delta_multi`), tested equal:
 
 - "gather": gather A[idx], B[idx] per row and do two batched matmuls (bgmv-style; cost ~ r_max);
 - "loop": one pair of thin matmuls per slot present in the batch, on that slot's rows (cost ~ rank_s).
@@ -38,7 +43,6 @@ host reuses it (free list). torch only; never transformers (GPT-2's Conv1D is du
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -48,7 +52,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorafit.fast.packed import PackedLinear
+from lorafit.lora.dora import dora_factor
 from lorafit.lora.layer import is_conv1d, is_linear
+from lorafit.lora.slot_modules import SlotModules  # noqa: F401  (re-exported: whole modules per slot)
 
 Kernel = Literal["gather", "loop", "grouped", "auto"]
 DEFAULT_KERNEL: Kernel = "auto"
@@ -263,6 +269,9 @@ class MultiLoRALinear(nn.Module):
         factory = {"device": device, "dtype": lora_dtype or dtype}
         self.register_buffer("lora_A", torch.zeros(capacity, 1, self.in_features, **factory), persistent=False)
         self.register_buffer("lora_B", torch.zeros(capacity, self.out_features, 1, **factory), persistent=False)
+        # DoRA: g - 1 per slot and output feature (zero for plain LoRA slots); see the module docstring.
+        self.register_buffer("dora_scale", torch.zeros(capacity, self.out_features, **factory), persistent=False)
+        self.dora_slots: set[int] = set()
 
     @property
     def capacity(self) -> int:
@@ -288,30 +297,51 @@ class MultiLoRALinear(nn.Module):
         b = self.lora_B.new_zeros(new_cap, self.out_features, new_r)
         a[: self.capacity, : self.r_max] = self.lora_A
         b[: self.capacity, :, : self.r_max] = self.lora_B
-        self.lora_A, self.lora_B = a, b
+        dora = self.dora_scale.new_zeros(new_cap, self.out_features)
+        dora[: self.capacity] = self.dora_scale
+        self.lora_A, self.lora_B, self.dora_scale = a, b, dora
         self.ranks += [0] * (new_cap - len(self.ranks))
 
     @torch.no_grad()
-    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
-        """Put one adapter in `slot`: a (rank, d_in), b (d_out, rank) in PEFT's orientation."""
+    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float,
+                 magnitude: torch.Tensor | None = None) -> None:
+        """Put one adapter in `slot`: a (rank, d_in), b (d_out, rank) in PEFT's orientation; `magnitude`
+        (d_out,): DoRA's m (None: plain LoRA)."""
         rank = a.shape[0]
         if a.shape != (rank, self.in_features) or b.shape != (self.out_features, rank):
             raise ValueError(
                 f"lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit a layer with d_in "
                 f"{self.in_features}, d_out {self.out_features}"
             )
+        if magnitude is not None and magnitude.shape != (self.out_features,):
+            raise ValueError(f"lora_magnitude_vector {tuple(magnitude.shape)} does not fit a layer with d_out {self.out_features}")
         self.reserve(slot + 1, rank)
         self.clear_slot(slot)
         self.lora_A[slot, :rank] = a.to(self.lora_A.dtype)
-        # The scale is folded into B in fp32 before the cast, so the forward has no extra multiply.
-        self.lora_B[slot, :, :rank] = (b.float() * scale).to(self.lora_B.dtype)
+        # The scale (and DoRA's g) is folded into B in fp32 before the cast: no extra multiply in the forward.
+        b_scaled = b.float() * scale
+        if magnitude is not None:
+            # g = m / ||W + s B A||_row over the weights this host holds (lorafit/lora/dora.py).
+            factor = dora_factor(magnitude.float(), self.dense_weight(), a.float(), b.float(), scale)
+            b_scaled = factor.unsqueeze(1) * b_scaled
+            self.dora_scale[slot] = (factor - 1).to(self.dora_scale.dtype)
+            self.dora_slots.add(slot)
+        self.lora_B[slot, :, :rank] = b_scaled.to(self.lora_B.dtype)
         self.ranks[slot] = rank
+
+    def dense_weight(self) -> torch.Tensor:
+        """W as (d_out, d_in) fp32 (a packed weight unpacked for the moment)."""
+        if self._packed is not None:
+            return self._packed.packed.to_dense().float()
+        return (self.weight.T if self.transposed else self.weight).float()
 
     @torch.no_grad()
     def clear_slot(self, slot: int) -> None:
         if slot < self.capacity:
             self.lora_A[slot].zero_()
             self.lora_B[slot].zero_()
+            self.dora_scale[slot].zero_()
+            self.dora_slots.discard(slot)
             self.ranks[slot] = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,6 +355,12 @@ class MultiLoRALinear(nn.Module):
             return out
         x3 = x.reshape(plan.rows, -1, x.shape[-1]).to(self.lora_A.dtype)  # (rows, T, d_in)
         delta = lora_delta_multi(x3, self.lora_A, self.lora_B, self.ranks, plan, self.kernel)
+        if self.dora_slots and any(slot in self.dora_slots for slot, _ in plan.groups):
+            # (g - 1) * W x for DoRA rows; plain rows and base rows have g - 1 = 0.
+            base = out if self.bias is None else out - self.bias
+            base3 = base.reshape(plan.rows, -1, base.shape[-1]).to(self.dora_scale.dtype)  # (rows, T, d_out)
+            rescale = self.dora_scale.index_select(0, plan.row_slots).unsqueeze(1) * base3
+            delta = rescale if delta is None else delta + rescale
         if delta is None:
             return out
         return out + delta.view(out.shape).to(out.dtype)
@@ -335,58 +371,3 @@ class MultiLoRALinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, slots={used}/{self.capacity}, "
             f"r_max={self.r_max}, transposed={self.transposed}, kernel={self.kernel}, packed={self._packed is not None}"
         )
-
-
-# ---------------------------------------------------------------------------------------------- whole modules
-
-
-class SlotModules(nn.Module):
-    """A module trained in full by some adapters (PEFT's modules_to_save, e.g. a classification head),
-    one copy per slot: row i goes through slot idx[i]'s copy, or the base module for slot 0 and for
-    adapters that did not train it.
-
-    Outputs of copies whose last dim differs (heads with different label counts) are padded with NaN
-    up to the widest; the caller trims each row to its adapter's width.
-    """
-
-    def __init__(self, base: nn.Module, routing: SlotRouting):
-        super().__init__()
-        self.base = base
-        self.copies = nn.ModuleDict()  # str(slot) -> module
-        object.__setattr__(self, "routing", routing)
-
-    @torch.no_grad()
-    def set_slot(self, slot: int, params: dict[str, torch.Tensor]) -> None:
-        """A copy of the base module with `params` (names relative to the module) replacing its own;
-        a parameter may change shape (a head with another number of labels)."""
-        head = copy.deepcopy(self.base)
-        own = dict(head.named_parameters())
-        unknown = sorted(set(params) - set(own))
-        if unknown:
-            raise KeyError(unknown[0])
-        for name, value in params.items():
-            owner_name, _, leaf = name.rpartition(".")
-            owner = head.get_submodule(owner_name) if owner_name else head
-            setattr(owner, leaf, nn.Parameter(value.to(own[name].dtype).clone(), requires_grad=False))
-        self.copies[str(slot)] = head
-
-    def clear_slot(self, slot: int) -> None:
-        self.copies.pop(str(slot), None)
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        plan = self.routing.plan(x.shape[:1])
-        groups = [] if plan is None else [(s, r) for s, r in plan.groups if str(s) in self.copies]
-        if not groups:
-            return self.base(x, *args, **kwargs)
-        parts = [(None, self.base(x, *args, **kwargs))]
-        parts += [(rows, self.copies[str(slot)](x[rows], *args, **kwargs)) for slot, rows in groups]
-        width = max(p.shape[-1] for _, p in parts)
-        out = parts[0][1]
-        if out.shape[-1] < width:
-            out = F.pad(out, (0, width - out.shape[-1]), value=float("nan"))
-        else:
-            out = out.clone()
-        for rows, part in parts[1:]:
-            part = F.pad(part, (0, width - part.shape[-1]), value=float("nan")) if part.shape[-1] < width else part
-            out[rows] = part
-        return out

@@ -94,7 +94,8 @@ def lora_spec(recipe: Recipe, model: nn.Module) -> LoraSpec:
     saved = tuple(lora.modules_to_save) + tuple(h for h in head_names(model) if h not in lora.modules_to_save)
     return LoraSpec(rank=lora.rank, alpha=float(lora.alpha), dropout=lora.dropout, targets=tuple(lora.targets),
                     targets_regex=lora.targets_regex, rslora=lora.rslora, init=lora.init, bias=lora.bias,
-                    modules_to_save=saved)
+                    modules_to_save=saved, variant=lora.variant, rank_pattern=dict(lora.rank_pattern),
+                    alpha_pattern=dict(lora.alpha_pattern))
 
 
 def train_only(model: nn.Module, names: list[str]) -> int:

@@ -57,6 +57,13 @@ def _check_lora(values: dict, prefix: str, ctx: Problems) -> None:
     keywords = [t for t in targets if t in TARGET_KEYWORDS]
     if keywords and len(targets) > 1:
         ctx.add(prefix + "targets", f"{keywords[0]} must be the only entry, got [{', '.join(targets)}]")
+    init, variant = values.get("init", LoraConfig.init), values.get("variant", LoraConfig.variant)
+    if isinstance(init, str) and init.startswith(("pissa", "olora")) and variant == "dora":
+        # The saved adapter is converted to apply to the original W; DoRA's magnitude does not survive that.
+        ctx.add(prefix + "init", f"{init} cannot be combined with variant: dora (use init: kaiming or gaussian with dora)")
+    has_pattern = values.get("rank_pattern") or values.get("alpha_pattern")
+    if isinstance(init, str) and init.startswith(("pissa", "olora")) and values.get("rslora") is True and has_pattern:
+        ctx.add(prefix + "init", f"{init} with rslora and rank_pattern/alpha_pattern cannot be converted on save (as in PEFT)")
 
 
 def _convert(tp: Any, value: Any, path: str, meta: typing.Mapping, ctx: Problems) -> Any:
@@ -79,7 +86,8 @@ def _convert(tp: Any, value: Any, path: str, meta: typing.Mapping, ctx: Problems
         value_tp = typing.get_args(mapping)[1]
         wrong = [(k, v) for k, v in value.items() if not isinstance(k, str) or _coerce(value_tp, v) is BAD]
         for k, v in wrong:
-            expected = "a string" if value_tp is str else "a string or a non-empty list of strings"
+            expected = {str: "a string", int: "an integer", float: "a number"}.get(
+                value_tp, "a string or a non-empty list of strings")
             ctx.add(f"{path}.{k}", f"expected {expected}, got {_show(v)}")
         if wrong:
             return BAD
@@ -131,9 +139,11 @@ def _coerce(tp: Any, value: Any) -> Any:
         return tuple(value) if isinstance(value, list | tuple) else BAD
     if tp == list[str]:
         return list(value) if isinstance(value, list) and value and all(isinstance(v, str) for v in value) else BAD
-    if typing.get_origin(tp) is dict:  # a mapping of strings: data.source per split, data.role_names
+    if typing.get_origin(tp) is dict:  # data.source per split, data.role_names, lora.rank_pattern / alpha_pattern
         key_tp, value_tp = typing.get_args(tp)
-        if not isinstance(value, dict) or not value:
+        # An empty mapping means "none" only for the numeric patterns (their default); a mapping of names
+        # to text (a split to its files, a role to its name) left empty is a mistake.
+        if not isinstance(value, dict) or not value and value_tp not in (int, float):
             return BAD
         pairs = [(_coerce(key_tp, k), _coerce(value_tp, v)) for k, v in value.items()]
         return BAD if any(k is BAD or v is BAD for k, v in pairs) else dict(pairs)
@@ -152,7 +162,9 @@ def _type_problem(tp: Any, value: Any, optional: bool) -> str:
         tp, "a string or a list of strings"
     )
     if typing.get_origin(tp) is dict:
-        expected = "a mapping (name: text)"
+        value_type = typing.get_args(tp)[1]
+        expected = {int: "a mapping of module patterns to integers ({q_proj: 16})",
+                    float: "a mapping of module patterns to numbers ({q_proj: 16})"}.get(value_type, "a mapping (name: text)")
     elif typing.get_origin(tp) in (typing.Union, types.UnionType):
         expected = "a string or a mapping (name: a string or a list of strings)"
     if tp is float and (isinstance(value, float) or isinstance(value, str) and _NUMBER.fullmatch(value.strip())):

@@ -74,10 +74,14 @@ def type_name(tp: Any) -> str:
         return "one of " + ", ".join(typing.get_args(tp))
     if tp == tuple[str, ...]:
         return "list of str"
+    if typing.get_origin(tp) is dict:
+        return "mapping of str to " + typing.get_args(tp)[1].__name__
     return tp.__name__
 
 
 def default_text(f: dataclasses.Field) -> str:
+    if f.default is dataclasses.MISSING and f.default_factory is dict:
+        return "`{}`"
     if f.default is dataclasses.MISSING:
         return "*required*"
     value = f.default

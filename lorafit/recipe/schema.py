@@ -23,6 +23,28 @@ def _regex_problem(pattern: str) -> str | None:
     return None
 
 
+def _init_problem(init: str) -> str | None:
+    from lorafit.lora.inits import init_problem  # torch-free; imported late so the schema stays light
+
+    return init_problem(init)
+
+
+def _pattern_problem(pattern: dict) -> str | None:
+    """rank_pattern / alpha_pattern: each key a valid regex (PEFT matches it against module names), each value > 0."""
+    for key, value in pattern.items():
+        problem = _regex_problem(key)
+        if problem:
+            return f"key {problem}"
+        if not value > 0:
+            return f"[{key!r}] must be > 0, got {_show(value)}"
+    return None
+
+
+def _mapping(help: str, **checks: Any) -> Any:
+    """A mapping-valued field (default empty), with its meaning and checks."""
+    return field(default_factory=dict, metadata={"help": help, **checks})
+
+
 def _section(cls: type, help: str) -> Any:
     return field(default_factory=cls, metadata={"help": help})
 
@@ -42,7 +64,22 @@ class LoraConfig:
         None, "full-match regex on module names; when set, used instead of targets", check=_regex_problem
     )
     rslora: bool = _opt(False, "rank-stabilised scaling alpha / sqrt(rank) instead of alpha / rank")
-    init: Literal["kaiming", "gaussian"] = _opt("kaiming", "initialisation of A (B starts at zero)")
+    init: str = _opt(
+        "kaiming", "kaiming, gaussian: A random, B zero; pissa, pissa_niter_K (randomised SVD, K iterations), olora: "
+        "A and B from W's SVD / QR, W replaced by the residual while training, the saved adapter converted to apply "
+        "to the original W (rank 2 x rank); docs/adapters.md", check=_init_problem,
+    )
+    variant: Literal["lora", "dora"] = _opt(
+        "lora", "lora; dora: DoRA, a trainable magnitude per output feature rescales each row of W + s B A "
+        "(PEFT's use_dora)"
+    )
+    rank_pattern: dict[str, int] = _mapping(
+        "per-module rank: {regex: rank}, the first key matching a dotted suffix of the module name wins "
+        "(PEFT's rank_pattern); other modules keep rank", check=_pattern_problem,
+    )
+    alpha_pattern: dict[str, float] = _mapping(
+        "per-module alpha, matched like rank_pattern (PEFT's alpha_pattern)", check=_pattern_problem
+    )
     bias: Literal["none", "all", "lora_only"] = _opt("none", "which biases are trained: none, all, or those of adapted layers")
     modules_to_save: tuple[str, ...] = _opt(
         (), "extra modules trained in full (a classification head is added automatically)"
@@ -121,6 +158,13 @@ class TrainConfig:
     warmup_steps: int = _opt(0, "optimizer steps of linear warm-up from 0 to lr", ge=0)
     schedule: Literal["linear", "cosine", "constant"] = _opt("linear", "learning-rate decay after warm-up")
     max_grad_norm: float | None = _opt(1.0, "clip the gradient norm to this; null: no clipping", gt=0)
+    loraplus_lr_ratio: float | None = _opt(
+        None, "LoRA+ (Hayou et al. 2024): lora_B and 1-D trainable parameters learn at lr x this ratio, lora_A at lr "
+        "(PEFT's create_loraplus_optimizer); null: one lr for all", gt=0,
+    )
+    loraplus_lr_embedding: float = _opt(
+        1e-6, "LoRA+: the lr of lora_A / lora_B on embedding layers (PEFT's loraplus_lr_embedding)", gt=0
+    )
     batching: Literal["auto", "bucket", "pad", "pack"] = _opt(
         "auto",
         "auto: pack for causal LMs, bucket for classifiers; bucket: batch examples of similar length (little "

@@ -51,6 +51,7 @@ from lorafit.rng import rng_state, seed_everything, set_rng_state
 from lorafit.runs.interrupts import interrupts_deferred
 from lorafit.train.best import BestTracker
 from lorafit.train.distributed import Dist, full_value, load_value
+from lorafit.train.loraplus import loraplus_groups
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 Snapshot = Callable[[], dict]
@@ -155,7 +156,11 @@ class Training:
         # One bf16 copy per frozen weight; not under fsdp, whose whole weights exist only during a forward.
         self.casts = FrozenWeightCasts() if self.precision == "bf16" and not dist.sharded else None
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        groups = self.params
+        if config.loraplus_lr_ratio is not None:  # LoRA+: B at lr x ratio (train/loraplus.py)
+            groups = loraplus_groups(model, lr=config.lr, ratio=config.loraplus_lr_ratio,
+                                     lr_embedding=config.loraplus_lr_embedding, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_multiplier(step, config.warmup_steps, total, config.schedule)
         )

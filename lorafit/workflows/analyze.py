@@ -6,7 +6,9 @@
         -> [--truncate-rank K: best rank-K adapter in <DIR>/adapter-rK]
         -> [-o DIR: analysis.json + spectra.png, norms.png, phi.png]
 
-Only the adapter file is read unless `model` is given (the amplification factor needs W).
+Only the adapter file is read unless `model` is given (the amplification factor needs W), or the
+adapter is DoRA: its update is W' - W = m / ||W + s B A||_row (W + s B A) - W (lorafit/lora/dora.py),
+which needs the base weights (`model`, else the base the adapter names) and is not a rank-r product.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from lorafit.analysis.factors import AdapterFactors, read_factors
 from lorafit.analysis.plots import plot_report
 from lorafit.analysis.report import build_report, compare_section
 from lorafit.analysis.similarity import SIDES, compare_adapters
-from lorafit.analysis.spectrum import factor_svd
+from lorafit.analysis.spectrum import dense_svd, factor_svd
 from lorafit.analysis.truncate import truncate_adapter
 from lorafit.errors import EXIT_BAD_INPUT, AdapterError, LorafitError
+from lorafit.lora.dora import dora_merged_weight
 from lorafit.models import load_base, resolve_model
+from lorafit.models.loader import adapter_base_ref
 from lorafit.runs.atomic import write_text_atomic
 
 REPORT_FILE = "analysis.json"
@@ -52,15 +56,36 @@ def _num_labels(factors: AdapterFactors) -> int:
     return heads[-1].shape[0] if heads else 2
 
 
-def layer_amplifications(factors: AdapterFactors, svds: dict, model: str) -> dict[str, dict]:
-    """Table 7's numbers for every adapted layer, against the base `model` (alias, path or HF id)."""
-    base, _ = load_base(resolve_model(model), _num_labels(factors))
+def load_analysis_base(factors: AdapterFactors, model: str | None):
+    """The base model: `model` (alias, path or HF id), else the one the adapter names."""
+    ref = resolve_model(model) if model is not None else adapter_base_ref(factors.config, factors.metadata, str(factors.directory))
+    base, _ = load_base(ref, _num_labels(factors))
+    return base
+
+
+def layer_svds(factors: AdapterFactors, base) -> dict:
+    """ΔW's SVD per layer: from the factors (s B A), or for DoRA densely from W' - W (needs `base`)."""
+    if factors.variant != "dora":
+        return {layer.name: factor_svd(layer.a, layer.b, layer.scale) for layer in factors.layers}
+    svds = {}
+    for layer in factors.layers:
+        try:
+            w = base_weight(base, layer.name, layer.shape)  # (d_out, d_in) float64
+        except AdapterError as e:
+            raise AdapterError(f"{factors.directory}: {e}") from None
+        merged = dora_merged_weight(w, layer.a.double(), layer.b.double(), layer.scale, layer.magnitude.double())
+        svds[layer.name] = dense_svd(merged - w)
+    return svds
+
+
+def layer_amplifications(factors: AdapterFactors, svds: dict, base) -> dict[str, dict]:
+    """Table 7's numbers for every adapted layer, against the loaded `base`."""
     result = {}
     for layer in factors.layers:
         try:
             w = base_weight(base, layer.name, layer.shape)
         except AdapterError as e:
-            raise AdapterError(f"{factors.directory}: {e} (base {model})") from None
+            raise AdapterError(f"{factors.directory}: {e}") from None
         result[layer.name] = amplification(svds[layer.name], w)
     return result
 
@@ -91,8 +116,13 @@ def run_analyze(
     if truncate_rank is not None and not 1 <= truncate_rank <= factors.rank:
         raise AdapterError(f"--truncate-rank: must be between 1 and the adapter's rank {factors.rank}, got {truncate_rank}")
 
-    svds = {layer.name: factor_svd(layer.a, layer.b, factors.scale) for layer in factors.layers}
-    amps = layer_amplifications(factors, svds, model) if model is not None else None
+    if truncate_rank is not None and (factors.variant == "dora" or factors.patterned):
+        what = "a DoRA adapter (its update W' - W is not a rank-r product)" if factors.variant == "dora" else \
+            "an adapter with rank_pattern / alpha_pattern"
+        raise AnalyzeOptionError(f"--truncate-rank: not supported for {what}")
+    base = load_analysis_base(factors, model) if model is not None or factors.variant == "dora" else None
+    svds = layer_svds(factors, base)
+    amps = layer_amplifications(factors, svds, base) if model is not None else None
     report = build_report(factors, svds, amps)
     if other is not None:
         report["compare"] = compare_section(compare_adapters(factors, other, side), factors, other, side)

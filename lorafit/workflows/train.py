@@ -26,6 +26,7 @@ from lorafit.eval.generate import decoding_settings, generate
 from lorafit.eval.predict import eval_items, evaluate
 from lorafit.fast.precision import resolve_precision
 from lorafit.lora import lora_disabled
+from lorafit.lora.inits import uses_base_weight
 from lorafit.models.loader import Loaded, load_for_training
 from lorafit.recipe import Recipe, dump_recipe
 from lorafit.runs.interrupts import sigterm_as_interrupt
@@ -87,7 +88,7 @@ def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, 
         plot_loss(run, recipe, task, result)
     examples = show_examples(recipe, task, loaded, reporter)
     summary = write_summary(run, recipe, task, loaded, result, data_counts, evaluation, examples, started)
-    reporter.info(done_line(summary, result, run))
+    reporter.info(done_line(summary, result, run, recipe))
     return summary
 
 
@@ -297,9 +298,14 @@ def write_summary(run: RunDir, recipe: Recipe, task: Task, loaded: Loaded, resul
     return summary
 
 
-def done_line(summary: dict, result: FitResult, run: RunDir) -> str:
+def done_line(summary: dict, result: FitResult, run: RunDir, recipe: Recipe) -> str:
     valid = "n/a" if result.valid_loss is None else f"{result.valid_loss:.4f}"
     first = summary["initial_valid_loss"]
     start = "" if first is None else f" (from {first:.4f})"
-    return (f"\ndone in {summary['seconds']:.0f}s: {result.state.step} steps, validation loss {valid}{start}; "
+    line = (f"\ndone in {summary['seconds']:.0f}s: {result.state.step} steps, validation loss {valid}{start}; "
             f"adapter in {run.adapter}")
+    if uses_base_weight(recipe.lora.init) and recipe.train.method == "lora":
+        # pissa / olora trained against the residual base; the saved adapter applies to the original one.
+        line += (f"\n(lora.init {recipe.lora.init}: saved converted to apply to the original base weights, "
+                 f"rank {2 * recipe.lora.rank} = [trained; initial] factors, as PEFT's conversion)")
+    return line
