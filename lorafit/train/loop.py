@@ -6,18 +6,16 @@
         clip grad norm -> AdamW step -> schedule step
         log / validate / evaluate the task / checkpoint when due
 
-`fit` is that loop; `Training` holds everything that changes while it runs (optimizer, scheduler,
-position in the data, the logging window, the state at the last step boundary), so the loop itself is
-a screen long. Only trainable parameters (LoRA A/B, a head, chosen biases) are given to the optimizer,
-so AdamW keeps moments for ~0.1-1% of the weights. Batch order depends only on (seed, epoch), and
-checkpoints hold the optimizer, scheduler, RNG states and the data position, so a resumed run continues
-the very same sequence of updates.
+`fit` is that loop; `Training` holds everything that changes while it runs (optimizer, scheduler, position in
+the data, the logging window, the state at the last step boundary), so the loop itself is a screen long. Only
+trainable parameters (LoRA A/B, a head, chosen biases) are given to the optimizer, so AdamW keeps moments for
+~0.1-1% of the weights. Batch order depends only on (seed, epoch), and checkpoints hold the optimizer,
+scheduler, RNG states and the data position, so a resumed run continues the very same sequence of updates.
 
-Several processes (train/distributed.py) run this same loop: each rank reads its part of every
-global batch, the loss of each micro-batch is divided by the target tokens of the whole step summed
-over the ranks (all-reduced before backward), and the gradients are summed over the ranks before the
-update, so N ranks with batch b take the very steps one process takes with batch N*b. One process is
-`Dist()`, whose collectives return their input.
+Several processes (train/distributed.py) run this same loop: each rank reads its part of every global batch,
+a micro-batch's loss is divided by the whole step's target tokens over all ranks, and the gradients are summed
+over the ranks before the update, so N ranks with batch b take the steps one process takes with batch N*b.
+One process is `Dist()`, whose collectives return their input.
 """
 
 from __future__ import annotations
@@ -51,7 +49,7 @@ from lorafit.rng import rng_state, seed_everything, set_rng_state
 from lorafit.runs.interrupts import interrupts_deferred
 from lorafit.train.best import BestTracker
 from lorafit.train.distributed import Dist, full_value, load_value
-from lorafit.train.loraplus import loraplus_groups
+from lorafit.train.loraplus import parameter_groups
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 Snapshot = Callable[[], dict]
@@ -156,11 +154,9 @@ class Training:
         # One bf16 copy per frozen weight; not under fsdp, whose whole weights exist only during a forward.
         self.casts = FrozenWeightCasts() if self.precision == "bf16" and not dist.sharded else None
         self.params = [p for p in model.parameters() if p.requires_grad]
-        groups = self.params
-        if config.loraplus_lr_ratio is not None:  # LoRA+: B at lr x ratio (train/loraplus.py)
-            groups = loraplus_groups(model, lr=config.lr, ratio=config.loraplus_lr_ratio,
-                                     lr_embedding=config.loraplus_lr_embedding, weight_decay=config.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        # One group, or LoRA+'s groups (B at lr x ratio) when train.loraplus_lr_ratio is set.
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, self.params, config), lr=config.lr,
+                                           weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_multiplier(step, config.warmup_steps, total, config.schedule)
         )

@@ -55,3 +55,12 @@ def loraplus_groups(model: nn.Module, *, lr: float, ratio: float, lr_embedding: 
         for key, params in groups.items()
         if params
     ]
+
+
+def parameter_groups(model: nn.Module, params: list[nn.Parameter], config) -> list:
+    """What AdamW is given: the trainable `params` as one group, or, with train.loraplus_lr_ratio set,
+    LoRA+'s groups (`loraplus_groups`). `config`: the recipe's TrainConfig."""
+    if config.loraplus_lr_ratio is None:
+        return params
+    return loraplus_groups(model, lr=config.lr, ratio=config.loraplus_lr_ratio,
+                           lr_embedding=config.loraplus_lr_embedding, weight_decay=config.weight_decay)
