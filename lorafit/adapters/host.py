@@ -128,6 +128,11 @@ class AdapterHost:
 
     def load_adapter(self, name: str, directory: str | Path) -> None:
         """Read, check and install an adapter in a free slot. Nothing changes if any check fails."""
+        self.install_adapter(name, self.read_adapter(name, directory), directory)
+
+    def read_adapter(self, name: str, directory: str | Path) -> AdapterParts:
+        """Read and check an adapter against this base without touching the model: safe on any thread
+        while the model runs (a server reads here, off its decode loop, then installs between steps)."""
         if not isinstance(name, str) or not name:
             raise AdapterError(f"adapter name must be a non-empty string, got {name!r}")
         if name in self._slots:
@@ -137,12 +142,20 @@ class AdapterHost:
             raise AdapterError(f"adapter {name!r}: a sequence-classification adapter on a generation host")
         if not self.causal and parts.num_labels is None:
             raise AdapterError(f"adapter {name!r}: no classification head; this host classifies")
+        return parts
+
+    def install_adapter(self, name: str, parts: AdapterParts, directory: str | Path) -> int:
+        """Put adapter `parts` (from `read_adapter`) in a free slot; returns the slot. Touches the model:
+        call it where no forward runs."""
+        if name in self._slots:
+            raise AdapterError(f"adapter {name!r} is already loaded (from {self._slots[name].directory}); unload it first")
         slot = self._free.pop() if self._free else self._take_new_slot()
         for module, (a, b) in parts.lora.items():
             self._layer(module).set_slot(slot, a, b, parts.scale)
         for module, params in parts.saved.items():
             self._saved_module(module).set_slot(slot, params)
         self._slots[name] = _Slot(parts, slot, str(directory))
+        return slot
 
     def unload_adapter(self, name: str) -> None:
         """Zero the adapter's slot everywhere and free it for the next load."""

@@ -67,7 +67,7 @@ def generate(
 @cli_command
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help="Base model: alias, local directory or HF id.")],
-    adapter: Annotated[list[str], typer.Option("--adapter", "-a", help="NAME=DIR: serve the adapter in DIR as model NAME (repeatable).")] = [],  # noqa: B006
+    adapter: Annotated[list[str], typer.Option("--adapter", "-a", help="NAME=DIR: serve the adapter (or run directory) DIR as model NAME (repeatable).")] = [],  # noqa: B006
     host: Annotated[str, typer.Option("--host", help="Address to bind; the default is reachable from this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests decoded together (1 turns batching off).")] = 32,
@@ -81,6 +81,10 @@ def serve(
     max_rank: Annotated[int, typer.Option("--max-rank", min=1, help="Largest adapter rank accepted.")] = 64,
     precision: Annotated[str, typer.Option("--precision", callback=_precision_choice, help="fp32, bf16, or auto: bf16 where the CPU/GPU multiplies bf16 natively (AVX512-BF16, AMX), else fp32.")] = "auto",
     pack_weights: Annotated[bool, typer.Option("--pack-weights/--no-pack-weights", help="Reorder the base's frozen weights once for oneDNN (CPU; faster; fp32 results differ from plain matmuls in the last bits).")] = True,
+    max_adapters: Annotated[int, typer.Option("--max-adapters", min=1, help="Most adapters offered at once (loading more over HTTP: 400).")] = 64,
+    max_model_len: Annotated[int | None, typer.Option("--max-model-len", min=1, help="Most tokens of prompt + max_tokens per request (default: the model's context).")] = None,
+    max_request_bytes: Annotated[int, typer.Option("--max-request-bytes", min=1, help="Largest request body; beyond it: 413.")] = 1 << 20,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.001, help="Seconds a request may take, waiting included; beyond: 504 (or an error event on a stream).")] = 600.0,
 ) -> None:
     """Serve a base model and LoRA adapters over an OpenAI-compatible HTTP API (continuous batching).
 
@@ -102,6 +106,10 @@ def serve(
     from lorafit.workflows.generate import parse_adapter_args
     from lorafit.workflows.serve import ServeOptions, run_serve
 
-    run_serve(ServeOptions(model, parse_adapter_args(adapter), name, host, port, max_batch, max_queue, max_rank, api_key,
-                           adapter_root, allow_adapter_loading, list(route), route_seed, precision, pack_weights),
-              info=lambda line: typer.echo(line, err=True))
+    opts = ServeOptions(model=model, adapters=parse_adapter_args(adapter), name=name, host=host, port=port,
+                        max_batch=max_batch, max_queue=max_queue, max_rank=max_rank, api_key=api_key,
+                        adapter_root=adapter_root, allow_adapter_loading=allow_adapter_loading, routes=list(route),
+                        route_seed=route_seed, precision=precision, pack_weights=pack_weights,
+                        max_adapters=max_adapters, max_model_len=max_model_len, max_request_bytes=max_request_bytes,
+                        request_timeout=request_timeout)
+    run_serve(opts, info=lambda line: typer.echo(line, err=True))

@@ -105,17 +105,35 @@ def read_requests(path: str | Path, adapters: dict[str, str], max_new_tokens: in
     return requests
 
 
+def adapter_directory(name: str, directory: str) -> str:
+    """The adapter folder `--adapter NAME=DIR` means: DIR itself, or a run directory's adapter (as
+    eval, merge and analyze take it)."""
+    from lorafit.lora import CONFIG_NAME
+    from lorafit.runs.rundir import ADAPTER_DIR, is_run_dir
+
+    path = Path(directory)
+    if path.is_dir() and is_run_dir(path):
+        inner = path / ADAPTER_DIR
+        if not (inner / CONFIG_NAME).is_file():
+            raise AdapterError(f"--adapter {name}={directory}: the run directory has no LoRA adapter "
+                               f"({inner / CONFIG_NAME} is missing; a full fine-tuning run holds a whole model)")
+        return str(inner)
+    return directory
+
+
 def parse_adapter_args(values: list[str]) -> dict[str, str]:
-    """`--adapter NAME=DIR` values -> {name: dir}; AdapterError for a malformed or repeated one."""
+    """`--adapter NAME=DIR` values -> {name: adapter dir} (a run directory stands for its adapter);
+    AdapterError for a malformed or repeated one."""
     adapters: dict[str, str] = {}
     for value in values:
         name, sep, directory = value.partition("=")
         name, directory = name.strip(), directory.strip()
         if not sep or not name or not directory:
-            raise AdapterError(f"--adapter {value!r}: expected NAME=DIR, e.g. --adapter sql=runs/wikisql/adapter")
+            raise AdapterError(f"--adapter {value!r}: expected NAME=DIR, e.g. --adapter sql=runs/wikisql (a run "
+                               "or adapter directory)")
         if name in adapters:
             raise AdapterError(f"--adapter {name!r} given twice ({adapters[name]} and {directory})")
-        adapters[name] = directory
+        adapters[name] = adapter_directory(name, directory)
     return adapters
 
 
