@@ -13,7 +13,6 @@ import torch
 from multi_fixtures import host_for, llama_adapters
 from tiny import tiny_llama
 
-from lorafit.adapters import decode
 from lorafit.adapters.decode import MAX_SEED, DecodeBatch, Request, check_request
 from lorafit.serve.engine import Engine, Sampling
 

@@ -26,9 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-# OpenAI's `seed` is a signed 64-bit integer; torch's generators take 0..2**64-1, so the
-# non-negative int64 range is what both accept.
-MAX_SEED = 2**63 - 1
+from lorafit.adapters.decode import MAX_SEED  # OpenAI's seed is int64: its non-negative range
+
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256  # a stop string is held back while it may be forming: bound what one can hold
 
