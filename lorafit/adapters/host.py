@@ -260,9 +260,11 @@ class AdapterHost:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
         return DecodeBatch(self.model, self.routing, eos_ids, pad)
 
-    def decode(self, requests: Sequence[Request], batch_size: int = 64, on_done=None) -> list:
+    def decode(self, requests: Sequence[Request], batch_size: int = 64, on_done=None, should_stop=None) -> list:
         """Decode requests (token ids, slots set) in batches of up to `batch_size`, refilling the batch as
-        rows finish; `on_done(row)` is called as each one ends. Rows come back in the requests' order."""
+        rows finish; `on_done(row)` is called as each one ends. Rows come back in the requests' order.
+        `should_stop(row)`: asked after each new token of a running row; True ends it at once (finish
+        reason "stop": a stop string in its text). Request keys must then be unique."""
         batch = self.new_decode_batch()
         # Longest prompts first: prompts of similar length share a batch, so less padding.
         waiting = sorted(requests, key=lambda r: -len(r.prompt_ids))[::-1]
@@ -281,6 +283,11 @@ class AdapterHost:
                 take = [waiting.pop() for _ in range(min(room, len(waiting)))]
                 finish(batch.add(take))
             finish(batch.step())
+            if should_stop is not None:
+                stopped = batch.remove([row.request.key for row in batch.rows if should_stop(row)])
+                for row in stopped:
+                    row.finish_reason = "stop"
+                finish(stopped)
         order = {id(r): i for i, r in enumerate(requests)}
         return sorted(done, key=lambda row: order[id(row.request)])
 

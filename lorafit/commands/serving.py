@@ -24,8 +24,10 @@ def generate(
     model: Annotated[str, typer.Option("--model", "-m", help="Base model: alias, local dir or HF id.")],
     input_file: Annotated[Path, typer.Option("--input", "-i", help="requests.jsonl: one {\"prompt\", \"adapter\", ...} object per line.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="results.jsonl, in input order.")],
-    adapter: Annotated[list[str], typer.Option("--adapter", "-a", help="NAME=DIR; repeat for more adapters.")] = [],  # noqa: B006
+    adapter: Annotated[list[str], typer.Option("--adapter", "-a", help="NAME=DIR (an adapter or run directory); repeat for more adapters.")] = [],  # noqa: B006
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Default for rows without max_new_tokens.")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Default for rows without temperature (0: greedy).")] = 0.0,
+    stop: Annotated[list[str], typer.Option("--stop", help="Default stop string for rows without stop (repeatable, up to 4).")] = [],  # noqa: B006
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     max_rank: Annotated[int, typer.Option("--max-rank", min=1, help="Refuse adapters of higher rank.")] = 64,
     precision: Annotated[str, typer.Option("--precision", callback=_precision_choice, help="fp32, bf16, or auto: bf16 where the CPU/GPU multiplies bf16 natively (AVX512-BF16, AMX), else fp32.")] = "auto",
@@ -35,9 +37,10 @@ def generate(
 ) -> None:
     """Generate for many prompts, each with its own adapter (or none), in mixed batches on one base.
 
-    Each input line: {"prompt": ..., "adapter": NAME or null, optional "max_new_tokens", "temperature",
-    "top_p", "seed", "id"}; greedy unless a temperature is given. Results come back in input order
-    with the adapter used and token counts (docs/adapters.md).
+    Each input line: {"prompt": ...} or {"messages": [{"role", "content"}, ...]} (the chat template),
+    "adapter": NAME or null, optional "max_new_tokens", "temperature", "top_p", "seed", "stop", "id";
+    greedy unless a temperature is given. Results come back in input order with the adapter used and
+    token counts (docs/adapters.md). --adapter takes an adapter or a run directory.
 
     \b
     Examples:
@@ -55,7 +58,8 @@ def generate(
             bar["handle"] = stack.enter_context(reporter.progress("generate", total))
 
         result = run_generate(
-            model, adapters, input_file, output, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            model, adapters, input_file, output, max_new_tokens=max_new_tokens, temperature=temperature,
+            stop=tuple(stop), batch_size=batch_size,
             max_rank=max_rank, precision=precision, pack_weights=pack_weights, on_start=on_start, progress=lambda n: bar["handle"].advance(n),
         )
     reporter.info(f"{result['requests']} completions ({result['completion_tokens']} tokens, "
