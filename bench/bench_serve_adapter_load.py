@@ -9,6 +9,11 @@ through /v1/load_lora_adapter. A gap is the time between two consecutive text ch
 loads were running, the same for the gaps before the first load (the reference), and the loads' time.
 
     python bench/bench_serve_adapter_load.py --threads 1 [--before-source /tmp/before]
+    python bench/bench_serve_adapter_load.py --threads 1 --split-only   # only the in-process split below
+
+First, in-process, the split the server relies on: for each adapter, the time of
+`AdapterHost.read_adapter` (read + check: a worker thread now, the decode thread before) and of
+`install_adapter` (what still runs between two steps).
 
 (`git archive COMMIT lorafit | tar -x -C /tmp/before` makes an older tree.) Prints machine, CPU
 flags, versions and the command; writes bench/out/bench_serve_adapter_load.json. Nothing is asserted.
@@ -45,6 +50,25 @@ def write_adapters(work: Path, count: int, rank: int) -> Path:
     for i in range(count):
         write_adapter(base, root / f"load{i}", rank, TARGETS, seed=100 + i, task_type="CAUSAL_LM")
     return root
+
+
+def read_install_split(root: Path, count: int, threads: int) -> list[dict]:
+    """Per adapter: ms to read + check it, ms to install it (in this process, nothing else running)."""
+    import torch
+
+    from lorafit.adapters.host import AdapterHost
+
+    torch.set_num_threads(threads)
+    host = AdapterHost.load("smollm2-135m", task="generate", precision="fp32")
+    rows = []
+    for i in range(count):
+        start = time.perf_counter()
+        parts = host.read_adapter(f"load{i}", root / f"load{i}")
+        read = time.perf_counter() - start
+        host.install_adapter(f"load{i}", parts, root / f"load{i}")
+        rows.append({"adapter": f"load{i}", "read_ms": round(read * 1000), "install_ms": round(
+            (time.perf_counter() - start - read) * 1000)})
+    return rows
 
 
 async def stream(client, url, prompt, new_tokens, chunk_times, started):
@@ -97,12 +121,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="runs per tree, alternating")
     parser.add_argument("--before-source", type=Path, help="an older lorafit tree to compare with")
+    parser.add_argument("--split-only", action="store_true", help="only the in-process read/install split")
     args = parser.parse_args()
     info = {"machine": machine(), "versions": versions(), "command": command_line(), "load_average": load_average(),
             "busy_processes": len(busy_processes())}
     print(json.dumps(info, indent=1))
     work = Path(tempfile.mkdtemp(prefix="bench_load_"))
     root = write_adapters(work, args.adapters, args.rank)
+    split = read_install_split(root, args.adapters, args.threads)
+    for row in split:
+        print(json.dumps(row), flush=True)
+    if args.split_only:
+        OUT_DIR.mkdir(exist_ok=True)
+        (OUT_DIR / "bench_serve_adapter_load.json").write_text(json.dumps(info | {"split": split}, indent=1))
+        return
     trees = ([("before", args.before_source.resolve())] if args.before_source else []) + [("this tree", HERE.parent)]
     rows = []
     for repeat in range(args.repeats):
@@ -124,7 +156,7 @@ def main() -> None:
     for row in rows:
         print("| " + " | ".join(str(row[c]) for c in columns) + " |")
     OUT_DIR.mkdir(exist_ok=True)
-    (OUT_DIR / "bench_serve_adapter_load.json").write_text(json.dumps(info | {"rows": rows, "args": vars(args)},
+    (OUT_DIR / "bench_serve_adapter_load.json").write_text(json.dumps(info | {"split": split, "rows": rows, "args": vars(args)},
                                                                           indent=1, default=str))
 
 

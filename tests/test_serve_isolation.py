@@ -165,3 +165,13 @@ def test_sixteen_good_requests_and_one_poisoned_in_one_admission(host, poison, m
     assert [kind for kind, _ in events[16]] == ["error"] and jobs[16].finish_reason == "error"
     assert not engine.batch.rows and engine.stats()["running"] == 0
     assert engine.registry._refs == {"r1": 0, "r4": 0}  # every pin released, the poisoned one's too
+
+
+def test_non_finite_logits_of_one_row_decode_greedily_instead_of_failing_the_step():
+    from lorafit.adapters.decode import Row, sample_next
+
+    rows = [Row(Request([1], temperature=0.7, seed=1), torch.Generator().manual_seed(1)) for _ in range(2)]
+    logits = torch.zeros(2, 10)
+    logits[0, 3] = float("inf")  # softmax of inf is NaN: multinomial would raise for the whole step
+    logits[1, 6] = 50.0  # a finite row still samples (here all but certainly token 6)
+    assert sample_next(logits, rows).tolist() == [3, 6]
