@@ -16,6 +16,9 @@ token and latency (p50 / p95). Each server runs alone on 127.0.0.1, after a warm
     python bench/bench_serve.py --requests 32 --concurrency 16 --new-tokens 32 --threads 2 \
         [--systems lorafit:fp32,lorafit:bf16,lorafit-batch1:fp32,peft:fp32,peft:bf16]
 
+    # this tree against an older one (e.g. `git archive COMMIT | tar -x -C /tmp/before`), in one run:
+    python bench/bench_serve.py --systems lorafit-before:fp32,lorafit:fp32 --before-source /tmp/before
+
 Prints machine, CPU flags, versions and the command, then the table; writes bench/out/bench_serve.json.
 Nothing is asserted.
 """
@@ -57,10 +60,12 @@ def make_adapters(work: Path, count: int) -> tuple[str, dict[str, Path]]:
     return ref.path_or_id, write_bench_adapters(base, work, count)
 
 
-def start_server(cmd: list[str], port: int, threads: int, log: Path, timeout: float = 300) -> subprocess.Popen:
+def start_server(cmd: list[str], port: int, threads: int, log: Path, timeout: float = 300,
+                 source: Path = HERE.parent) -> subprocess.Popen:
+    """Start `cmd` with lorafit imported from `source` (this tree by default) and wait for /health."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(HERE.parent))
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=HERE.parent)
+               PYTHONPATH=str(source))
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=source)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -142,8 +147,10 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each server")
     parser.add_argument("--systems", default="lorafit:fp32,lorafit-batch1:fp32,peft:fp32",
-                        help="SYSTEM:PRECISION,...; systems lorafit, lorafit-plain, lorafit-batch1, peft, peft-main; precision fp32 or bf16 "
-                             "(the base weights; adapters stay fp32 in both servers)")
+                        help="SYSTEM:PRECISION,...; systems lorafit, lorafit-plain, lorafit-batch1, lorafit-before, peft, "
+                             "peft-main; precision fp32 or bf16 (the base weights; adapters stay fp32 in both servers)")
+    parser.add_argument("--before-source", type=Path, help="a lorafit source tree for system lorafit-before "
+                                                             "(the same `lorafit serve` command, that tree's code)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -160,6 +167,9 @@ def main() -> None:
     servers = {
         "lorafit": ("lorafit serve (max-batch 32)", [sys.executable, "-m", "lorafit", "serve", "--model", "smollm2-135m",
                                                      "--max-batch", "32", *adapter_args]),
+        "lorafit-before": (f"lorafit serve (max-batch 32) from {args.before_source}",
+                           [sys.executable, "-m", "lorafit", "serve", "--model", "smollm2-135m", "--max-batch", "32",
+                            *adapter_args]),
         "lorafit-plain": ("lorafit serve (max-batch 32, --no-pack-weights)",
                           [sys.executable, "-m", "lorafit", "serve", "--model", "smollm2-135m", "--max-batch", "32",
                            "--no-pack-weights", *adapter_args]),
@@ -179,7 +189,11 @@ def main() -> None:
         system = f"{name}, {precision}"
         cmd = [*cmd, "--dtype" if key.startswith("peft") else "--precision", precision]
         port = free_port()
-        proc = start_server([*cmd, "--port", str(port)], port, args.threads, work / f"{key}-{precision}.log")
+        source = args.before_source if key == "lorafit-before" else HERE.parent
+        if source is None:
+            raise SystemExit("system lorafit-before needs --before-source DIR")
+        proc = start_server([*cmd, "--port", str(port)], port, args.threads, work / f"{key}-{precision}.log",
+                            source=source.resolve())
         try:
             for c in levels:
                 before = httpx.get(f"http://127.0.0.1:{port}/health").json()

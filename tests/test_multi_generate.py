@@ -100,3 +100,75 @@ def test_adapter_arguments():
     for bad, words in ((["sql"], "expected NAME=DIR"), (["=dir"], "expected NAME=DIR"), (["a=x", "a=y"], "given twice")):
         with pytest.raises(AdapterError, match=words):
             parse_adapter_args(bad)
+
+
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_rows_with_messages_and_stop_strings_and_cli_defaults(tmp_path, model_dir):
+    """A chat row goes through the template; a stop string ends the completion before it (and its row
+    leaves the batch: completion_tokens counts up to the token that completed it); --temperature and
+    --stop are the defaults of rows that do not set them. `-a NAME=RUN_DIR` takes the run's adapter."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from lorafit.cli import app as cli
+
+    chat_model = tmp_path / "chat-model"
+    shutil.copytree(model_dir, chat_model)
+    tok = tiny_tokenizer()
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(chat_model)
+    adapters = llama_adapters(tmp_path)
+    run_dir = tmp_path / "run"
+    shutil.copytree(adapters["r4"][0], run_dir / "adapter")
+    (run_dir / "recipe.yaml").write_text("name: r4\n")
+    host = AdapterHost.load(str(chat_model), precision="fp32")
+    host.load_adapter("r4", adapters["r4"][0])
+    chat_text = host.tokenizer.decode(host.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=True, add_generation_prompt=True)["input_ids"][1:])
+    chat_ref = host.generate([chat_text], "r4", max_new_tokens=30)[0]
+    stop = chat_ref.text[6:8]
+    k = next(i for i in range(1, 31) if stop in tok.decode(chat_ref.tokens[:i], skip_special_tokens=True))
+    rows = [{"messages": [{"role": "user", "content": "hi"}], "adapter": "r4", "max_new_tokens": 30, "temperature": 0},
+            {"messages": [{"role": "user", "content": "hi"}], "adapter": "r4", "max_new_tokens": 30, "stop": [],
+             "seed": 5},
+            {"prompt": "name[Ginger]", "adapter": "r4", "max_new_tokens": 6, "temperature": 0.0}]
+    requests = write_jsonl(tmp_path / "requests.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    done = CliRunner().invoke(cli, ["generate", "-m", str(chat_model), "-a", f"r4={run_dir}", "-i", str(requests),
+                                    "-o", str(out), "--stop", stop, "--temperature", "0.7", "--precision", "fp32"])
+    assert done.exit_code == 0, done.output
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert results[0]["completion"] == chat_ref.text[: chat_ref.text.find(stop)] and results[0]["finish_reason"] == "stop"
+    assert results[0]["completion_tokens"] == k and results[0]["prompt_tokens"] == len(host.tokenizer(chat_text)["input_ids"])
+    # Row 2 sets no stop ("stop": [] overrides --stop) and samples at the default --temperature 0.7.
+    sampled = host.generate([chat_text], "r4", max_new_tokens=30, temperature=0.7, seed=5)[0]
+    assert results[1]["completion"] == sampled.text and results[1]["finish_reason"] == sampled.finish_reason
+    assert results[2]["completion"] == host.generate(["name[Ginger]"], "r4", max_new_tokens=6)[0].text
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('{"prompt": "p", "messages": [{"role": "user", "content": "x"}]}', "prompt: give either prompt or messages"),
+    ('{"messages": []}', "messages: must be a non-empty list"),
+    ('{"messages": [{"role": "user"}]}', "messages[0]: must be an object with string role and content"),
+    ('{"prompt": "p", "stop": ["a", "b", "c", "d", "e"]}', "stop: must be a non-empty string or a list of up to 4"),
+    ('{"prompt": "p", "stop": [""]}', "stop: must be a non-empty string"),
+    ('{"prompt": "p", "seed": 18446744073709551616}', "seed: must be >= 0 and <= 9223372036854775807"),
+])
+def test_bad_chat_and_stop_rows(tmp_path, line, expected):
+    path = write_jsonl(tmp_path / "req.jsonl", [line])
+    with pytest.raises(DataError) as e:
+        run_generate("no-such-model-dir/", {}, path, tmp_path / "out.jsonl")
+    assert str(e.value).startswith(f"{path}:1: ") and expected in str(e.value), str(e.value)
+
+
+def test_a_run_directory_stands_for_its_adapter(tmp_path):
+    (tmp_path / "run" / "adapter").mkdir(parents=True)
+    (tmp_path / "run" / "recipe.yaml").write_text("name: x\n")
+    with pytest.raises(AdapterError, match="the run directory has no LoRA adapter"):
+        parse_adapter_args([f"a={tmp_path / 'run'}"])
+    (tmp_path / "run" / "adapter" / "adapter_config.json").write_text("{}")
+    assert parse_adapter_args([f"a={tmp_path / 'run'}"]) == {"a": str(tmp_path / "run" / "adapter")}

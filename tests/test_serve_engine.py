@@ -59,6 +59,8 @@ def test_unload_waits_for_pinned_requests_and_reload_takes_another_slot(adapters
         engine.submit(prompt, "r4", Sampling(5), b_events.append)
     assert e.value.status == 404
     future = engine.load_adapter("r4", adapters["r8"])  # same public name, other weights
+    engine._reader.submit(lambda: None).result()  # the one reader thread has read and checked it (off this loop)
+    assert not future.done()  # ... and only the engine installs it, between two steps
     engine.run_once()
     assert future.result(timeout=0) == {"name": "r4", "slot": 2}  # slot 1 is still pinned by a
     b = engine.submit(prompt, "r4", Sampling(20), b_events.append)

@@ -7,6 +7,7 @@ this file's time.)
 """
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -85,7 +86,8 @@ def env(tmp_path_factory):
     (root / "sneaky").symlink_to(outside)
     main, port, main_log = start(
         ["--model", str(model_dir), "--name", "tiny", "--api-key", KEY, "--adapter-root", str(root),
-         "--allow-adapter-loading", "--max-batch", "8", "--route", "ab=r1:50,r4:50", "--precision", "fp32",
+         "--allow-adapter-loading", "--max-batch", "24", "--route", "ab=r1:50,r4:50", "--precision", "fp32",
+         "--max-request-bytes", "65536",
          *[a for n in ("r1", "r4", "r8") for a in ("--adapter", f"{n}={root / n}")]], tmp / "main.log")
     host = AdapterHost.load(str(model_dir), task="generate", precision="fp32")  # the reference, while the server starts
     for name in ADAPTERS:
@@ -302,3 +304,119 @@ def test_port_in_use_fails_in_one_line_and_sigterm_stops_cleanly(env, tmp_path):
                            env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"))
     assert taken.returncode == 2, taken.stderr[-2000:]
     assert f"could not listen on 127.0.0.1:{busy_port}" in taken.stderr and "Traceback" not in taken.stderr
+
+
+# ------------------------------------------------------------------------------------------------ isolation
+
+GOOD = [(("r1", "r4", "r8", "tiny")[i % 4], f"good request {i}", 4 + i % 3) for i in range(16)]
+POISONS = [  # (fields over a good request's, status, param)
+    ({"seed": 2**64}, 400, "seed"), ({"seed": -1}, 400, "seed"), ({"seed": True}, 400, "seed"),
+    ({"temperature": 1e-40}, 200, None),  # decodes greedily (as vLLM does), not a 500
+    ({"temperature": float("nan")}, 400, "temperature"), ({"temperature": 1e308}, 400, "temperature"),
+    ({"top_p": -0.5}, 400, "top_p"), ({"top_p": float("inf")}, 400, "top_p"),
+    ({"max_tokens": 10**30}, 400, "max_tokens"), ({"max_tokens": 0}, 400, "max_tokens"),
+    ({"max_tokens": 2.5}, 400, "max_tokens"),
+    ({"stop": [""]}, 400, "stop"), ({"stop": ["a"] * 5}, 400, "stop"), ({"stop": "x" * 5000}, 400, "stop"),
+    ({"prompt": [1, -1]}, 400, "prompt"), ({"prompt": [1, 128]}, 400, "prompt"),
+    ({"prompt": [1, 2**70]}, 400, "prompt"), ({"prompt": []}, 400, "prompt"),
+    ({"n": 2}, 400, "n"), ({"echo": True}, 400, "echo"), ({"model": "../r1"}, 404, "model"),
+]
+
+
+def burst_with_poisons(env, poisons):
+    """For each poison: 16 well-formed requests and the poisoned one sent at once. The poisoned one gets
+    its 4xx naming the field (or, for a tiny temperature, greedy output); the 16 get exactly the tokens
+    they get alone; no row is left running."""
+    host, url = env["host"], env["url"]
+    expected = [greedy(host, prompt, model, n) for model, prompt, n in GOOD]
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    async def burst(poison):
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+            def body(model, prompt, n, over=None):
+                # json.dumps writes NaN / Infinity (JSON as Python reads it): the server must refuse them.
+                return json.dumps({"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0,
+                                   "return_token_ids": True} | (over or {}))
+
+            sends = [client.post("/v1/completions", content=body(*g)) for g in GOOD]
+            sends.insert(7, client.post("/v1/completions", content=body("r4", "poisoned", 6, poison)))
+            return await asyncio.gather(*sends)
+
+    for poison, status, param in poisons:
+        answers = asyncio.run(burst(poison))
+        bad = answers.pop(7)
+        assert bad.status_code == status, (poison, bad.text)
+        if status == 200:
+            assert bad.json()["choices"][0]["token_ids"] == greedy(host, "poisoned", "r4", 6)
+        else:
+            assert bad.json()["error"]["param"] == param, (poison, bad.json())
+        assert [a.status_code for a in answers] == [200] * 16, poison
+        assert [a.json()["choices"][0]["token_ids"] for a in answers] == expected, poison
+    health = httpx.get(url + "/health").json()
+    assert health["running"] == 0 and health["waiting"] == 0
+
+
+def test_sixteen_good_requests_and_one_poisoned_together(env):
+    """The issue's cases (seed 2**64, temperature 1e-40) and one of each kind; every poison: -m slow."""
+    burst_with_poisons(env, [POISONS[i] for i in (0, 3, 4, 8, 11, 15)])
+
+
+@pytest.mark.slow
+def test_sixteen_good_requests_and_each_poison(env):
+    burst_with_poisons(env, POISONS)
+
+
+def test_counts_match_what_was_sent_when_a_stop_string_ends_it(env):
+    client, host = env["client"], env["host"]
+    tokens = greedy(host, "count me", "r4", 40)
+    text = host.tokenizer.decode(tokens, skip_special_tokens=True)
+    stop = text[9:11]
+    cut = text.find(stop)
+    # The tokens the client's text came from: up to the one that completed the stop string.
+    k = next(i for i in range(1, len(tokens) + 1) if stop in host.tokenizer.decode(tokens[:i], skip_special_tokens=True))
+    out = client.completions.create(model="r4", prompt="count me", max_tokens=40, temperature=0, stop=stop,
+                                    extra_body={"return_token_ids": True})
+    assert out.choices[0].text == text[:cut] and out.choices[0].finish_reason == "stop"
+    assert extra(out.choices[0], "token_ids") == tokens[:k] and out.usage.completion_tokens == k
+    chunks = list(client.completions.create(model="r4", prompt="count me", max_tokens=40, temperature=0, stop=stop,
+                                            stream=True, stream_options={"include_usage": True},
+                                            extra_body={"return_token_ids": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text[:cut]
+    assert extra(chunks[-2].choices[0], "token_ids") == tokens[:k] and chunks[-1].usage.completion_tokens == k
+
+
+def test_key_is_checked_before_the_body_and_bodies_are_bounded(env):
+    url = env["url"]
+    # No key and a body that is not JSON: 401, not a parse error (the body was never read).
+    raw = httpx.post(url + "/v1/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert raw.status_code == 401 and raw.json()["error"]["code"] == "invalid_api_key"
+    big = json.dumps({"model": "r1", "prompt": "x" * 70000, "max_tokens": 2}).encode()
+    assert httpx.post(url + "/v1/completions", content=big).status_code == 401
+    auth = {"Authorization": f"Bearer {KEY}"}
+    too_big = httpx.post(url + "/v1/completions", content=big, headers=auth)
+    assert too_big.status_code == 413 and "--max-request-bytes" in too_big.json()["error"]["message"]
+
+    def chunked():  # no Content-Length: counted as it arrives
+        for _ in range(20):
+            yield b"x" * 8192
+
+    assert httpx.post(url + "/v1/completions", content=chunked(), headers=auth).status_code == 413
+    not_json = httpx.post(url + "/v1/completions", content=b"{not json", headers=auth | {"Content-Type": "application/json"})
+    assert not_json.status_code == 400 and not_json.json()["error"]["message"].startswith("the body is not valid JSON")
+    assert httpx.get(url + "/metrics").status_code == 401
+
+
+def test_metrics_in_prometheus_format(env):
+    client, url = env["client"], env["url"]
+    client.completions.create(model="r8", prompt="metrics", max_tokens=3, temperature=0)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert samples['lorafit_requests_total{adapter="r8",status="length"}'] >= 1
+    assert samples['lorafit_completion_tokens_total{adapter="r8"}'] >= 3
+    assert samples['lorafit_refused_requests_total{status="404"}'] >= 1
+    assert samples["lorafit_loaded_adapters"] >= 3 and samples["lorafit_queue_depth"] == 0
+    assert samples["lorafit_step_seconds_count"] >= 2 and samples["lorafit_prefill_seconds_count"] >= 1
+    assert samples["lorafit_batch_size_count"] == samples["lorafit_step_seconds_count"]

@@ -32,6 +32,9 @@ layer, the tokens of `model.generate` with its window-sized caches.
 
 Sampling is per row: greedy (temperature 0, the default) or temperature + top_p with the row's own
 seeded generator, so a row's tokens do not depend on which other rows share its batch.
+
+`add` is atomic: every request is checked first (`check_request`), all prefills run before any row
+joins, so if anything raises the batch is exactly as it was; a server fails only that admission.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ PREFILL_ROWS = 16
 # prefill: the common prefix runs once and its keys/values are copied to each row. Worth an extra
 # forward only when it saves this many prompt tokens or more ((rows - 1) x prefix length).
 SHARED_PREFIX_MIN_SAVED = 64
+
+# Temperatures below this decode greedily (as vLLM does): logits / 1e-40 overflow to inf, and a
+# softmax over them is NaN.
+GREEDY_BELOW = 1e-5
+
+# torch.Generator.manual_seed takes 0..2**64-1; OpenAI's seed is int64: accept what both can hold.
+MAX_SEED = 2**63 - 1
 
 
 # Per-layer attention kinds the loop decodes (transformers' `layer_types` names). Others (chunked
@@ -135,7 +145,7 @@ def sample_next(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
     tokens = logits.float().argmax(dim=-1).cpu()  # (B,)
     for i, row in enumerate(rows):
         req = row.request
-        if req.temperature <= 0:
+        if req.temperature < GREEDY_BELOW:
             continue
         # Sampled on the CPU whatever the model's device: a row's seeded generator is a CPU one, so a
         # seed gives the same tokens on a GPU host as on a CPU host.
@@ -145,8 +155,27 @@ def sample_next(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
             # Keep the smallest head whose mass reaches top_p (the token crossing it included).
             keep = sorted_p.cumsum(0) - sorted_p < req.top_p
             probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+        if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+            continue  # non-finite logits (a diverged adapter): greedy, rather than fail every row of the step
         tokens[i] = torch.multinomial(probs, 1, generator=row.generator)[0]
     return tokens
+
+
+def check_request(req: Request, vocab_size: int | None = None) -> None:
+    """ValueError naming the first field of `req` the decode loop cannot run (before any forward)."""
+    if not req.prompt_ids:
+        raise ValueError("prompt_ids: a request needs at least one prompt token")
+    top = vocab_size if vocab_size is not None else 2**63
+    if any(not isinstance(t, int) or not 0 <= t < top for t in req.prompt_ids):
+        raise ValueError(f"prompt_ids: token ids must be integers in [0, {top})")
+    if not isinstance(req.max_new_tokens, int) or req.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {req.max_new_tokens!r}")
+    if not 0 <= req.temperature < float("inf"):  # also refuses NaN
+        raise ValueError(f"temperature must be finite and >= 0, got {req.temperature!r}")
+    if not 0 < req.top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {req.top_p!r}")
+    if req.seed is not None and (not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED):
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {req.seed!r}")
 
 
 class DecodeBatch:
@@ -163,6 +192,7 @@ class DecodeBatch:
         self.eos_ids = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
+        self.vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         self.rows: list[Row] = []
         self.cache = None
         self.mask = self.next_pos = self.last_token = self.slots = None
@@ -177,20 +207,30 @@ class DecodeBatch:
         each), so a short prompt is not padded to the longest of the whole call. The prompts of one
         adapter slot that share a prefix long enough to pay (SHARED_PREFIX_MIN_SAVED) prefill it once,
         as a group of their own (never across slots: an adapter changes the keys/values). Returns the rows that
-        finished on that first token (they never join), in the requests' order."""
+        finished on that first token (they never join), in the requests' order.
+
+        Atomic: a bad request (ValueError from `check_request`) or a failing forward raises before any
+        row joins, and the batch is exactly as it was."""
         if not requests:
             return []
         for req in requests:
-            if not req.prompt_ids:
-                raise ValueError("a request needs at least one prompt token")
-            if req.max_new_tokens < 1:
-                raise ValueError(f"max_new_tokens must be >= 1, got {req.max_new_tokens}")
-        done = []
+            check_request(req, self.vocab_size)
+        done, joins = [], []
         for group, shared in self._prefill_groups(requests):
             for start in range(0, len(group), PREFILL_ROWS):
-                done += self._prefill(group[start : start + PREFILL_ROWS], shared)
-        if self.rows:
-            self._keep(list(range(len(self.rows))))  # sort by slot, crop padding
+                finished, join = self._prefill(group[start : start + PREFILL_ROWS], shared)
+                done += finished
+                if join is not None:
+                    joins.append(join)
+        before = self._snapshot()
+        try:
+            for join in joins:  # only now, when every forward has succeeded
+                self._join(*join)
+            if self.rows:
+                self._keep(list(range(len(self.rows))))  # sort by slot, crop padding
+        except BaseException:
+            self._restore(before)
+            raise
         position = {id(r): i for i, r in enumerate(requests)}
         return sorted(done, key=lambda row: position[id(row.request)])
 
@@ -226,8 +266,9 @@ class DecodeBatch:
                        past_key_values=cache, use_cache=True, logits_to_keep=1)
         return len(prefix), [(layer.keys, layer.values) for layer in cache.layers]
 
-    def _prefill(self, requests: Sequence[Request], shared: tuple | None = None) -> list[Row]:
-        """One left-padded forward over `requests`; live rows join the batch, finished ones are returned.
+    def _prefill(self, requests: Sequence[Request], shared: tuple | None = None) -> tuple[list[Row], tuple | None]:
+        """One left-padded forward over `requests`: the rows that finished on their first token, and the
+        `_join` arguments of the live ones (None if none), for `add` to join once every forward succeeded.
 
         `shared`: (p, per-layer keys/values) of a prefix all `requests` start with, on their one slot
         (from `_shared_prefix`): only the rest of each prompt is fed, after a copy of that cache. Each
@@ -251,13 +292,14 @@ class DecodeBatch:
         tokens = sample_next(out.logits[:, -1, :], new_rows).cpu()
         done = self._record(tokens, new_rows)
         live = [i for i, d in enumerate(done) if not d]
+        join = None
         if live:
             index = torch.tensor(live, dtype=torch.long)
             cache = out.past_key_values
             if len(live) < len(new_rows):
                 cache.batch_select_indices(index.to(self.device))
-            self._join([new_rows[i] for i in live], cache, mask[index], positions[index, -1] + 1, tokens[index], slots[index])
-        return [row for row, d in zip(new_rows, done, strict=True) if d]
+            join = ([new_rows[i] for i in live], cache, mask[index], positions[index, -1] + 1, tokens[index], slots[index])
+        return [row for row, d in zip(new_rows, done, strict=True) if d], join
 
     @torch.no_grad()
     def step(self) -> list[Row]:
@@ -301,7 +343,7 @@ class DecodeBatch:
 
     @staticmethod
     def _generator(req: Request) -> torch.Generator | None:
-        if req.temperature <= 0:
+        if req.temperature < GREEDY_BELOW:
             return None
         gen = torch.Generator()
         if req.seed is None:
@@ -336,6 +378,16 @@ class DecodeBatch:
             self.next_pos = torch.cat([self.next_pos, next_pos])
             self.last_token = torch.cat([self.last_token, tokens])
             self.slots = torch.cat([self.slots, slots])
+
+    def _snapshot(self) -> tuple:
+        """References to the batch's state (joins and crops build new tensors; they never write into these)."""
+        layers = [(layer.keys, layer.values) for layer in self.cache.layers] if self.cache is not None else None
+        return list(self.rows), self.cache, layers, self.mask, self.next_pos, self.last_token, self.slots
+
+    def _restore(self, state: tuple) -> None:
+        self.rows, self.cache, layers, self.mask, self.next_pos, self.last_token, self.slots = state
+        for layer, (keys, values) in zip(self.cache.layers if self.cache is not None else [], layers or [], strict=True):
+            layer.keys, layer.values = keys, values
 
     def _keep(self, indices: list[int]) -> None:
         """Keep these rows (in this order, sorted by slot afterwards) and crop unused left padding."""

@@ -134,6 +134,11 @@ class AdapterHost:
 
     def load_adapter(self, name: str, directory: str | Path) -> None:
         """Read, check and install an adapter in a free slot. Nothing changes if any check fails."""
+        self.install_adapter(name, self.read_adapter(name, directory), directory)
+
+    def read_adapter(self, name: str, directory: str | Path) -> AdapterParts:
+        """Read and check an adapter against this base without touching the model: safe on any thread
+        while the model runs (a server reads here, off its decode loop, then installs between steps)."""
         if not isinstance(name, str) or not name:
             raise AdapterError(f"adapter name must be a non-empty string, got {name!r}")
         if name in self._slots:
@@ -143,12 +148,20 @@ class AdapterHost:
             raise AdapterError(f"adapter {name!r}: a sequence-classification adapter on a generation host")
         if not self.causal and parts.num_labels is None:
             raise AdapterError(f"adapter {name!r}: no classification head; this host classifies")
+        return parts
+
+    def install_adapter(self, name: str, parts: AdapterParts, directory: str | Path) -> int:
+        """Put adapter `parts` (from `read_adapter`) in a free slot; returns the slot. Touches the model:
+        call it where no forward runs."""
+        if name in self._slots:
+            raise AdapterError(f"adapter {name!r} is already loaded (from {self._slots[name].directory}); unload it first")
         slot = self._free.pop() if self._free else self._take_new_slot()
         for module, (a, b) in parts.lora.items():
             self._layer(module).set_slot(slot, a, b, parts.scales[module], parts.magnitudes.get(module))
         for module, params in parts.saved.items():
             self._saved_module(module).set_slot(slot, params)
         self._slots[name] = _Slot(parts, slot, str(directory))
+        return slot
 
     def unload_adapter(self, name: str) -> None:
         """Zero the adapter's slot everywhere and free it for the next load."""
@@ -253,9 +266,11 @@ class AdapterHost:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
         return DecodeBatch(self.model, self.routing, eos_ids, pad)
 
-    def decode(self, requests: Sequence[Request], batch_size: int = 64, on_done=None) -> list:
+    def decode(self, requests: Sequence[Request], batch_size: int = 64, on_done=None, should_stop=None) -> list:
         """Decode requests (token ids, slots set) in batches of up to `batch_size`, refilling the batch as
-        rows finish; `on_done(row)` is called as each one ends. Rows come back in the requests' order."""
+        rows finish; `on_done(row)` is called as each one ends. Rows come back in the requests' order.
+        `should_stop(row)`: asked after each new token of a running row; True ends it at once (finish
+        reason "stop": a stop string in its text). Request keys must then be unique."""
         batch = self.new_decode_batch()
         # Longest prompts first: prompts of similar length share a batch, so less padding.
         waiting = sorted(requests, key=lambda r: -len(r.prompt_ids))[::-1]
@@ -274,6 +289,11 @@ class AdapterHost:
                 take = [waiting.pop() for _ in range(min(room, len(waiting)))]
                 finish(batch.add(take))
             finish(batch.step())
+            if should_stop is not None:
+                stopped = batch.remove([row.request.key for row in batch.rows if should_stop(row)])
+                for row in stopped:
+                    row.finish_reason = "stop"
+                finish(stopped)
         order = {id(r): i for i, r in enumerate(requests)}
         return sorted(done, key=lambda row: order[id(row.request)])
 

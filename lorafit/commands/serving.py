@@ -24,8 +24,10 @@ def generate(
     model: Annotated[str, typer.Option("--model", "-m", help="Base model: alias, local dir or HF id.")],
     input_file: Annotated[Path, typer.Option("--input", "-i", help="requests.jsonl: one {\"prompt\", \"adapter\", ...} object per line.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="results.jsonl, in input order.")],
-    adapter: Annotated[list[str], typer.Option("--adapter", "-a", help="NAME=DIR; repeat for more adapters.")] = [],  # noqa: B006
+    adapter: Annotated[list[str], typer.Option("--adapter", "-a", help="NAME=DIR (an adapter or run directory); repeat for more adapters.")] = [],  # noqa: B006
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Default for rows without max_new_tokens.")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Default for rows without temperature (0: greedy).")] = 0.0,
+    stop: Annotated[list[str], typer.Option("--stop", help="Default stop string for rows without stop (repeatable, up to 4).")] = [],  # noqa: B006
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     max_rank: Annotated[int, typer.Option("--max-rank", min=1, help="Refuse adapters of higher rank.")] = 64,
     precision: Annotated[str, typer.Option("--precision", callback=_precision_choice, help="fp32, bf16, or auto: bf16 where the CPU/GPU multiplies bf16 natively (AVX512-BF16, AMX), else fp32.")] = "auto",
@@ -35,9 +37,10 @@ def generate(
 ) -> None:
     """Generate for many prompts, each with its own adapter (or none), in mixed batches on one base.
 
-    Each input line: {"prompt": ..., "adapter": NAME or null, optional "max_new_tokens", "temperature",
-    "top_p", "seed", "id"}; greedy unless a temperature is given. Results come back in input order
-    with the adapter used and token counts (docs/adapters.md).
+    Each input line: {"prompt": ...} or {"messages": [{"role", "content"}, ...]} (the chat template),
+    "adapter": NAME or null, optional "max_new_tokens", "temperature", "top_p", "seed", "stop", "id";
+    greedy unless a temperature is given. Results come back in input order with the adapter used and
+    token counts (docs/adapters.md). --adapter takes an adapter or a run directory.
 
     \b
     Examples:
@@ -55,7 +58,8 @@ def generate(
             bar["handle"] = stack.enter_context(reporter.progress("generate", total))
 
         result = run_generate(
-            model, adapters, input_file, output, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            model, adapters, input_file, output, max_new_tokens=max_new_tokens, temperature=temperature,
+            stop=tuple(stop), batch_size=batch_size,
             max_rank=max_rank, precision=precision, pack_weights=pack_weights, on_start=on_start, progress=lambda n: bar["handle"].advance(n),
         )
     reporter.info(f"{result['requests']} completions ({result['completion_tokens']} tokens, "
@@ -67,7 +71,7 @@ def generate(
 @cli_command
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help="Base model: alias, local directory or HF id.")],
-    adapter: Annotated[list[str], typer.Option("--adapter", "-a", help="NAME=DIR: serve the adapter in DIR as model NAME (repeatable).")] = [],  # noqa: B006
+    adapter: Annotated[list[str], typer.Option("--adapter", "-a", help="NAME=DIR: serve the adapter (or run directory) DIR as model NAME (repeatable).")] = [],  # noqa: B006
     host: Annotated[str, typer.Option("--host", help="Address to bind; the default is reachable from this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests decoded together (1 turns batching off).")] = 32,
@@ -81,6 +85,10 @@ def serve(
     max_rank: Annotated[int, typer.Option("--max-rank", min=1, help="Largest adapter rank accepted.")] = 64,
     precision: Annotated[str, typer.Option("--precision", callback=_precision_choice, help="fp32, bf16, or auto: bf16 where the CPU/GPU multiplies bf16 natively (AVX512-BF16, AMX), else fp32.")] = "auto",
     pack_weights: Annotated[bool, typer.Option("--pack-weights/--no-pack-weights", help="Reorder the base's frozen weights once for oneDNN (CPU; faster; fp32 results differ from plain matmuls in the last bits).")] = True,
+    max_adapters: Annotated[int, typer.Option("--max-adapters", min=1, help="Most adapters offered at once (loading more over HTTP: 400).")] = 64,
+    max_model_len: Annotated[int | None, typer.Option("--max-model-len", min=1, help="Most tokens of prompt + max_tokens per request (default: the model's context).")] = None,
+    max_request_bytes: Annotated[int, typer.Option("--max-request-bytes", min=1, help="Largest request body; beyond it: 413.")] = 1 << 20,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.001, help="Seconds a request may take, waiting included; beyond: 504 (or an error event on a stream).")] = 600.0,
 ) -> None:
     """Serve a base model and LoRA adapters over an OpenAI-compatible HTTP API (continuous batching).
 
@@ -102,6 +110,10 @@ def serve(
     from lorafit.workflows.generate import parse_adapter_args
     from lorafit.workflows.serve import ServeOptions, run_serve
 
-    run_serve(ServeOptions(model, parse_adapter_args(adapter), name, host, port, max_batch, max_queue, max_rank, api_key,
-                           adapter_root, allow_adapter_loading, list(route), route_seed, precision, pack_weights),
-              info=lambda line: typer.echo(line, err=True))
+    opts = ServeOptions(model=model, adapters=parse_adapter_args(adapter), name=name, host=host, port=port,
+                        max_batch=max_batch, max_queue=max_queue, max_rank=max_rank, api_key=api_key,
+                        adapter_root=adapter_root, allow_adapter_loading=allow_adapter_loading, routes=list(route),
+                        route_seed=route_seed, precision=precision, pack_weights=pack_weights,
+                        max_adapters=max_adapters, max_model_len=max_model_len, max_request_bytes=max_request_bytes,
+                        request_timeout=request_timeout)
+    run_serve(opts, info=lambda line: typer.echo(line, err=True))

@@ -1,33 +1,37 @@
 """The HTTP routes (FastAPI), OpenAI/vLLM shaped, on top of the engine.
 
     GET  /health                     liveness + queue depth (no API key needed)
+    GET  /metrics                    Prometheus text format (serve/metrics.py)
     GET  /v1/models                  the base, each adapter (parent = the base) and each A/B route
     POST /v1/completions             prompt -> text; stream: true gives SSE chunks then `data: [DONE]`
     POST /v1/chat/completions        messages through the tokenizer's chat template
     POST /v1/load_lora_adapter       {lora_name, lora_path}   (only with --allow-adapter-loading)
     POST /v1/unload_lora_adapter     {lora_name}              (only with --allow-adapter-loading)
-    GET  /v1/routes, POST /v1/routes/{name} {weights}         A/B routes, re-weighted at runtime
+    GET  /v1/routes, POST /v1/routes/{name} {weights}         A/B routes (re-weighting: --allow-adapter-loading)
 
-A request's `model` is the base's name, an adapter's name or a route's name. One log line per request:
-model, adapter, tokens in/out, time to first token, latency, finish reason.
+The app is wrapped in `gate.Gate` (API key and body size, before any route). Routes stay thin: the
+request's prompt and sampling are checked in serve/sampling.py (tokenising and chat templating in a
+worker thread, never on the event loop that streams other requests' tokens), and the request's life
+(submit, text, SSE) is serve/completion.py. A request's `model` is the base's name, an adapter's name
+or a route's name.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorafit.errors import LorafitError
-from lorafit.serve.engine import Engine, Sampling
+from lorafit.serve.completion import CompletionRun
+from lorafit.serve.engine import Engine
+from lorafit.serve.gate import Gate
 from lorafit.serve.protocol import (
     APIError,
     ChatRequest,
@@ -36,65 +40,66 @@ from lorafit.serve.protocol import (
     RouteWeights,
     UnloadAdapterRequest,
     _Sampling,
-    chat_body,
-    completion_body,
-    new_id,
     now,
-    usage,
 )
 from lorafit.serve.routing import Route, RouteError
-from lorafit.serve.security import adapter_dir_under, check_api_key
-from lorafit.serve.text import TextStream
+from lorafit.serve.sampling import Limits, chat_prompt_ids, completion_prompt_ids, to_sampling
+from lorafit.serve.security import adapter_dir_under, check_adapter_name
 
 log = logging.getLogger("lorafit.serve")
+
+DEFAULT_MAX_MODEL_LEN = 2048  # for a model whose config gives no max_position_embeddings
+DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
 
 
 @dataclass
 class ServerConfig:
+    """What the HTTP layer enforces. `max_model_len` None: the model's max_position_embeddings."""
+
     base_name: str
     api_key: str | None = None
     adapter_root: Path | None = None
     allow_adapter_loading: bool = False
     routes: dict[str, Route] = field(default_factory=dict)
+    max_model_len: int | None = None
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
 
 
-def build_app(engine: Engine, config: ServerConfig) -> FastAPI:
+def model_limits(model, max_model_len: int | None) -> Limits:
+    """The request limits for `model`: --max-model-len (at most the model's context), its vocabulary."""
+    config = getattr(model, "config", None)
+    context = getattr(config, "max_position_embeddings", None)
+    if max_model_len is None:
+        max_model_len = context or DEFAULT_MAX_MODEL_LEN
+    elif context is not None and max_model_len > context:
+        raise ValueError(f"--max-model-len {max_model_len} is over the model's context ({context} tokens)")
+    return Limits(max_model_len, getattr(config, "vocab_size", None))
+
+
+def build_app(engine: Engine, config: ServerConfig, metrics=None):
+    """The ASGI app: FastAPI routes behind the Gate. `metrics`: a serve.metrics.Metrics (for /metrics)."""
     app = FastAPI(title="lorafit serve", docs_url=None, redoc_url=None, openapi_url=None)
     tokenizer = engine.host.tokenizer
-    context = getattr(engine.host.model.config, "max_position_embeddings", None)
-    vocab = getattr(engine.host.model.config, "vocab_size", None)
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError):
-        log.info("%s %s -> %d %s", request.method, request.url.path, e.status, e.message)
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_body(_, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        message = f"{param}: {first.get('msg', 'invalid request')}" if param else str(first.get("msg", "invalid request"))
-        return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_, e: StarletteHTTPException):
-        return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
-
-    async def authorize(request: Request) -> None:
-        check_api_key(config.api_key, request.headers.get("authorization"))
-
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    limits = model_limits(engine.host.model, config.max_model_len)
+    refused = metrics.request_refused if metrics is not None else None
+    add_error_handlers(app, refused)
 
     @app.get("/health")
     async def health():
         return {"status": "ok"} | engine.stats()
 
+    if metrics is not None:
+        app.add_api_route("/metrics", metrics.endpoint, methods=["GET"])
+
+    v1 = APIRouter(prefix="/v1")
+
     # ---------------------------------------------------------------------------------------- models
 
     def model_card(name: str, parent: str | None, **extra) -> dict:
         return {"id": name, "object": "model", "created": now(), "owned_by": "lorafit", "root": name,
-                "parent": parent, "max_model_len": context} | extra
+                "parent": parent, "max_model_len": limits.max_model_len} | extra
 
     @v1.get("/models")
     async def list_models():
@@ -117,173 +122,47 @@ def build_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     # ---------------------------------------------------------------------------------------- generation
 
-    def sampling(body: _Sampling, prompt_ids: list[int]) -> Sampling:
-        body.check()
-        if not prompt_ids:
-            raise APIError(400, "the prompt is empty (no tokens)", param="prompt")
-        max_tokens = body.max_tokens
-        if context is not None:
-            room = context - len(prompt_ids)
-            if max_tokens is None:
-                max_tokens = room
-            if max_tokens < 1 or len(prompt_ids) + max_tokens > context:
-                raise APIError(400, f"This model's maximum context length is {context} tokens. However, you "
-                                    f"requested {len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the "
-                                    f"prompt, {max_tokens} in the completion). Please reduce the prompt or max_tokens.",
-                               param="max_tokens", code="context_length_exceeded")
-        return Sampling(max_tokens or 256, body.temperature, body.top_p, body.seed)
-
-    def completion_ids(body: CompletionRequest) -> list[int]:
-        if body.echo:
-            raise APIError(400, "echo is not supported", param="echo")
-        prompt = body.prompt
-        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            if len(prompt) != 1:
-                raise APIError(400, f"prompt: one prompt per request, got {len(prompt)}", param="prompt")
-            prompt = prompt[0]
-        if isinstance(prompt, str):
-            return tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        if vocab is not None and any(not 0 <= t < vocab for t in prompt):
-            raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
-        return list(prompt)
-
-    def chat_ids(body: ChatRequest) -> list[int]:
-        if not getattr(tokenizer, "chat_template", None):
-            raise APIError(400, f"model {config.base_name!r} has no chat template; use /v1/completions",
-                           param="messages", code="no_chat_template")
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # noqa: BLE001 - a template that rejects these messages (roles, order)
-            raise APIError(400, f"messages: the chat template rejected them ({str(e).splitlines()[0]})",
-                           param="messages") from None
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    async def generate(request: Request, body: _Sampling, prompt_ids: list[int], chat: bool):
-        adapter, picked = resolve(body.model, body.user)  # 404 before any 400 about the parameters
-        settings = sampling(body, prompt_ids)
-        stops = body.stop_list()
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-
-        def sink(event):
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the event loop is gone (shutdown)
-                pass
-
-        job = engine.submit(prompt_ids, adapter, settings, sink)
-        rid = new_id("chatcmpl" if chat else "cmpl")
-        text = TextStream(tokenizer, stops)
-        shape = chat_body if chat else completion_body
-
-        def extra() -> dict:
-            out = {"lorafit_adapter": picked}
-            if body.return_token_ids:
-                out["choice"] = {"token_ids": list(job.tokens), "prompt_token_ids": list(prompt_ids)}
-            return out
-
-        def finish_reason() -> str:
-            return "stop" if text.stopped or job.finish_reason == "eos" else "length"
-
-        async def next_event(timeout: float | None = None):
-            event = await asyncio.wait_for(events.get(), timeout)
-            if event[0] == "error":
-                raise APIError(500, f"generation failed: {event[1]}")
-            if event[0] == "tokens":
-                delta = text.push(event[1])
-                if text.stopped:
-                    engine.cancel(job)
-                    return "done", delta
-                return "tokens", delta
-            return "done", text.flush()
-
-        def log_line(outcome: str) -> None:
-            end = time.perf_counter()
-            ttft = f"{(job.first_token_at - job.submitted) * 1000:.0f}" if job.first_token_at else "-"
-            log.info("%s model=%s adapter=%s prompt_tokens=%d completion_tokens=%d ttft_ms=%s latency_ms=%.0f "
-                     "finish=%s", rid, body.model, picked, len(prompt_ids), len(job.tokens), ttft,
-                     (end - job.submitted) * 1000, outcome)
-
+    async def generate(request: Request, body: _Sampling, target: tuple[str | None, str], prompt_ids: list[int],
+                       chat: bool):
+        adapter, picked = target
+        settings = to_sampling(body, prompt_ids, limits, chat=chat)
+        on_end = metrics.request_ended if metrics is not None else None
+        run = CompletionRun(engine, tokenizer, body, prompt_ids, settings, adapter, picked, chat=chat,
+                            timeout=config.request_timeout, on_end=on_end)
         if not body.stream:
-            parts, outcome = [], "error"
-            try:
-                while True:
-                    try:
-                        kind, delta = await next_event(timeout=1.0)
-                    except TimeoutError:
-                        if await request.is_disconnected():
-                            outcome = "disconnected"
-                            engine.cancel(job)
-                            return JSONResponse({}, status_code=499)
-                        continue
-                    parts.append(delta)
-                    if kind == "done":
-                        break
-                outcome = finish_reason()
-                return shape(rid, body.model, "".join(parts), outcome, extra(),
-                             use=usage(len(prompt_ids), len(job.tokens)))
-            finally:
-                engine.cancel(job)  # a no-op when it finished
-                log_line(outcome)
-
-        async def sse():
-            outcome = "disconnected"
-            first = True
-            try:
-                while True:
-                    try:
-                        kind, delta = await next_event()
-                    except APIError as e:
-                        outcome = "error"
-                        yield f"data: {json.dumps(e.body())}\n\n"
-                        break
-                    if delta or first:
-                        chunk = shape(rid, body.model, delta, None, {"lorafit_adapter": picked}, chunk=True,
-                                      **({"first": first} if chat else {}))
-                        first = False
-                        yield f"data: {json.dumps(chunk)}\n\n"
-                    if kind == "done":
-                        outcome = finish_reason()
-                        last = shape(rid, body.model, "", outcome, extra(), chunk=True)
-                        yield f"data: {json.dumps(last)}\n\n"
-                        if body.include_usage():
-                            tail = {"id": rid, "object": last["object"], "created": now(), "model": body.model,
-                                    "choices": [], "usage": usage(len(prompt_ids), len(job.tokens))}
-                            yield f"data: {json.dumps(tail)}\n\n"
-                        break
-                yield "data: [DONE]\n\n"
-            finally:
-                engine.cancel(job)  # a no-op when it finished; stops decoding when the client went away
-                log_line(outcome)
-
-        return StreamingResponse(sse(), media_type="text/event-stream",
+            return await run.json_response(request)
+        return StreamingResponse(run.sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @v1.post("/completions")
     async def completions(body: CompletionRequest, request: Request):
-        return await generate(request, body, completion_ids(body), chat=False)
+        target = resolve(body.model, body.user)  # 404 before tokenising
+        ids = await run_in_threadpool(completion_prompt_ids, tokenizer, body, limits)
+        return await generate(request, body, target, ids, chat=False)
 
     @v1.post("/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        return await generate(request, body, chat_ids(body), chat=True)
+        target = resolve(body.model, body.user)
+        ids = await run_in_threadpool(chat_prompt_ids, tokenizer, body, config.base_name)
+        return await generate(request, body, target, ids, chat=True)
 
     # ---------------------------------------------------------------------------------------- adapters
 
-    def loading_allowed() -> None:
+    def admin_allowed(what: str) -> None:
         if not config.allow_adapter_loading:
-            raise APIError(403, "adapter loading over HTTP is off; start the server with --allow-adapter-loading "
+            raise APIError(403, f"{what} over HTTP is off; start the server with --allow-adapter-loading "
                                 "--adapter-root DIR", code="adapter_loading_disabled")
 
     @v1.post("/load_lora_adapter")
     async def load_lora_adapter(body: LoadAdapterRequest):
-        loading_allowed()
+        admin_allowed("adapter loading")
+        check_adapter_name(body.lora_name)
         if body.lora_name == config.base_name or body.lora_name in config.routes:
             raise APIError(400, f"lora_name {body.lora_name!r} is already the name of the base or a route",
                            param="lora_name")
         directory = adapter_dir_under(config.adapter_root, body.lora_path)
         try:
-            result = await asyncio.wrap_future(engine.load_adapter(body.lora_name, str(directory)))
+            result = await engine.load_adapter_async(body.lora_name, str(directory))
         except LorafitError as e:
             raise APIError(400, str(e), param="lora_path", code="invalid_adapter") from None
         log.info("loaded adapter %s from %s into slot %d", body.lora_name, directory, result["slot"])
@@ -291,7 +170,7 @@ def build_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @v1.post("/unload_lora_adapter")
     async def unload_lora_adapter(body: UnloadAdapterRequest):
-        loading_allowed()
+        admin_allowed("adapter loading")
         engine.unload_adapter(body.lora_name)
         log.info("unloaded adapter %s (its slot is freed when its running requests finish)", body.lora_name)
         return {"status": "ok", "lora_name": body.lora_name}
@@ -304,6 +183,7 @@ def build_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @v1.post("/routes/{name}")
     async def reweight(name: str, body: RouteWeights):
+        admin_allowed("re-weighting routes")
         if name not in config.routes:
             raise APIError(404, f"route {name!r} does not exist (routes: {', '.join(config.routes) or 'none'})",
                            param="name", code="route_not_found")
@@ -318,4 +198,35 @@ def build_app(engine: Engine, config: ServerConfig) -> FastAPI:
         return {"name": name, "weights": dict(config.routes[name].weights)}
 
     app.include_router(v1)
-    return app
+    return Gate(app, api_key=config.api_key, max_request_bytes=config.max_request_bytes, on_refused=refused)
+
+
+def add_error_handlers(app: FastAPI, on_refused=None) -> None:
+    """Every error as OpenAI's error JSON: APIError as raised, a body that fails validation as 400
+    naming the first bad field, Starlette's own (404 path, 405 method) with their status.
+    `on_refused(status)` is told of each."""
+    count = on_refused or (lambda status: None)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        log.info("%s %s -> %d %s", request.method, request.url.path, e.status, e.message)
+        count(e.status)
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_, e: RequestValidationError):
+        count(400)
+        first = e.errors()[0] if e.errors() else {}
+        if first.get("type") == "json_invalid":
+            error = APIError(400, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})")
+            return JSONResponse(error.body(), status_code=400)
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        where = ".".join(loc)
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else str(first.get("msg", "invalid request"))
+        # `param` is the top-level field (OpenAI's convention); the message has the full path.
+        return JSONResponse(APIError(400, message, param=loc[0] if loc else None).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, e: StarletteHTTPException):
+        count(e.status_code)
+        return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)

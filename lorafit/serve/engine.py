@@ -11,16 +11,24 @@ Each loop iteration (`run_once`), between two decode steps:
      touched by this thread, so a load never lands in the middle of a forward;
   2. drop cancelled jobs (from the waiting queue, or `DecodeBatch.remove` from the running batch);
   3. admit waiting jobs while the batch has room (`add`: prefills of up to 16 prompts, first tokens sampled);
+     `add` is atomic, so if it fails the jobs are admitted again one by one: only the job that fails
+     alone gets an error, the others run as if it had never come;
   4. one `step` for every running row; rows that finished (eos, max_new_tokens) leave the batch.
 New tokens go to each job's sink after the prefill (so the first token does not wait for a step)
 and after the step. `stats()` (served on /health) counts the engine's time: decode steps and the rows
 they carried, prefills and the requests they admitted, each with its seconds.
 
-Adapter slots are pinned per job. `submit` resolves the public name to the adapter's slot and takes a
-reference on it; `unload` removes the public name at once (later requests get 404) but the slot is
-zeroed and freed only when its last job finishes. Re-loading a name while its old slot is still
-pinned installs the new weights in another slot (the host knows it under an internal name `name#k`),
-so an admitted request always decodes with the adapter it was admitted with.
+Adapter slots are pinned per job (serve/registry.py keeps the names, slots and references). `submit`
+resolves the public name to the adapter's slot and takes a reference on it; `unload` removes the
+public name at once (later requests get 404) but the slot is zeroed and freed only when its last job
+finishes. Re-loading a name while its old slot is still pinned installs the new weights in another
+slot, so an admitted request always decodes with the adapter it was admitted with.
+
+Loading reads and checks the adapter's files on a worker thread (`AdapterHost.read_adapter`); only
+the install into the slot's tensors is a command between two steps, so running streams do not stall
+while a file is read.
+
+`observer` (optional; serve/metrics.py) is told each step's and prefill's rows and seconds.
 """
 
 from __future__ import annotations
@@ -30,11 +38,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from lorafit.adapters.decode import Request
+from lorafit.adapters.decode import Request, check_request
 from lorafit.serve.protocol import APIError
+from lorafit.serve.registry import DEFAULT_MAX_ADAPTERS, AdapterRegistry
 
 log = logging.getLogger("lorafit.serve")
 
@@ -70,20 +79,19 @@ class Job:
 class Engine:
     """Continuous batching over one AdapterHost; see the module docstring."""
 
-    def __init__(self, host, *, max_batch: int = 32, max_queue: int = 256):
+    def __init__(self, host, *, max_batch: int = 32, max_queue: int = 256, max_adapters: int = DEFAULT_MAX_ADAPTERS,
+                 observer=None):
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
-        self.host, self.max_batch, self.max_queue = host, max_batch, max_queue
+        self.host, self.max_batch, self.max_queue, self.observer = host, max_batch, max_queue, observer
         self.batch = host.new_decode_batch()
+        self.registry = AdapterRegistry({n: info["slot"] for n, info in host.adapters().items()},
+                                        max_adapters=max_adapters)
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._cancelled: set[Job] = set()
         self._commands: deque[tuple[Callable[[], object], Future]] = deque()
-        self._names: dict[str, str] = {name: name for name in host.adapters()}  # public -> internal
-        self._slots: dict[str, int] = {n: info["slot"] for n, info in host.adapters().items()}  # internal -> slot
-        self._refs: dict[str, int] = {}
-        self._retiring: set[str] = set()
-        self._generation = 0
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafit-adapter-read")
         self._thread: threading.Thread | None = None
         self._stop = False
         self._counters = {"steps": 0, "step_rows": 0, "step_s": 0.0, "prefills": 0, "prefill_rows": 0, "prefill_s": 0.0}
@@ -108,6 +116,7 @@ class Engine:
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._reader.shutdown(wait=False, cancel_futures=True)
 
     def run_forever(self) -> None:
         """The scheduler loop on the calling thread, until `stop` / `request_stop`."""
@@ -130,18 +139,20 @@ class Engine:
     # ------------------------------------------------------------------------------------ client side
 
     def adapters(self) -> list[str]:
-        with self._lock:
-            return sorted(self._names)
+        return self.registry.names()
 
     def has_adapter(self, name: str) -> bool:
+        return self.registry.has(name)
+
+    def queue_depth(self) -> int:
         with self._lock:
-            return name in self._names
+            return len(self._waiting)
 
     def stats(self) -> dict:
         with self._lock:
             counters = {k: round(v, 3) if isinstance(v, float) else v for k, v in self._counters.items()}
             return {"running": len(self.batch.rows), "waiting": len(self._waiting), "max_batch": self.max_batch,
-                    "max_queue": self.max_queue} | counters
+                    "max_queue": self.max_queue, "slots_in_use": self.registry.slots_in_use()} | counters
 
     def submit(self, prompt_ids: list[int], adapter: str | None, sampling: Sampling, sink: Sink) -> Job:
         """Queue a request on `adapter` (None: the base), pinning its slot. 404 unknown adapter, 503 queue full."""
@@ -149,14 +160,7 @@ class Engine:
             if len(self._waiting) >= self.max_queue:
                 raise APIError(503, f"server busy: {len(self._waiting)} requests are waiting (--max-queue "
                                     f"{self.max_queue}); retry later", code="queue_full")
-            if adapter is None:
-                internal, slot = None, 0
-            elif adapter in self._names:
-                internal = self._names[adapter]
-                slot = self._slots[internal]
-                self._refs[internal] = self._refs.get(internal, 0) + 1
-            else:
-                raise APIError(404, f"the model {adapter!r} does not exist", param="model", code="model_not_found")
+            internal, slot = (None, 0) if adapter is None else self.registry.pin(adapter)
             job = Job(list(prompt_ids), adapter, internal, slot, sampling, sink)
             self._waiting.append(job)
             self._lock.notify_all()
@@ -171,22 +175,35 @@ class Engine:
                 self._lock.notify_all()
 
     def load_adapter(self, name: str, directory: str) -> Future:
-        """Install an adapter between two decode steps; the Future fails with LorafitError/APIError."""
-        with self._lock:
-            if name in self._names:
-                raise APIError(400, f"adapter {name!r} is already loaded; unload it first", param="lora_name",
-                               code="adapter_exists")
-        return self._command(lambda: self._install(name, directory))
+        """Load an adapter: read and check its files on a worker thread, then install it between two
+        decode steps. APIError 400 at once if the name is taken or --max-adapters are loaded; the Future
+        gives {"name", "slot"} or fails with LorafitError (the files do not fit this base)."""
+        internal = self.registry.reserve(name)
+        future: Future = Future()
+
+        def read() -> None:
+            try:
+                parts = self.host.read_adapter(internal, directory)
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+                self.registry.abandon(name)
+                future.set_exception(e)
+                return
+            self._command(lambda: self._install(name, internal, parts, directory), future)
+
+        self._reader.submit(read)
+        return future
+
+    async def load_adapter_async(self, name: str, directory: str) -> dict:
+        """`load_adapter` for a coroutine (the HTTP route)."""
+        import asyncio
+
+        return await asyncio.wrap_future(self.load_adapter(name, directory))
 
     def unload_adapter(self, name: str) -> None:
         """Remove `name` now (new requests get 404); its slot is freed once its running requests finish."""
-        with self._lock:
-            if name not in self._names:
-                raise APIError(404, f"adapter {name!r} is not loaded", param="lora_name", code="model_not_found")
-            internal = self._names.pop(name)
-            self._retiring.add(internal)
-            if not self._refs.get(internal):
-                self._command_locked(lambda: self._release(internal))
+        internal, free_now = self.registry.remove(name)
+        if free_now:
+            self._command(lambda: self._release(internal))
 
     # ------------------------------------------------------------------------------------ engine side
 
@@ -212,10 +229,8 @@ class Engine:
                     job.finish_reason = "cancelled"
                     self._unpin(job)
         if admit:
-            requests = [Request(j.prompt_ids, j.slot, j.sampling.max_new_tokens, j.sampling.temperature,
-                                j.sampling.top_p, j.sampling.seed, key=j) for j in admit]
             started = time.perf_counter()
-            finished += self._guarded(lambda: self.batch.add(requests), admit, reset=False)
+            finished += self._admit(admit)
             self._count("prefill", len(admit), started)
             self._deliver(finished)  # first tokens out now, not after the next step (time to first token)
             done_at_add, finished = bool(finished), []
@@ -228,11 +243,36 @@ class Engine:
         self._deliver(finished)
         return bool(commands or cancelled or admit or done_at_add or finished or self.batch.rows)
 
+    def _admit(self, jobs: list[Job]) -> list:
+        """Prefill `jobs` into the batch; the rows that finished on their first token. A job the decode
+        loop refuses (`check_request`) or whose prefill fails gets an error alone."""
+        requests = []
+        for job in jobs:
+            request = Request(job.prompt_ids, job.slot, job.sampling.max_new_tokens, job.sampling.temperature,
+                              job.sampling.top_p, job.sampling.seed, key=job)
+            try:
+                check_request(request, self.batch.vocab_size)
+            except ValueError as e:
+                self._fail([job], e)
+                continue
+            requests.append(request)
+        try:
+            return self.batch.add(requests)
+        except Exception:  # noqa: BLE001 - add is atomic: the batch is as before; find the culprit alone
+            log.exception("admission of %d requests failed; admitting them one by one", len(requests))
+        finished = []
+        for request in requests:
+            finished += self._guarded(lambda r=request: self.batch.add([r]), [request.key], reset=False)
+        return finished
+
     def _count(self, what: str, rows: int, started: float) -> None:
+        seconds = time.perf_counter() - started
         with self._lock:
             self._counters[what + "s"] += 1
             self._counters[what + "_rows"] += rows
-            self._counters[what + "_s"] += time.perf_counter() - started
+            self._counters[what + "_s"] += seconds
+        if self.observer is not None:
+            self.observer.engine_ran(what, rows, seconds)
 
     def _guarded(self, fn, jobs: list[Job], *, reset: bool) -> list:
         """Run a batch operation; if it raises, fail `jobs` (and with `reset` every running row, on a fresh
@@ -245,11 +285,14 @@ class Engine:
             if reset:
                 failed |= {row.request.key for row in self.batch.rows}
                 self.batch = self.host.new_decode_batch()
-            for job in failed:
-                job.finish_reason = "error"
-                job.sink(("error", f"{type(e).__name__}: {e}"))
-                self._unpin(job)
+            self._fail(failed, e)
             return []
+
+    def _fail(self, jobs, error: Exception) -> None:
+        for job in jobs:
+            job.finish_reason = "error"
+            job.sink(("error", f"{type(error).__name__}: {error}"))
+            self._unpin(job)
 
     def _deliver(self, finished) -> None:
         now = time.perf_counter()
@@ -259,8 +302,8 @@ class Engine:
                 continue
             if len(row.tokens) > job.sent:
                 job.first_token_at = job.first_token_at or now
-                job.tokens = row.tokens
                 new, job.sent = row.tokens[job.sent :], len(row.tokens)
+                job.tokens += new  # the job's own list: what was sent, never the row's live one
                 job.sink(("tokens", new))
         for row in finished:
             job = row.request.key
@@ -270,48 +313,27 @@ class Engine:
                 self._unpin(job)
 
     def _unpin(self, job: Job) -> None:
-        if job.internal is None:
-            return
-        with self._lock:
-            self._refs[job.internal] -= 1
-            release = self._refs[job.internal] == 0 and job.internal in self._retiring
-        if release:
+        if job.internal is not None and self.registry.unpin(job.internal):
             self._release(job.internal)
 
     def _release(self, internal: str) -> None:
-        with self._lock:
-            if self._refs.get(internal) or internal not in self._retiring:
-                return
-            self._retiring.discard(internal)
-            self._refs.pop(internal, None)
-            self._slots.pop(internal, None)
-        self.host.unload_adapter(internal)
-        log.info("adapter slot of %s freed", internal)
+        if self.registry.release(internal):
+            self.host.unload_adapter(internal)
+            log.info("adapter slot of %s freed", internal)
 
-    def _install(self, name: str, directory: str) -> dict:
-        with self._lock:
-            if name in self._names:
-                raise APIError(400, f"adapter {name!r} is already loaded; unload it first", param="lora_name",
-                               code="adapter_exists")
-            taken = set(self._slots)
-            internal = name
-            while internal in taken:
-                self._generation += 1
-                internal = f"{name}#{self._generation}"
-        self.host.load_adapter(internal, directory)  # LorafitError if it does not fit this base
-        slot = self.host.adapters()[internal]["slot"]
-        with self._lock:
-            self._slots[internal] = slot
-            self._names[name] = internal
+    def _install(self, name: str, internal: str, parts, directory: str) -> dict:
+        try:
+            slot = self.host.install_adapter(internal, parts, directory)
+        except BaseException:
+            self.registry.abandon(name)
+            raise
+        self.registry.installed(name, internal, slot)
         return {"name": name, "slot": slot}
 
-    def _command(self, fn) -> Future:
+    def _command(self, fn, future: Future | None = None) -> Future:
+        """Run `fn` on the engine thread before the next step; its result (or error) goes to `future`."""
+        future = future or Future()
         with self._lock:
-            return self._command_locked(fn)
-
-    def _command_locked(self, fn) -> Future:
-        future: Future = Future()
-        self._commands.append((fn, future))
-        self._lock.notify_all()
+            self._commands.append((fn, future))
+            self._lock.notify_all()
         return future
-

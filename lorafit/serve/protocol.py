@@ -3,11 +3,14 @@
 Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the HTTP status
 the OpenAI clients map to their exception classes:
 
-    400 invalid_request_error   bad parameter, prompt + max_tokens over the context, bad adapter path
+    400 invalid_request_error   bad parameter, prompt + max_tokens over --max-model-len, bad adapter path
     401 authentication_error    missing or wrong API key
-    403 permission_error        adapter loading over HTTP is off (--allow-adapter-loading)
+    403 permission_error        adapter loading / route re-weighting over HTTP is off (--allow-adapter-loading)
     404 not_found_error         unknown model / adapter / route
+    413 invalid_request_error   the request body is over --max-request-bytes
+    500 server_error            generation failed inside the engine (this request only)
     503 server_error            the request queue is full (retry later)
+    504 server_error            the request ran past --request-timeout
 
 Fields lorafit adds to a response start with `lorafit_` (e.g. `lorafit_adapter`: the adapter an A/B
 route picked); `token_ids` / `prompt_token_ids` come back when the request sets `return_token_ids`
@@ -16,18 +19,25 @@ route picked); `token_ids` / `prompt_token_ids` come back when the request sets 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from lorafit.adapters.decode import MAX_SEED  # OpenAI's seed is int64: its non-negative range
+
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256  # a stop string is held back while it may be forming: bound what one can hold
 
 
 class APIError(Exception):
     """An error answered to the client as OpenAI's error JSON with `status`."""
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-             404: "not_found_error", 503: "server_error", 500: "server_error"}
+             404: "not_found_error", 413: "invalid_request_error", 503: "server_error", 500: "server_error",
+             504: "server_error"}
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -39,15 +49,16 @@ class APIError(Exception):
 
 
 class _Sampling(BaseModel):
-    """What completions and chat share. Unknown fields are ignored (as OpenAI servers do)."""
+    """What completions and chat share. Unknown fields are ignored (as OpenAI servers do). Numbers are
+    finite (a JSON `NaN` or `Infinity` is refused), integers are integers (not `true` or `2.5`)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    model: str = Field(max_length=256)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0)
+    seed: StrictInt | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     n: int = 1
     stream: bool = False
@@ -57,10 +68,12 @@ class _Sampling(BaseModel):
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4:
-            raise APIError(400, f"stop: at most 4 sequences, got {len(stops)}", param="stop")
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise APIError(400, f"stop: at most {MAX_STOP_SEQUENCES} sequences, got {len(stops)}", param="stop")
         if any(not s for s in stops):
             raise APIError(400, "stop: sequences must be non-empty strings", param="stop")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise APIError(400, f"stop: sequences must be at most {MAX_STOP_CHARS} characters", param="stop")
         return stops
 
     def check(self) -> None:
@@ -72,8 +85,8 @@ class _Sampling(BaseModel):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int]
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    prompt: str | list[str] | list[StrictInt]
+    max_tokens: StrictInt | None = Field(default=16, ge=1)  # OpenAI's default for completions
     echo: bool = False
 
 
@@ -147,3 +160,11 @@ def chat_body(rid: str, model: str, text: str | None, finish: str | None, extra:
     if use is not None:
         body["usage"] = use
     return body | extra
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def sse_event(payload: dict) -> str:
+    """One Server-Sent Event carrying `payload` as JSON (a chunk, or an error mid-stream)."""
+    return f"data: {json.dumps(payload)}\n\n"

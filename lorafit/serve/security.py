@@ -1,7 +1,9 @@
 """What the server lets a client do: the API key check and where adapters may be loaded from.
 
-- `--api-key KEY` (or LORAFIT_API_KEY): every /v1 request needs `Authorization: Bearer KEY`; compared
-  in constant time. /health stays open for load balancers and says nothing about adapters.
+- `--api-key KEY` (or LORAFIT_API_KEY): every request but /health needs `Authorization: Bearer KEY`
+  (checked by `gate.Gate` before the body is read); compared in constant time. /health stays open
+  for load balancers and says nothing about adapters.
+- Adapter and route names are a safe charset and length (`name_problem`): never a path like `../x`.
 - Loading adapters over HTTP is off unless `--allow-adapter-loading`, and then only from directories
   under `--adapter-root`: the path (relative to the root, or absolute) is resolved with every symlink
   followed, must stay under the resolved root (no `..` or symlink escapes), and must hold a safetensors
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from pathlib import Path
 
 from lorafit.serve.protocol import APIError
@@ -62,3 +65,26 @@ def adapter_dir_under(root: Path | None, given: str) -> Path:
             raise APIError(403, f"lora_path {given!r}: {name} links outside the adapter root", param="lora_path",
                            code="path_outside_adapter_root")
     return real
+
+
+# Adapter (and route) names travel in URLs, log lines and metric labels: letters, digits and . _ -,
+# starting with a letter or digit (so never "..", never a path), at most this long.
+MAX_NAME_LENGTH = 64
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` may not be an adapter or route name (None: it may)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        return (f"{name!r} is not a valid name: letters, digits, '.', '_' and '-', starting with a letter "
+                "or digit")
+    if len(name) > MAX_NAME_LENGTH:
+        return f"{name[:20]!r}... is {len(name)} characters long; names are at most {MAX_NAME_LENGTH}"
+    return None
+
+
+def check_adapter_name(name: str, param: str = "lora_name") -> None:
+    """400 naming `param` unless `name` is a valid adapter name (see `name_problem`)."""
+    problem = name_problem(name)
+    if problem:
+        raise APIError(400, f"{param}: {problem}", param=param, code="invalid_name")

@@ -1,10 +1,15 @@
 """Tokens to text for one request: incremental deltas for streaming, and stop strings.
 
-The full text is re-decoded from all tokens at each push (a token may change how the previous ones
-decode, and a multi-byte character can span tokens), and only text that can no longer change is
-released: never a trailing U+FFFD (half a character), and, when there are stop strings, never the
-last len(longest stop) - 1 characters (they could be the start of a stop string). A stop string ends
-the text just before it and is not included, as OpenAI does.
+Detokenising is incremental, O(new tokens) per push (vLLM's scheme): each new token is decoded with
+the few tokens before it (from `prefix_offset`), and the text it adds is the difference between
+decoding [prefix_offset:] and [prefix_offset:read_offset], so a token whose text depends on the one
+before it (a leading space, a byte of a multi-byte character) comes out right. While the text of the
+newest tokens ends in U+FFFD (half a character) nothing is added; `flush` adds whatever is left.
+
+Text is released once it can no longer change: with stop strings, never the last len(longest stop) - 1
+characters (they could be the start of a stop string). A stop string ends the text just before it
+and is not included, as OpenAI does. `tokens` holds the tokens the text was made from: up to and
+including the one that completed a stop string, none after it (what `usage` and `token_ids` report).
 """
 
 from __future__ import annotations
@@ -15,33 +20,59 @@ class TextStream:
         self.tokenizer, self.stops = tokenizer, stops
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.tokens: list[int] = []
-        self.text = ""
-        self.sent = 0
         self.stopped = False
+        self._released: list[str] = []  # text sent, in pieces (joined once, in `text`)
+        self._pending = ""  # text made but not sent: at most `hold` characters, where a stop may begin
+        self._prefix_offset = self._read_offset = 0
+
+    @property
+    def text(self) -> str:
+        """All the text so far (sent or not), without a stop string."""
+        return "".join(self._released) + self._pending
 
     def push(self, tokens: list[int]) -> str:
-        """Add new tokens; the text that is now final (possibly ""). Sets `stopped` at a stop string."""
-        if self.stopped:
-            return ""
-        self.tokens += tokens
-        self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if self.stops:
-            start = max(0, self.sent - self.hold)
-            hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
-            if hits:
-                self.text, self.stopped = self.text[: min(hits)], True
-                return self._release(len(self.text))
-        end = len(self.text) - self.hold
-        while end > self.sent and self.text[end - 1] == "\ufffd":
-            end -= 1
-        return self._release(end)
+        """Add new tokens; the text that is now final (possibly ""). Sets `stopped` at a stop string,
+        and then ignores the tokens after the one that completed it."""
+        for token in tokens:
+            if self.stopped:
+                break
+            self.tokens.append(token)
+            self._add(self._decode_new(final=False))
+        return self._release()
 
     def flush(self) -> str:
         """The rest of the text, once generation has ended."""
-        return self._release(len(self.text))
+        if not self.stopped:
+            self._add(self._decode_new(final=True))
+        out, self._pending = self._pending, ""
+        if out:
+            self._released.append(out)
+        return out
 
-    def _release(self, end: int) -> str:
-        if end <= self.sent:
+    def _decode_new(self, final: bool) -> str:
+        """The text the tokens after `read_offset` add (""while it ends in half a character, unless `final`)."""
+        decode = self.tokenizer.decode
+        before = decode(self.tokens[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        after = decode(self.tokens[self._prefix_offset :], skip_special_tokens=True)
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
             return ""
-        delta, self.sent = self.text[self.sent : end], end
-        return delta
+        self._prefix_offset, self._read_offset = self._read_offset, len(self.tokens)
+        return after[len(before) :]
+
+    def _add(self, new: str) -> None:
+        if not new:
+            return
+        start = max(0, len(self._pending) - self.hold)  # a stop can only begin in the held-back tail
+        self._pending += new
+        hits = [i for i in (self._pending.find(s, start) for s in self.stops) if i >= 0]
+        if hits:
+            self._pending, self.stopped = self._pending[: min(hits)], True
+
+    def _release(self) -> str:
+        keep = 0 if self.stopped else self.hold
+        end = len(self._pending) - keep
+        if end <= 0:
+            return ""
+        out, self._pending = self._pending[:end], self._pending[end:]
+        self._released.append(out)
+        return out
