@@ -224,8 +224,9 @@ def machine(res: dict) -> str:
 
 def write_report(out: Path, docs: Path) -> None:
     res = load(out)
-    from results import experiments  # bench/ is on sys.path when run as bench/results.py
     from results_converged_report import converged_section
+
+    from results import experiments  # bench/ is on sys.path when run as bench/results.py
 
     ids = {e.id for e in experiments()} | {"merge-latency"}
     done = [rid for rid in res if rid in ids]

@@ -11,8 +11,9 @@ from safetensors.torch import save_file
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
-import results  # noqa: E402
 import results_report  # noqa: E402
+
+import results  # noqa: E402
 
 
 def test_experiment_ids_are_unique_and_every_trained_row_names_a_shipped_recipe():

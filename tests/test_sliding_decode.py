@@ -12,7 +12,8 @@ from multi_fixtures import make_adapter
 from peft import PeftModel
 from tiny import tiny_tokenizer
 
-from lorafit.adapters.decode import DecodeBatch, Request, attention_layer_types, check_decodable
+from lorafit.adapters.attention_kinds import attention_layer_types, check_decodable
+from lorafit.adapters.decode import DecodeBatch, Request
 from lorafit.adapters.host import AdapterHost
 from lorafit.errors import ModelError
 

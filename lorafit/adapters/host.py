@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lorafit.adapters.decode import DecodeBatch, Request, check_decodable
+from lorafit.adapters.attention_kinds import check_decodable
+from lorafit.adapters.decode import DecodeBatch, Request
 from lorafit.adapters.files import AdapterParts, BaseShape, read_adapter
 from lorafit.adapters.packing import pack_linears, unpack_linears
 from lorafit.errors import AdapterError, ModelError
