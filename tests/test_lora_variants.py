@@ -301,7 +301,7 @@ def test_recipe_keys_reach_the_spec_and_bad_values_name_the_key(tmp_path):
     message = str(e.value)
     assert "r.yaml:4: lora.rank_pattern: key 'q_proj(' is not a valid regular expression" in message
     assert "r.yaml:5: lora.init: must be 'kaiming', 'gaussian', 'pissa', 'pissa_niter_K' (K an integer) or 'olora', got 'svd'" in message
-    assert "r.yaml:6: lora.alpha_pattern: expected a mapping of module patterns to numbers ({q_proj: 16}), got a mapping" in message
+    assert "r.yaml:6: lora.alpha_pattern.v_proj: expected a number, got 'big'" in message
 
 
 # ---------------------------------------------------------------------------------------------- the CLI

@@ -104,6 +104,11 @@ def field_strategy(f: dataclasses.Field) -> st.SearchStrategy:
         return st.floats(0.0, 0.99)
     if f.name == "targets_regex":
         return st.sampled_from([None, r".*\.(q|v)_proj", "layers\\.0\\..*"])
+    if f.name == "init":  # the inits that combine with every variant (pissa/olora + dora is refused)
+        return st.sampled_from(["kaiming", "gaussian"])
+    if f.name in ("rank_pattern", "alpha_pattern"):  # regex keys, values > 0; {} is the default
+        values = st.integers(1, 64) if f.name == "rank_pattern" else st.floats(0.5, 64.0)
+        return st.dictionaries(st.from_regex(r"[a-z_]{1,8}(\.[0-9])?", fullmatch=True), values, max_size=3)
     return value_strategy(f.type)
 
 
