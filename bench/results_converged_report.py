@@ -213,6 +213,32 @@ def epoch_check(out: Path) -> str:
             "the GLUE rows run 5 epochs (SST-2: 3), half the compute.\n") if len(points) >= 5 else ""
 
 
+def progress(out: Path) -> str:
+    """Rows done and left per task, the wall time spent, and for tasks with a finished row a projection
+    of the time left (its mean wall time per row x rows left; rows not yet listed, such as the seed
+    reruns before their sweep ends, are counted as the plan has them)."""
+    import results
+    from results_converged import SEEDS, converged_rows
+
+    planned = converged_rows(results.Experiment, out)
+    tasks = {"cg-mrpc": "MRPC", "cg-stsb": "STS-B", "cg-rte": "RTE", "cw-": "WikiSQL", "ce-": "E2E",
+             "cg-cola": "CoLA", "cg-sst2": "SST-2"}
+    rows = []
+    for prefix, name in tasks.items():
+        ids = [e.id for e in planned if e.id.startswith(prefix)]
+        # Rows the plan lists only once the rows they depend on have finished.
+        later = ([f"{prefix}-{m}-best-s{s}" for m in ("lora", "full") for s in SEEDS] if prefix.startswith("cg-")
+                 else ["ce-full", "ce-lora-qv-beam10", "ce-full-beam10"] if prefix == "ce-" else [])
+        ids += [i for i in later if i not in ids and not (prefix == "ce-" and "ce-lora-qv-2ep-beam10" in ids
+                                                           and i == "ce-lora-qv-beam10")]
+        done = [result(out, i) for i in ids if result(out, i) is not None]
+        spent = sum(r.get("wall_seconds", 0) for r in done)
+        left = len(ids) - len(done)
+        projection = f"~{left * spent / len(done) / 3600:.1f} h" if done and left else "-" if not left else "unknown"
+        rows.append([name, f"{len(done)} / {len(ids)}", f"{spent / 3600:.2f} h", projection])
+    return table(["task", "rows done / planned", "wall time so far", "time left at that pace"], rows)
+
+
 def converged_section(out: Path, docs: Path) -> str:
     """The markdown of section 6, from results/rows (committed) and results/out (this machine)."""
     done = sorted(p.stem for p in (out.parent / "rows").glob("c[gwe]-*.json"))
@@ -224,6 +250,9 @@ def converged_section(out: Path, docs: Path) -> str:
         "sweeps, seeds, the order they run in) and `bench/results_converged_report.py` writes this section "
         "from the committed row records in `results/rows/` (regenerate: `bench/results.py report --converged`). "
         f"Rows finished so far: {len(done)}.\n",
+        "### Progress\n",
+        "One row at a time on one core (`OMP_NUM_THREADS=1`, the other core kept for development work); "
+        "the queue goes on in the next sitting, resuming an interrupted row from its checkpoint.\n\n" + progress(out),
         "### Verdicts (computed from the tables below)\n",
         "\n".join(glue_verdicts(out) + wikisql_verdict(out) + e2e_verdict(out)) + "\n",
         "### 6a. GLUE dev on MiniLM-L6: median [range] over seeds at the best learning rate\n",
