@@ -217,8 +217,9 @@ def progress(out: Path) -> str:
     """Rows done and left per task, the wall time spent, and for tasks with a finished row a projection
     of the time left (its mean wall time per row x rows left; rows not yet listed, such as the seed
     reruns before their sweep ends, are counted as the plan has them)."""
-    import results
     from results_converged import SEEDS, converged_rows
+
+    import results
 
     planned = converged_rows(results.Experiment, out)
     tasks = {"cg-mrpc": "MRPC", "cg-stsb": "STS-B", "cg-rte": "RTE", "cw-": "WikiSQL", "ce-": "E2E",
