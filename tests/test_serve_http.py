@@ -54,6 +54,15 @@ def start(args, log_path):
     return proc, port, log_path
 
 
+def stop(proc) -> None:
+    """SIGTERM a server process, SIGKILL it if it has not exited 15 s later."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def wait_ready(proc, port, log_path, timeout=90):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -97,11 +106,7 @@ def env(tmp_path_factory):
         yield {"url": url, "root": root, "outside": outside, "host": host,
                "log": main_log, "client": openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)}
     finally:
-        main.terminate()
-        try:
-            main.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            main.kill()
+        stop(main)
 
 
 def greedy(host, prompt, adapter, n):

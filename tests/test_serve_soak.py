@@ -4,7 +4,6 @@ requests. Zero failures of well-formed requests, every hostile one a 4xx, reside
 within 5%, and once idle no running rows and no leaked adapter slots."""
 
 import asyncio
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ pytest.importorskip("httpx", reason="pip install -e '.[serve]'")
 pytest.importorskip("fastapi", reason="pip install -e '.[serve]'")
 
 from multi_fixtures import make_adapter  # noqa: E402
-from test_serve_http import TEMPLATE, start, wait_ready  # noqa: E402
+from test_serve_http import TEMPLATE, start, stop, wait_ready  # noqa: E402
 from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -39,11 +38,7 @@ def test_soak(tmp_path):
         summary = asyncio.run(soak(url, "k", seconds=40, stable=["s0", "s1"], churn_dirs=["c0", "c1"], base="tiny",
                                    pid=proc.pid, good_clients=3))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     assert summary["failure_count"] == 0, summary["failures"]
     counts = summary["counts"]
     assert counts["good"] >= 20 and counts["churn"] >= 3 and counts["disconnect"] >= 3, counts
