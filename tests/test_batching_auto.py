@@ -6,17 +6,15 @@ import pytest
 import torch
 from cli_runs import TINY_RECIPE, run_cli, write_recipe
 from families import WINDOW, build
+from test_packing import assert_packed_equals_one_by_one
 from tiny import tiny_tokenizer, with_trained_looking_lora
 
 from lorafit.data.batches import (
-    collate,
-    collate_packed,
     describe_batching,
     encode_generation,
     resolve_batching,
 )
 from lorafit.tasks.types import GenerationExample
-from lorafit.train.loss import causal_lm_loss
 
 torch.set_num_threads(1)
 
@@ -52,18 +50,7 @@ def test_the_log_says_why_auto_did_not_pack():
 def test_packed_sliding_window_loss_and_gradients_equal_the_examples_one_by_one(family):
     items = encode_generation(EXAMPLES, tiny_tokenizer(), 512)[0]
     assert min(len(e) for e in items) > 2 * WINDOW
-    model = with_trained_looking_lora(build(family))
-    one_by_one = [causal_lm_loss(model, collate([e], 0)) for e in items]
-    sum(one_by_one).backward()
-    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad()
-    packed = causal_lm_loss(model, collate_packed(items))
-    packed.backward()
-    total = sum(x.item() for x in one_by_one)
-    assert abs(packed.item() - total) <= 1e-5 * total
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-4)
+    assert_packed_equals_one_by_one(with_trained_looking_lora(build(family)), items, atol=1e-5, rtol=1e-4)
 
 
 def test_train_with_default_batching_buckets_gemma2_and_says_so_in_one_line(tmp_path):
