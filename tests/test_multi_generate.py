@@ -54,7 +54,7 @@ def test_run_generate_mixed_adapters_in_input_order(tmp_path, model_dir):
 
 
 @pytest.mark.parametrize("line, expected", [
-    ("{not json", "not valid JSON"),
+    ("{not json", "invalid JSON"),
     ('["a list"]', "expected a JSON object"),
     ('{"adapter": "r1"}', "prompt: must be a non-empty string"),
     ('{"prompt": "p", "adaptor": "r1"}', "adaptor: unknown field (did you mean 'adapter'?)"),
@@ -70,13 +70,13 @@ def test_bad_rows_name_file_line_and_field_before_loading(tmp_path, line, expect
     with pytest.raises(DataError) as e:
         run_generate("no-such-model-dir/", {"r1": str(tmp_path)}, path, tmp_path / "out.jsonl")
     message = str(e.value)
-    assert "\n" not in message and message.startswith(f"{path}:2: ") and expected in message, message
+    assert "\n" not in message and message.startswith(f"{path} line 2: ") and expected in message, message
 
 
 def test_missing_and_empty_input(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         run_generate("m/", {}, tmp_path / "absent.jsonl", tmp_path / "o.jsonl")
-    with pytest.raises(DataError, match="no requests"):
+    with pytest.raises(DataError, match="has no data rows"):
         run_generate("m/", {}, write_jsonl(tmp_path / "e.jsonl", ["", "  "]), tmp_path / "o.jsonl")
 
 
@@ -162,7 +162,7 @@ def test_bad_chat_and_stop_rows(tmp_path, line, expected):
     path = write_jsonl(tmp_path / "req.jsonl", [line])
     with pytest.raises(DataError) as e:
         run_generate("no-such-model-dir/", {}, path, tmp_path / "out.jsonl")
-    assert str(e.value).startswith(f"{path}:1: ") and expected in str(e.value), str(e.value)
+    assert str(e.value).startswith(f"{path} line 1: ") and expected in str(e.value), str(e.value)
 
 
 def test_a_run_directory_stands_for_its_adapter(tmp_path):

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorafit.data.jsonrows import json_rows
 from lorafit.errors import AdapterError, DataError
 from lorafit.runs.atomic import write_text_atomic
 
@@ -48,7 +49,7 @@ class GenerateRequest:
 
 
 def _field_error(path: Path, line: int, field: str, message: str) -> DataError:
-    return DataError(f"{path}:{line}: {field}: {message}")
+    return DataError(f"{path} line {line}: {field}: {message}")  # as data/jsonrows.py names lines
 
 
 def _number(row: dict, key: str, default, path: Path, line: int, *, integer: bool, low: float, high=None,
@@ -90,22 +91,11 @@ def read_requests(path: str | Path, adapters: dict[str, str], max_new_tokens: in
     """Parse and check every line; DataError naming the file, line and field of the first bad one.
     `max_new_tokens`, `temperature` and `stop` are the defaults of rows that do not set them."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     requests = []
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{line}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{line}: expected a JSON object with a 'prompt', got {type(row).__name__}")
+    # The one JSON reader (data/jsonrows.py): file and line for every broken line, blank lines skipped.
+    for line, row in json_rows(path):
         for key in row:
             if key not in FIELDS:
                 close = difflib.get_close_matches(key, FIELDS, n=1)
@@ -132,8 +122,6 @@ def read_requests(path: str | Path, adapters: dict[str, str], max_new_tokens: in
             messages=messages,
             stop=_stops(row["stop"], path, line) if "stop" in row else tuple(stop),
         ))
-    if not requests:
-        raise DataError(f"{path}: no requests (one JSON object per line, each with a 'prompt')")
     return requests
 
 
