@@ -13,16 +13,11 @@ from __future__ import annotations
 from torch import nn
 
 from lorafit.fast.packed import PackedLinear, can_pack
-from lorafit.lora.layer import is_conv1d, is_linear
+from lorafit.lora.layer import is_conv1d, is_linear, replace_module
 
 # Conv1D layers packed (weight transposed to (d_out, d_in)) are remembered, so unpacking gives a
 # Conv1D back with its (d_in, d_out) weight: an adapter's saved copy of it has that orientation.
 _FROM_CONV1D = "_lorafit_from_conv1d"
-
-
-def _swap(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_name, _, child = path.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def pack_linears(model: nn.Module) -> int:
@@ -40,7 +35,7 @@ def pack_linears(model: nn.Module) -> int:
         packed = PackedLinear(weight, module.bias)
         if conv1d:
             setattr(packed, _FROM_CONV1D, True)
-        _swap(model, path, packed)
+        replace_module(model, path, packed)
         count += 1
     if count:
         # transformers maps a safetensors checkpoint into memory; every page packing read stays resident
@@ -69,5 +64,5 @@ def unpack_linears(module: nn.Module) -> nn.Module:
         return plain(module)
     for path, child in list(module.named_modules()):
         if path and isinstance(child, PackedLinear):
-            _swap(module, path, plain(child))
+            replace_module(module, path, plain(child))
     return module

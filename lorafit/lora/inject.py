@@ -23,7 +23,7 @@ from typing import Literal
 from torch import nn
 
 from lorafit.errors import TargetError
-from lorafit.lora.layer import LoRALinear, is_linear
+from lorafit.lora.layer import LoRALinear, is_linear, replace_module
 from lorafit.lora.targets import DEFAULT, MODEL_KEYWORDS, resolve_keyword
 
 ALL_LINEAR = "all-linear"
@@ -157,10 +157,8 @@ def add_lora(model: nn.Module, spec: LoraSpec) -> InjectionReport:
     for param in model.parameters():
         param.requires_grad_(False)
     for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
         layer = LoRALinear.wrap(
-            getattr(parent, child),
+            model.get_submodule(name),
             rank=spec.rank_for(name),
             alpha=spec.alpha_for(name),
             dropout=spec.dropout,
@@ -168,7 +166,7 @@ def add_lora(model: nn.Module, spec: LoraSpec) -> InjectionReport:
             init=spec.init,
             dora=spec.variant == "dora",
         )
-        setattr(parent, child, layer)
+        replace_module(model, name, layer)
     for name, param in model.named_parameters():
         if is_lora_parameter(name):
             param.requires_grad_(True)

@@ -62,6 +62,12 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
 
 
+def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put `new` where the submodule named `path` (e.g. "model.layers.0.self_attn.q_proj") is."""
+    parent_name, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
 def is_linear(module: nn.Module) -> bool:
     """Layers LoRA can wrap: nn.Linear and GPT-2 Conv1D."""
     return isinstance(module, nn.Linear) or is_conv1d(module)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lorafit.errors import MergeError
-from lorafit.lora.layer import LoRALinear
+from lorafit.lora.layer import LoRALinear, replace_module
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
@@ -80,9 +80,7 @@ def unload_lora(model: nn.Module) -> nn.Module:
     the base model back). Returns `model`, modified in place.
     """
     for name, layer in lora_layers(model):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer.unwrap())
+        replace_module(model, name, layer.unwrap())
     return model
 
 
