@@ -16,7 +16,7 @@ from typing import Literal
 from torch import nn
 
 from lorafit.errors import TargetError
-from lorafit.lora.layer import LoRALinear, is_linear
+from lorafit.lora.layer import LoRALinear, is_linear, weight_numel
 
 ALL_LINEAR = "all-linear"
 BiasMode = Literal["none", "all", "lora_only"]
@@ -166,7 +166,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
         if id(param) in seen or (trainable_only and not param.requires_grad):
             continue
         seen.add(id(param))
-        total += param.numel()
+        total += weight_numel(param)
     return total
 
 

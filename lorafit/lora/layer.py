@@ -11,6 +11,11 @@ model saves exactly like the original. GPT-2's `Conv1D` stores its weight transp
 
 All the low-rank math lives in `lora_delta_output` and `lora_delta_weight`, so a stacked multi-adapter
 variant can reuse it.
+
+A quantized frozen base (models/quantize.py: bitsandbytes `Linear4bit` nf4 / `Linear8bitLt` int8, both
+nn.Linear subclasses whose weight holds packed integers) is wrapped the same way: the base path calls
+the wrapped module itself (it dequantizes), the shapes come from its in/out features, and A/B are fp32.
+Such a layer cannot be merged (the adapter is merged into the full-precision base instead).
 """
 
 from __future__ import annotations
@@ -54,6 +59,20 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
 
 
+def is_quantized(module: nn.Module) -> bool:
+    """True for a linear whose weight is stored as integers (bitsandbytes Linear4bit / Linear8bitLt),
+    duck typed so this package never imports bitsandbytes."""
+    weight = getattr(module, "weight", None)
+    return isinstance(module, nn.Linear) and weight is not None and not weight.dtype.is_floating_point
+
+
+def weight_numel(param: torch.Tensor) -> int:
+    """Weights a parameter stands for: a packed nf4 weight (bitsandbytes Params4bit) holds two per byte,
+    its own shape is the packed one and its quant_state keeps the real one."""
+    state = getattr(param, "quant_state", None)
+    return int(torch.Size(state.shape).numel()) if state is not None else param.numel()
+
+
 def is_linear(module: nn.Module) -> bool:
     """Layers LoRA can wrap: nn.Linear and GPT-2 Conv1D."""
     return isinstance(module, nn.Linear) or is_conv1d(module)
@@ -77,6 +96,7 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         rslora: bool = False,
         init: InitKind = "kaiming",
+        quantized: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if rank <= 0:
@@ -84,11 +104,16 @@ class LoRALinear(nn.Module):
         self.weight = weight
         self.bias = bias
         self.transposed = transposed
-        d_in, d_out = (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
+        if quantized is not None:  # the weight holds packed integers: the shape is the module's
+            d_in, d_out = quantized.in_features, quantized.out_features
+        else:
+            d_in, d_out = (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
         self.in_features, self.out_features = d_in, d_out
         self.rank, self.alpha, self.rslora = rank, alpha, rslora
         self.scale = lora_scale(rank, alpha, rslora)
-        factory = {"device": weight.device, "dtype": weight.dtype}
+        # Outside the module tree (no state-dict keys, no train/eval switching): the base path's module.
+        object.__setattr__(self, "_quantized", quantized)
+        factory = {"device": weight.device, "dtype": torch.float32 if quantized is not None else weight.dtype}
         # nn.Linear submodules so the keys read `lora_A.weight` / `lora_B.weight`, as in PEFT's files.
         self.lora_A = nn.Linear(d_in, rank, bias=False, **factory)  # A: (rank, d_in)
         self.lora_B = nn.Linear(rank, d_out, bias=False, **factory)  # B: (d_out, rank)
@@ -105,7 +130,8 @@ class LoRALinear(nn.Module):
         """Wrap an nn.Linear or Conv1D, sharing its weight and bias Parameters."""
         if not is_linear(module):
             raise TypeError(f"cannot wrap {type(module).__name__}: only nn.Linear and Conv1D")
-        layer = cls(module.weight, module.bias, transposed=is_conv1d(module), **kwargs)
+        quantized = module if is_quantized(module) else None
+        layer = cls(module.weight, module.bias, transposed=is_conv1d(module), quantized=quantized, **kwargs)
         # Kept outside the module tree (no state-dict keys) so `unwrap` can restore the original class.
         object.__setattr__(layer, "_original", module)
         return layer
@@ -130,9 +156,11 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Base path: W stored (d_out, d_in), or (d_in, d_out) for Conv1D.
-        weight = self.weight.T if self.transposed else self.weight
-        out = F.linear(x, weight, self.bias)
+        if self._quantized is not None:
+            out = self._quantized(x)  # dequantizes W (blockwise) and multiplies; no gradient to W
+        else:  # Base path: W stored (d_out, d_in), or (d_in, d_out) for Conv1D.
+            weight = self.weight.T if self.transposed else self.weight
+            out = F.linear(x, weight, self.bias)
         if self.merged or self.disabled:
             return out
         return out + lora_delta_output(self.lora_dropout(x), self.lora_A.weight, self.lora_B.weight, self.scale)

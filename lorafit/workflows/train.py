@@ -24,7 +24,7 @@ from lorafit.data.chat import eval_prompts, plain_decoding
 from lorafit.errors import RecipeError, RunDirError
 from lorafit.eval.generate import decoding_settings, generate
 from lorafit.eval.predict import eval_items, evaluate
-from lorafit.fast.precision import resolve_precision
+from lorafit.fast.precision import has_native_bf16, resolve_precision
 from lorafit.lora import lora_disabled
 from lorafit.models.loader import Loaded, load_for_training
 from lorafit.recipe import Recipe, dump_recipe
@@ -97,11 +97,16 @@ def warn(message: str) -> None:
 
 def report_model(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter) -> None:
     counts = parameter_summary(loaded.report)
-    precision = resolve_precision(recipe.precision, next(loaded.model.parameters()).device)
+    device = next(loaded.model.parameters()).device
+    precision = resolve_precision(recipe.precision, device)
+    if recipe.precision == "bf16" and device.type == "cpu" and not has_native_bf16(device):
+        warn("precision: bf16 on a CPU without native bf16 (avx512_bf16 / amx_bf16): bf16 matmuls are emulated, "
+             "many times slower than fp32; precision: auto picks fp32 here")
+    quantized = f", base quantized to {recipe.quantize}" if recipe.quantize != "none" else ""
     reporter.info(
         f"{recipe.name}: {recipe.model} on {task.name}; trainable {counts['trainable_params']:,} of "
         f"{counts['total_params']:,} parameters ({counts['trainable_percent']:.3f}%), "
-        f"{counts['adapted_layers']} LoRA layers; precision {precision}"
+        f"{counts['adapted_layers']} LoRA layers; precision {precision}{quantized}"
     )
 
 
@@ -117,9 +122,13 @@ def report_data(counts: dict, recipe: Recipe, task: Task, reporter: Reporter) ->
 
 def check_distributed(recipe: Recipe, task: Task, dist: Dist) -> None:
     """What several fsdp ranks cannot do yet, refused before the model loads: generating text (task
-    evaluation, held-out examples) needs every rank's forward passes in step."""
+    evaluation, held-out examples) needs every rank's forward passes in step; sharding packed 4 / 8-bit
+    weights."""
     if not dist.sharded:
         return
+    if recipe.quantize != "none":
+        raise RecipeError(f"quantize: {recipe.quantize} cannot be sharded by train.distributed fsdp; "
+                          "use train.distributed: ddp (each rank holds the quantized base) or quantize: none")
     keys = [k for k, on in (("eval.every", recipe.eval.every), ("eval.at_end", recipe.eval.at_end),
                             ("eval.show_examples", recipe.eval.show_examples)) if on]
     if keys:
