@@ -143,7 +143,8 @@ def test_same_losses_as_peft_with_bitsandbytes_on_the_same_nf4_base(model64_dir)
 
 
 def test_cli_trains_on_nf4_and_the_adapter_loads_on_the_fp32_base(model64_dir, tmp_path):
-    recipe = TINY_RECIPE.replace("seed: 3", "seed: 3\nquantize: nf4\nprecision: fp32").replace("save_every: 5", "save_every: 0")
+    recipe = (TINY_RECIPE.replace("seed: 3", "seed: 3\nquantize: nf4\nprecision: fp32")
+              .replace("save_every: 5", "save_every: 0\n  gradient_checkpointing: true"))
     result = run_cli(["train", write_recipe(tmp_path / "r.yaml", model64_dir, recipe), "-o", tmp_path / "run"])
     assert result.exit_code == 0, result.output
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

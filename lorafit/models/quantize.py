@@ -22,6 +22,8 @@ read in bf16 (half the peak of an fp32 read) and each linear is quantized from t
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -32,10 +34,17 @@ NF4_BLOCKSIZE = 64  # weights per absmax (QLoRA's choice)
 
 
 def _bitsandbytes():
+    # On import its CPU backend logs a warning when the optional `kernels` package is missing: that
+    # kernel serves only the inference repacking this module switches off (see quantized_linear).
+    bnb_logger = logging.getLogger("bitsandbytes")
+    level = bnb_logger.level
+    bnb_logger.setLevel(logging.ERROR)
     try:
         import bitsandbytes
     except ImportError as e:  # pragma: no cover - installed with lorafit[quantize]
         raise ModelError("quantize: needs bitsandbytes (pip install 'lorafit[quantize]')") from e
+    finally:
+        bnb_logger.setLevel(level)
     return bitsandbytes
 
 

@@ -36,6 +36,7 @@ from lorafit.runs.tensorboard import TensorBoardLog, summary_writer_class
 from lorafit.tasks import task_data_dir
 from lorafit.tasks.types import Task
 from lorafit.train import distributed
+from lorafit.train.checkpointing import enable_gradient_checkpointing
 from lorafit.train.distributed import Dist
 from lorafit.train.loop import FitResult, fit, total_optimizer_steps
 from lorafit.train.setup import load_task, loss_function, parameter_summary, prepare_data, save_trained
@@ -55,6 +56,8 @@ def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, 
         if dist.world > 1:
             reporter.info(distributed.describe(dist, recipe.train.batch_size, recipe.train.grad_accum))
         loaded = load_for_training(recipe, task.num_labels)
+        if recipe.train.gradient_checkpointing:
+            enable_gradient_checkpointing(loaded.model)
         loaded.model = dist.prepare(loaded.model)  # ddp: trainable weights from rank 0; fsdp: sharded
         report_model(recipe, task, loaded, reporter)
         with dist.main_first():  # rank 0 tokenises into the on-disk cache; the other ranks then read it
