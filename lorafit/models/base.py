@@ -59,6 +59,11 @@ def _load_config(ref: ModelRef):
         raise ModelError(f"model {ref.name!r}: cannot read its config from {ref.path_or_id}: {first_line(e)}") from e
 
 
+def config_dict(ref: ModelRef) -> dict:
+    """The model's config.json as a dict (no weights read)."""
+    return _load_config(ref).to_dict()
+
+
 def _set_pad_token_id(config, tokenizer) -> None:
     """The tokenizer's pad id wins (batches are padded with it; sequence classifiers on decoder models
     find each row's last real token by it); without a tokenizer, keep the config's or use eos."""
