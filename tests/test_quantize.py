@@ -168,3 +168,26 @@ def test_quantize_with_full_fine_tuning_is_refused(model64_dir, tmp_path):
     result = run_cli(["train", write_recipe(tmp_path / "r.yaml", model64_dir, recipe), "-o", tmp_path / "run"])
     assert result.exit_code == 2
     assert "quantize: int8 freezes the base in int8; train.method full trains every weight" in result.output
+
+
+def test_fsdp_with_a_quantized_base_is_refused():
+    from types import SimpleNamespace
+
+    from lorafit.errors import RecipeError
+    from lorafit.recipe.schema import Recipe, TrainConfig
+    from lorafit.workflows.train import check_distributed
+
+    recipe = Recipe(model="m", task="e2e", quantize="nf4", train=TrainConfig(distributed="fsdp"))
+    with pytest.raises(RecipeError, match="quantize: nf4 cannot be sharded by train.distributed fsdp; use"):
+        check_distributed(recipe, None, SimpleNamespace(sharded=True))
+
+
+def test_explicit_bf16_on_a_cpu_without_native_bf16_warns(model64_dir, tmp_path, monkeypatch):
+    import lorafit.workflows.train as train_workflow
+
+    monkeypatch.setattr(train_workflow, "has_native_bf16", lambda device: False)
+    recipe = TINY_RECIPE.replace("seed: 3", "seed: 3\nprecision: bf16").replace("max_steps: 40", "max_steps: 2")
+    result = run_cli(["train", write_recipe(tmp_path / "r.yaml", model64_dir, recipe), "-o", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+    assert ("warning: precision: bf16 on a CPU without native bf16 (avx512_bf16 / amx_bf16): bf16 matmuls are "
+            "emulated, many times slower than fp32; precision: auto picks fp32 here") in result.stderr
