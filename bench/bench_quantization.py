@@ -5,7 +5,7 @@
 
 e2e: `lorafit train recipes/e2e-smollm2.yaml` as subprocesses (1 torch thread each, one at a time), same
 data, seed and steps, with base fp32 / bf16 / int8 / nf4, each without and with
-train.gradient_checkpointing: peak RSS (summary.json), s/step, held-out loss on 200 validation
+train.gradient_checkpointing: peak RSS (summary.json), s/step, held-out loss on `--valid` validation
 examples, and `inspect`'s estimated peak for the same recipe beside the measured one.
 
 big: a Llama with SmolLM2-1.7B's published config (written below; no download), random bf16 weights
@@ -62,11 +62,12 @@ def run_e2e(args) -> list[dict]:
     repo = benchlib.REPO
     recipe = repo / "lorafit" / "recipes" / "e2e-smollm2.yaml"
     rows = []
-    for label, quantize, precision in BASES:
+    for label, quantize, precision in [b for b in BASES if b[0] in args.bases.split(",")]:
         for ckpt in (False, True):
             sets = [f"quantize={quantize}", f"precision={precision}", f"train.gradient_checkpointing={str(ckpt).lower()}",
                     f"train.max_steps={args.steps}", "train.eval_every=0", "eval.at_end=false", "log.plot=false",
-                    f"data.max_train_examples={args.steps * 8}", "data.max_valid_examples=200", "train.log_every=5"]
+                    f"data.max_train_examples={args.steps * 8}", f"data.max_valid_examples={args.valid}",
+                    "train.log_every=5"]
             estimate = memory_estimate(load_recipe(recipe, sets))
             out = Path(tempfile.mkdtemp(prefix="bq-")) / "run"
             cmd = [str(Path(sys.executable).with_name("lorafit")), "train", str(recipe), "-o", str(out), "--quiet"]
@@ -177,6 +178,8 @@ def main() -> None:
     parser.add_argument("what", choices=["e2e", "big", "predict"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--quantize", default="nf4")
+    parser.add_argument("--valid", type=int, default=200, help="e2e: held-out examples for the loss")
+    parser.add_argument("--bases", default="fp32,bf16,int8,nf4", help="e2e: which frozen bases")
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     args = parser.parse_args()
     torch.set_num_threads(1)
