@@ -68,7 +68,8 @@ def run_e2e(args) -> list[dict]:
                     f"train.max_steps={args.steps}", "train.eval_every=0", "eval.at_end=false", "log.plot=false",
                     f"data.max_train_examples={args.steps * 8}", f"data.max_valid_examples={args.valid}",
                     "train.log_every=5"]
-            estimate = memory_estimate(load_recipe(recipe, sets))
+            parsed = load_recipe(recipe, sets)
+            estimate = memory_estimate(parsed)
             out = Path(tempfile.mkdtemp(prefix="bq-")) / "run"
             cmd = [str(Path(sys.executable).with_name("lorafit")), "train", str(recipe), "-o", str(out), "--quiet"]
             for s in sets:
@@ -85,13 +86,28 @@ def run_e2e(args) -> list[dict]:
                    "peak_rss_mb": summary["peak_rss_mb"], "valid_loss": summary["final_valid_loss"],
                    "initial_valid_loss": summary["initial_valid_loss"],
                    "s_per_step": train[-1]["elapsed_s"] / summary["steps"], "wall_s": time.perf_counter() - began,
-                   "estimate_peak_mb": estimate.peak / 2**20, "estimate_training_mb": estimate.training / 2**20}
+                   "estimate_peak_mb": estimate.peak / 2**20, "estimate_training_mb": estimate.training / 2**20,
+                   **estimate_at_run_tokens(parsed, summary)}
             rows.append(row)
             print(f"{label:5s} ckpt={'on ' if ckpt else 'off'} ({row['precision_run']}): peak RSS {row['peak_rss_mb']:.0f} MB "
-                  f"(estimate {row['estimate_peak_mb']:.0f} MB, {row['estimate_peak_mb'] / row['peak_rss_mb']:.2f}x), "
+                  f"(estimate {row['estimate_peak_mb']:.0f} MB at batch x max_length, {row['estimate_run_tokens_mb']:.0f} MB "
+                  f"at the run's {row['tokens_per_step']:.0f} tokens/step: {row['estimate_run_tokens_mb'] / row['peak_rss_mb']:.2f}x), "
                   f"{row['s_per_step']:.2f} s/step, held-out loss {row['valid_loss']:.4f} "
                   f"(from {row['initial_valid_loss']:.4f})", flush=True)
     return rows
+
+
+def estimate_at_run_tokens(parsed, summary: dict) -> dict:
+    """inspect's estimate counts batch_size x max_length tokens (the most a batch can hold); E2E's packed
+    batches hold fewer. The same estimate at the run's mean tokens per step, for comparing with RSS."""
+    from dataclasses import replace
+
+    from lorafit.train.setup import memory_estimate
+
+    tokens = summary["tokens_seen"] / summary["steps"]
+    length = max(1, round(tokens / parsed.train.batch_size))
+    estimate = memory_estimate(replace(parsed, data=replace(parsed.data, max_length=length)))
+    return {"tokens_per_step": tokens, "estimate_run_tokens_mb": estimate.peak / 2**20}
 
 
 def benchlib_env() -> dict:

@@ -191,3 +191,18 @@ def test_explicit_bf16_on_a_cpu_without_native_bf16_warns(model64_dir, tmp_path,
     assert result.exit_code == 0, result.output
     assert ("warning: precision: bf16 on a CPU without native bf16 (avx512_bf16 / amx_bf16): bf16 matmuls are "
             "emulated, many times slower than fp32; precision: auto picks fp32 here") in result.stderr
+
+
+def test_int8_under_bf16_keeps_no_copies_of_its_dequantized_rows():
+    """bitsandbytes dequantizes int8 rows into a new fp32 tensor at every call; the run's bf16 weight
+    cache (fast/precision.py) must not keep them (it once grew by a model's worth per step)."""
+    from lorafit.fast.precision import FrozenWeightCasts, autocast_context
+
+    model = tiny_llama64()
+    quantize_base(model, "int8", torch.bfloat16, keep={"lm_head"})
+    model.requires_grad_(False)  # frozen, as under LoRA
+    casts = FrozenWeightCasts()
+    for _ in range(3):
+        with autocast_context("bf16", torch.device("cpu"), casts):
+            model(input_ids=token_batch())
+    assert len(casts) == 1  # the fp32 head's bf16 copy, nothing per call
