@@ -163,11 +163,16 @@ def test_cli_trains_on_nf4_and_the_adapter_loads_on_the_fp32_base(model64_dir, t
     assert merged.exit_code == 0, merged.output
 
 
-def test_quantize_with_full_fine_tuning_is_refused(model64_dir, tmp_path):
-    recipe = TINY_RECIPE.replace("seed: 3", "seed: 3\nquantize: int8").replace("train:\n", "train:\n  method: full\n")
+@pytest.mark.parametrize("setting, message", [
+    ("method: full", "quantize: int8 freezes the base in int8; train.method full trains every weight"),
+    ("gradient_checkpointing: true", "quantize: int8 does not work with train.gradient_checkpointing (bitsandbytes "
+                                     "keeps every int8 layer's input alive); use quantize: nf4"),
+])
+def test_int8_with_full_fine_tuning_or_checkpointing_is_refused(model64_dir, tmp_path, setting, message):
+    recipe = TINY_RECIPE.replace("seed: 3", "seed: 3\nquantize: int8").replace("train:\n", f"train:\n  {setting}\n")
     result = run_cli(["train", write_recipe(tmp_path / "r.yaml", model64_dir, recipe), "-o", tmp_path / "run"])
     assert result.exit_code == 2
-    assert "quantize: int8 freezes the base in int8; train.method full trains every weight" in result.output
+    assert message in result.output
 
 
 def test_fsdp_with_a_quantized_base_is_refused():
