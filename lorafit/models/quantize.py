@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from lorafit.errors import ModelError
+from lorafit.fast.memory import release_free_heap
 
 QUANTIZE_KINDS = ("none", "int8", "nf4")
 NF4_BLOCKSIZE = 64  # weights per absmax (QLoRA's choice)
@@ -101,6 +102,9 @@ def quantize_base(model: nn.Module, kind: str, compute_dtype: torch.dtype, keep:
         for key, buffer in buffer_owner.named_buffers(recurse=False):
             if buffer.dtype.is_floating_point and buffer.dtype != torch.float32:
                 buffer_owner._buffers[key] = buffer.float()
+    # The replaced weights went back to the C heap, which keeps them resident (fast/memory.py): hand the
+    # pages to the OS, or the process keeps the unquantized model's size for the whole run.
+    release_free_heap()
     return names
 
 
