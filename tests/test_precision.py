@@ -106,7 +106,7 @@ def test_frozen_weight_casts_are_bitwise_autocast_and_made_once():
 
 def test_frozen_weight_cast_is_redone_after_an_in_place_change():
     casts = FrozenWeightCasts()
-    w = torch.randn(5, 16)
+    w = torch.nn.Parameter(torch.randn(5, 16), requires_grad=False)
     x = torch.randn(3, 16)
     with autocast_context("bf16", CPU, casts):
         first = F.linear(x, w)
@@ -117,5 +117,7 @@ def test_frozen_weight_cast_is_redone_after_an_in_place_change():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = F.linear(x, w)
     assert not torch.equal(first, second) and torch.equal(second, expected)
+    assert len(casts) == 1  # cached, then re-cast after the change
     trainable = torch.randn(5, 16, requires_grad=True)
     assert not casts.cacheable(trainable) and not casts.cacheable(w.T)
+    assert not casts.cacheable(torch.randn(5, 16))  # a tensor made on the fly: a new identity every call

@@ -104,7 +104,8 @@ def inspect(
     set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a recipe key.")] = [],  # noqa: B006
     json_out: JsonOpt = False,
 ) -> None:
-    """Dry run: load the base, show which modules each target matches and the parameter counts.
+    """Dry run: the memory the run will need (from the config, before loading), then load the base and
+    show which modules each target matches and the parameter counts.
 
     Fails (exit 2) when a target matches nothing.
 
@@ -115,11 +116,15 @@ def inspect(
     """
     from lorafit.models.loader import load_for_training
     from lorafit.recipe import load_recipe
-    from lorafit.train.setup import load_task, parameter_summary
+    from lorafit.train.estimate import describe
+    from lorafit.train.setup import load_task, memory_estimate, parameter_summary
 
     reporter = Reporter(False, json_out)
     parsed = load_recipe(recipe, set_)
     task = load_task(parsed)
+    estimate = memory_estimate(parsed)
+    for line in describe(estimate) if estimate else ["memory estimate: only for Llama-style decoders trained with LoRA"]:
+        reporter.info(line)
     prepared = load_for_training(parsed, task.num_labels)
     counts = parameter_summary(prepared.report)
     reporter.info(f"recipe {recipe}: model {parsed.model} ({prepared.base.path_or_id}), task {task.name} ({task.kind})")
@@ -139,6 +144,10 @@ def inspect(
         f"trainable parameters: {counts['trainable_params']:,} of {counts['total_params']:,} "
         f"({counts['trainable_percent']:.4f}%)"
     )
+    memory = None if estimate is None else {**{k: getattr(estimate, k) for k in (
+        "weights", "trainable", "activations", "activations_checkpointed", "runtime", "loading")},
+        "peak": estimate.peak}
     reporter.summary({"recipe": str(recipe), **counts, "matched": prepared.report.matched_by_target,
                       "saved_modules": prepared.report.saved_modules,
-                      "layers": {n: {"rank": m.rank, "alpha": m.alpha, "variant": lora.variant} for n, m in layers.items()}})
+                      "layers": {n: {"rank": m.rank, "alpha": m.alpha, "variant": lora.variant} for n, m in layers.items()},
+                      "memory_bytes": memory})

@@ -47,15 +47,18 @@ class FrozenWeightCasts:
 
     Keyed by the weight tensor itself and its in-place version counter, so a merge (an in-place
     add) makes the next call cast afresh. Only plain fp32 tensors that do not require grad are
-    cached; trainable weights (LoRA A/B, heads, full fine-tuning) keep autocast's own handling.
+    cached (Parameters: the model's own weights); trainable weights (LoRA A/B, heads, full fine-tuning)
+    keep autocast's own handling.
     """
 
     def __init__(self) -> None:
         self._copies: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
 
     def cacheable(self, weight: object) -> bool:
+        # Parameters only: a weight made on the fly (bitsandbytes dequantizes int8 rows into a new tensor
+        # at every call) would be cached under a new identity each time, keeping every copy alive.
         return (
-            isinstance(weight, torch.Tensor)
+            isinstance(weight, torch.nn.Parameter)
             and weight.dtype == torch.float32
             and not weight.requires_grad
             and weight._base is None  # a view (e.g. W.T) is a new object per call: nothing to reuse

@@ -23,7 +23,7 @@ from typing import Literal
 from torch import nn
 
 from lorafit.errors import TargetError
-from lorafit.lora.layer import LoRALinear, is_linear, replace_module
+from lorafit.lora.layer import LoRALinear, is_linear, replace_module, weight_numel
 from lorafit.lora.targets import DEFAULT, MODEL_KEYWORDS, resolve_keyword
 
 ALL_LINEAR = "all-linear"
@@ -204,7 +204,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
         if id(param) in seen or (trainable_only and not param.requires_grad):
             continue
         seen.add(id(param))
-        total += param.numel()
+        total += weight_numel(param)
     return total
 
 

@@ -17,6 +17,12 @@ variant can reuse it. Two options of this one layer (no subclasses):
 - `init`: besides the random inits, pissa / pissa_niter_K / olora take A and B from W and leave the
   residual W - scale * B A in `weight` (lorafit/lora/inits.py); the initial factors are kept (outside the
   state dict) so the saved adapter can be converted to apply to the original W.
+
+A quantized frozen base (models/quantize.py: bitsandbytes `Linear4bit` nf4 / `Linear8bitLt` int8, both
+nn.Linear subclasses whose weight holds packed integers) is wrapped the same way: the base path calls
+the wrapped module itself (it dequantizes), the shapes come from its in/out features, and A/B are fp32.
+Such a layer cannot be merged (the adapter is merged into the full-precision base instead), and takes
+neither DoRA nor an init that factors W (both need W itself).
 """
 
 from __future__ import annotations
@@ -68,6 +74,20 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def is_quantized(module: nn.Module) -> bool:
+    """True for a linear whose weight is stored as integers (bitsandbytes Linear4bit / Linear8bitLt),
+    duck typed so this package never imports bitsandbytes."""
+    weight = getattr(module, "weight", None)
+    return isinstance(module, nn.Linear) and weight is not None and not weight.dtype.is_floating_point
+
+
+def weight_numel(param: torch.Tensor) -> int:
+    """Weights a parameter stands for: a packed nf4 weight (bitsandbytes Params4bit) holds two per byte,
+    its own shape is the packed one and its quant_state keeps the real one."""
+    state = getattr(param, "quant_state", None)
+    return int(torch.Size(state.shape).numel()) if state is not None else param.numel()
+
+
 def is_linear(module: nn.Module) -> bool:
     """Layers LoRA can wrap: nn.Linear and GPT-2 Conv1D."""
     return isinstance(module, nn.Linear) or is_conv1d(module)
@@ -92,18 +112,26 @@ class LoRALinear(nn.Module):
         rslora: bool = False,
         init: InitKind = "kaiming",
         dora: bool = False,
+        quantized: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if rank <= 0:
             raise ValueError(f"rank must be > 0, got {rank}")
+        if quantized is not None and (dora or uses_base_weight(init)):
+            raise ValueError("a quantized base layer takes neither DoRA nor a pissa/olora init (both need W itself)")
         self.weight = weight
         self.bias = bias
         self.transposed = transposed
-        d_in, d_out = (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
+        if quantized is not None:  # the weight holds packed integers: the shape is the module's
+            d_in, d_out = quantized.in_features, quantized.out_features
+        else:
+            d_in, d_out = (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
         self.in_features, self.out_features = d_in, d_out
         self.rank, self.alpha, self.rslora = rank, alpha, rslora
         self.scale = lora_scale(rank, alpha, rslora)
-        factory = {"device": weight.device, "dtype": weight.dtype}
+        # Outside the module tree (no state-dict keys, no train/eval switching): the base path's module.
+        object.__setattr__(self, "_quantized", quantized)
+        factory = {"device": weight.device, "dtype": torch.float32 if quantized is not None else weight.dtype}
         # nn.Linear submodules so the keys read `lora_A.weight` / `lora_B.weight`, as in PEFT's files.
         self.lora_A = nn.Linear(d_in, rank, bias=False, **factory)  # A: (rank, d_in)
         self.lora_B = nn.Linear(rank, d_out, bias=False, **factory)  # B: (d_out, rank)
@@ -128,7 +156,8 @@ class LoRALinear(nn.Module):
         """Wrap an nn.Linear or Conv1D, sharing its weight and bias Parameters."""
         if not is_linear(module):
             raise TypeError(f"cannot wrap {type(module).__name__}: only nn.Linear and Conv1D")
-        layer = cls(module.weight, module.bias, transposed=is_conv1d(module), **kwargs)
+        quantized = module if is_quantized(module) else None
+        layer = cls(module.weight, module.bias, transposed=is_conv1d(module), quantized=quantized, **kwargs)
         # Kept outside the module tree (no state-dict keys) so `unwrap` can restore the original class.
         object.__setattr__(layer, "_original", module)
         return layer
@@ -168,9 +197,11 @@ class LoRALinear(nn.Module):
         return self.weight.T if self.transposed else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Base path: W stored (d_out, d_in), or (d_in, d_out) for Conv1D.
-        weight = self.weight.T if self.transposed else self.weight
-        out = F.linear(x, weight, self.bias)
+        if self._quantized is not None:
+            out = self._quantized(x)  # dequantizes W (blockwise) and multiplies; no gradient to W
+        else:  # Base path: W stored (d_out, d_in), or (d_in, d_out) for Conv1D.
+            weight = self.weight.T if self.transposed else self.weight
+            out = F.linear(x, weight, self.bias)
         if self.merged:
             return out
         if self.disabled:

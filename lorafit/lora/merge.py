@@ -38,6 +38,10 @@ def merge_lora(model: nn.Module, keep_original: bool = True) -> int:
     already = [name for name, layer in layers if layer.merged]
     if already:
         raise MergeError(f"{len(already)} LoRA layer(s) already merged (first: {already[0]}); unmerge first")
+    quantized = [name for name, layer in layers if layer._quantized is not None]
+    if quantized:  # W + BA rounded back to 4 / 8 bits would lose most of BA: merge into the full-precision base
+        raise MergeError(f"{quantized[0]} has a quantized base weight; merge the adapter into the full-precision "
+                         "base (lorafit merge loads it unquantized)")
     updates = []
     for name, layer in layers:
         merged = layer.weight.float() + layer.delta_weight()

@@ -22,6 +22,7 @@ import torch
 
 from lorafit.errors import ModelError
 from lorafit.models.aliases import ALIASES
+from lorafit.models.quantize import logical_shape, quantized_kind
 from lorafit.models.quiet import quiet_transformers
 from lorafit.models.resolve import ModelRef, first_line
 
@@ -61,6 +62,11 @@ def _load_config(ref: ModelRef):
         raise ModelError(f"model {ref.name!r}: cannot read its config from {ref.path_or_id}: {first_line(e)}") from e
 
 
+def config_dict(ref: ModelRef) -> dict:
+    """The model's config.json as a dict (no weights read)."""
+    return _load_config(ref).to_dict()
+
+
 def _set_pad_token_id(config, tokenizer) -> None:
     """The tokenizer's pad id wins (batches are padded with it; sequence classifiers on decoder models
     find each row's last real token by it); without a tokenizer, keep the config's or use eos."""
@@ -71,7 +77,7 @@ def _set_pad_token_id(config, tokenizer) -> None:
         config.pad_token_id = eos[0] if isinstance(eos, list) else eos
 
 
-def _from_pretrained(auto_class, ref: ModelRef, config, dtype: torch.dtype):
+def _from_pretrained(auto_class, ref: ModelRef, config, dtype: torch.dtype | str):
     """Load with transformers quiet; return (model, names of freshly initialised parameters)."""
     try:
         with quiet_transformers():
@@ -84,7 +90,7 @@ def _from_pretrained(auto_class, ref: ModelRef, config, dtype: torch.dtype):
     return model, sorted(info["missing_keys"])
 
 
-def load_causal_lm(ref: ModelRef, dtype: torch.dtype = torch.float32, tokenizer=None):
+def load_causal_lm(ref: ModelRef, dtype: torch.dtype | str = torch.float32, tokenizer=None):
     """AutoModelForCausalLM in eval mode; `config.pad_token_id` set (from `tokenizer` when given).
 
     A checkpoint without trained LM-head weights (an encoder such as BERT) is refused: transformers
@@ -105,7 +111,7 @@ def load_causal_lm(ref: ModelRef, dtype: torch.dtype = torch.float32, tokenizer=
     return model
 
 
-def load_classifier(ref: ModelRef, num_labels: int, dtype: torch.dtype = torch.float32, tokenizer=None):
+def load_classifier(ref: ModelRef, num_labels: int, dtype: torch.dtype | str = torch.float32, tokenizer=None):
     """AutoModelForSequenceClassification with a new, randomly initialised head of `num_labels` outputs.
 
     num_labels == 1 is regression (MSE on one score); > 1 single-label classification (cross-entropy).
@@ -133,13 +139,13 @@ def load_classifier(ref: ModelRef, num_labels: int, dtype: torch.dtype = torch.f
     return model
 
 
-def load_base(ref: ModelRef, num_labels: int = 0):
+def load_base(ref: ModelRef, num_labels: int = 0, dtype: torch.dtype | str = torch.float32):
     """(model, tokenizer) for `ref`: a causal LM when `num_labels` is 0 (as `Task.num_labels` is for
     generation tasks), else a sequence classifier with a new head of `num_labels` outputs."""
     tokenizer = load_tokenizer(ref)
     if num_labels == 0:
-        return load_causal_lm(ref, tokenizer=tokenizer), tokenizer
-    return load_classifier(ref, num_labels=num_labels, tokenizer=tokenizer), tokenizer
+        return load_causal_lm(ref, dtype=dtype, tokenizer=tokenizer), tokenizer
+    return load_classifier(ref, num_labels=num_labels, dtype=dtype, tokenizer=tokenizer), tokenizer
 
 
 def model_identity(model) -> dict:
@@ -147,7 +153,10 @@ def model_identity(model) -> dict:
 
     The fingerprint hashes parameter names and shapes only (no weight reads, so it is instant).
     LoRA parameters and wrapper prefixes (DDP's `module.`, torch.compile's `_orig_mod.`) are left out,
-    so a base gives the same identity before and after `add_lora`.
+    so a base gives the same identity before and after `add_lora`. A quantized base (models/quantize.py)
+    has its weights' unquantized shapes, so the same fingerprint, and adds "quantize": "nf4" / "int8":
+    what the adapter was trained under, which `identity_mismatch` does not compare (the adapter applies
+    to the full-precision base).
     """
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     shapes = []
@@ -156,22 +165,28 @@ def model_identity(model) -> dict:
         if parts and parts[0] == "module":
             parts = parts[1:]
         if not any(p.startswith("lora_") for p in parts):
-            shapes.append(f"{'.'.join(parts)}:{'x'.join(map(str, param.shape))}")
+            shapes.append(f"{'.'.join(parts)}:{'x'.join(map(str, logical_shape(param)))}")
     fingerprint = hashlib.sha256("\n".join(sorted(shapes)).encode()).hexdigest()[:16]
-    return {
+    identity = {
         "model_type": getattr(config, "model_type", None),
         "hidden_size": getattr(config, "hidden_size", None),
         "num_hidden_layers": getattr(config, "num_hidden_layers", None),
         "vocab_size": getattr(config, "vocab_size", None),
         "fingerprint": fingerprint,
     }
+    kind = quantized_kind(model)
+    return identity if kind == "none" else {**identity, "quantize": kind}
+
+
+# Recorded in an identity but not compared: how the base was stored while training, not which base.
+NOT_COMPARED = ("quantize",)
 
 
 def identity_mismatch(expected: dict, actual: dict) -> str | None:
     """How two `model_identity` dicts differ, as "key: adapter has X, base has Y", or None.
 
     Sizes first (they say what differs); the fingerprint catches the rest (same sizes, other layout)."""
-    keys = sorted(set(expected) | set(actual), key=lambda k: (k == "fingerprint", k))
+    keys = sorted((set(expected) | set(actual)) - set(NOT_COMPARED), key=lambda k: (k == "fingerprint", k))
     diffs = [k for k in keys if expected.get(k) != actual.get(k)]
     if not diffs:
         return None

@@ -17,9 +17,11 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from lorafit.errors import AdapterError, TargetError
+from lorafit.fast.precision import resolve_precision
 from lorafit.lora import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -33,8 +35,9 @@ from lorafit.lora import (
     read_adapter_tensors,
     spec_from_config,
 )
-from lorafit.lora.inject import find_saved_modules
+from lorafit.lora.inject import find_saved_modules, output_head_names
 from lorafit.models.base import HEAD_MODULES, identity_mismatch, load_base, model_identity
+from lorafit.models.quantize import quantize_base
 from lorafit.models.resolve import ModelRef, resolve_model
 from lorafit.recipe.schema import Recipe
 from lorafit.rng import seed_everything
@@ -58,10 +61,20 @@ class Loaded:
 # ---------------------------------------------------------------------------------------------- shared steps
 
 
-def load_base_model(ref: ModelRef, num_labels: int, metadata: dict | None = None, source: str = "") -> tuple:
+def load_base_model(ref: ModelRef, num_labels: int, metadata: dict | None = None, source: str = "", *,
+                    quantize: str = "none", precision: str = "fp32", keep: tuple[str, ...] = ()) -> tuple:
     """(model, tokenizer) of the base; with an adapter's `metadata`, refuse a base other than the one
-    it was trained on."""
-    model, tokenizer = load_base(ref, num_labels)
+    it was trained on. `quantize` "nf4" / "int8": the linear layers stored in 4 / 8 bits
+    (models/quantize.py), all but the output head, a classifier's head and the modules in `keep`
+    (trained in full); they compute in bf16 where `precision` resolves to bf16, else fp32."""
+    if quantize == "none":
+        model, tokenizer = load_base(ref, num_labels)
+    else:
+        # The checkpoint's own dtype (bf16 for most published models): no rounding, half an fp32 read's peak.
+        model, tokenizer = load_base(ref, num_labels, dtype="auto")
+        compute = torch.bfloat16 if resolve_precision(precision, torch.device("cpu")) == "bf16" else torch.float32
+        kept = output_head_names(model) | set(head_names(model)) | set(find_saved_modules(model, keep))
+        quantize_base(model, quantize, compute, keep=kept)
     if metadata:
         check_base_identity(model, metadata, source)
     return model, tokenizer
@@ -116,7 +129,20 @@ def load_for_training(recipe: Recipe, num_labels: int) -> Loaded:
     """
     seed_everything(recipe.seed)  # LoRA's A and a new head are random: seeded for reproducible runs
     ref = resolve_model(recipe.model)
-    model, tokenizer = load_base_model(ref, num_labels)
+    if recipe.quantize != "none" and recipe.train.method == "full":
+        raise TargetError(f"quantize: {recipe.quantize} freezes the base in {recipe.quantize}; train.method full "
+                          "trains every weight (use lora or head, or quantize: none)")
+    if recipe.quantize != "none" and (recipe.lora.variant == "dora" or recipe.lora.init.startswith(("pissa", "olora"))):
+        key = "lora.variant: dora" if recipe.lora.variant == "dora" else f"lora.init: {recipe.lora.init}"
+        raise TargetError(f"quantize: {recipe.quantize} cannot be combined with {key} yet (both need the "
+                          "full-precision W); use quantize: none, or plain LoRA on the quantized base")
+    if recipe.quantize == "int8" and recipe.train.gradient_checkpointing:
+        # bitsandbytes' int8 CPU training path keeps each layer's input on its autograd context, outside
+        # the saved tensors checkpointing drops: SmolLM2-135M E2E reached 13.5 GB (docs/quantization.md).
+        raise TargetError("quantize: int8 does not work with train.gradient_checkpointing (bitsandbytes keeps "
+                          "every int8 layer's input alive); use quantize: nf4, or gradient_checkpointing: false")
+    model, tokenizer = load_base_model(ref, num_labels, quantize=recipe.quantize, precision=recipe.precision,
+                                       keep=tuple(recipe.lora.modules_to_save))
     loaded = Loaded(model, tokenizer, "recipe", recipe.name, ref)
     spec = lora_spec(recipe, model)
     if recipe.train.method == "lora":

@@ -189,6 +189,10 @@ class TrainConfig:
     method: Literal["lora", "full", "head"] = _opt(
         "lora", "lora: train LoRA adapters (+ head); full: train every weight; head: train only the head / modules_to_save"
     )
+    gradient_checkpointing: bool = _opt(
+        False, "recompute each decoder layer's activations in the backward pass instead of keeping them: less "
+        "memory, ~1 extra forward per step; same loss and gradients (docs/quantization.md)"
+    )
     distributed: Literal["ddp", "fsdp"] = _opt(
         "ddp",
         "with several processes (lorafit train --nproc N, or torchrun): ddp: every rank holds the whole model, "
@@ -240,6 +244,10 @@ class Recipe:
     )
     device: Literal["auto", "cpu", "cuda"] = _opt(
         "auto", "where to train: auto: a CUDA GPU when torch sees one, else the CPU ($LORAFIT_DEVICE overrides auto)"
+    )
+    quantize: Literal["none", "int8", "nf4"] = _opt(
+        "none", "store the frozen base's linear layers in 8 bits (int8, LLM.int8) or 4 bits (nf4, QLoRA) while "
+        "training; the adapter stays fp32 and applies to the full-precision base (docs/quantization.md)"
     )
     output_dir: str | None = _opt(None, "run directory; null: runs/<name>")
     lora: LoraConfig = _section(LoraConfig, "LoRA adapters")

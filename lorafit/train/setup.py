@@ -17,13 +17,16 @@ from lorafit.data.batches import (
     resolve_batching,
 )
 from lorafit.errors import DataError
+from lorafit.fast.precision import resolve_precision
 from lorafit.lora import InjectionReport, safetensors_os_errors, save_adapter
-from lorafit.models import model_identity
+from lorafit.models import model_identity, resolve_model
+from lorafit.models.base import config_dict
 from lorafit.models.loader import Loaded
 from lorafit.recipe import Recipe, recipe_hash
 from lorafit.runs.atomic import atomic_directory
 from lorafit.tasks import get_task
 from lorafit.tasks.types import Task
+from lorafit.train.estimate import DecoderShape, MemoryEstimate, adapted, estimate_memory
 from lorafit.train.loss import causal_lm_loss, classification_loss
 
 
@@ -94,3 +97,18 @@ def parameter_summary(report: InjectionReport) -> dict:
         "trainable_percent": round(report.trainable_percent, 4),
         "adapted_layers": len(report.adapted),
     }
+
+
+def memory_estimate(recipe: Recipe) -> MemoryEstimate | None:
+    """What the recipe's run will need in memory (train/estimate.py), from the base's config alone;
+    None for a model that is not a Llama-style decoder or a run that does not train LoRA."""
+    shape = DecoderShape.from_config(config_dict(resolve_model(recipe.model)))
+    if shape is None or recipe.train.method != "lora":
+        return None
+    import torch
+
+    lora = recipe.lora
+    return estimate_memory(
+        shape, quantize=recipe.quantize, bf16=resolve_precision(recipe.precision, torch.device("cpu")) == "bf16",
+        targets=adapted(tuple(lora.targets), lora.targets_regex), rank=lora.rank, dropout=lora.dropout,
+        tokens=recipe.train.batch_size * recipe.data.max_length, checkpointing=recipe.train.gradient_checkpointing)

@@ -24,7 +24,7 @@ from lorafit.data.chat import eval_prompts, plain_decoding
 from lorafit.errors import RecipeError, RunDirError
 from lorafit.eval.generate import decoding_settings, generate
 from lorafit.eval.predict import eval_items, evaluate
-from lorafit.fast.precision import resolve_precision
+from lorafit.fast.precision import has_native_bf16, resolve_precision
 from lorafit.lora import lora_disabled
 from lorafit.lora.inits import uses_base_weight
 from lorafit.models.loader import Loaded, load_for_training
@@ -38,6 +38,7 @@ from lorafit.tasks import task_data_dir
 from lorafit.tasks.types import Task
 from lorafit.train import distributed
 from lorafit.train.best import check_watch
+from lorafit.train.checkpointing import enable_gradient_checkpointing
 from lorafit.train.distributed import Dist
 from lorafit.train.loop import FitResult, fit, total_optimizer_steps
 from lorafit.train.setup import load_task, loss_function, parameter_summary, prepare_data, save_trained
@@ -60,6 +61,8 @@ def run_training(recipe: Recipe, run: RunDir, *, overwrite: bool, resume: bool, 
         if dist.world > 1:
             reporter.info(distributed.describe(dist, recipe.train.batch_size, recipe.train.grad_accum))
         loaded = load_for_training(recipe, task.num_labels)
+        if recipe.train.gradient_checkpointing:
+            enable_gradient_checkpointing(loaded.model)
         loaded.model = dist.prepare(loaded.model)  # ddp: trainable weights from rank 0; fsdp: sharded
         report_model(recipe, task, loaded, reporter)
         with dist.main_first():  # rank 0 tokenises into the on-disk cache; the other ranks then read it
@@ -102,11 +105,16 @@ def warn(message: str) -> None:
 
 def report_model(recipe: Recipe, task: Task, loaded: Loaded, reporter: Reporter) -> None:
     counts = parameter_summary(loaded.report)
-    precision = resolve_precision(recipe.precision, next(loaded.model.parameters()).device)
+    device = next(loaded.model.parameters()).device
+    precision = resolve_precision(recipe.precision, device)
+    if recipe.precision == "bf16" and device.type == "cpu" and not has_native_bf16(device):
+        warn("precision: bf16 on a CPU without native bf16 (avx512_bf16 / amx_bf16): bf16 matmuls are emulated, "
+             "many times slower than fp32; precision: auto picks fp32 here")
+    quantized = f", base quantized to {recipe.quantize}" if recipe.quantize != "none" else ""
     reporter.info(
         f"{recipe.name}: {recipe.model} on {task.name}; trainable {counts['trainable_params']:,} of "
         f"{counts['total_params']:,} parameters ({counts['trainable_percent']:.3f}%), "
-        f"{counts['adapted_layers']} LoRA layers; precision {precision}"
+        f"{counts['adapted_layers']} LoRA layers; precision {precision}{quantized}"
     )
 
 
@@ -122,9 +130,13 @@ def report_data(counts: dict, recipe: Recipe, task: Task, loaded: Loaded, report
 
 def check_distributed(recipe: Recipe, task: Task, dist: Dist) -> None:
     """What several fsdp ranks cannot do yet, refused before the model loads: generating text (task
-    evaluation, held-out examples) needs every rank's forward passes in step."""
+    evaluation, held-out examples) needs every rank's forward passes in step; sharding packed 4 / 8-bit
+    weights."""
     if not dist.sharded:
         return
+    if recipe.quantize != "none":
+        raise RecipeError(f"quantize: {recipe.quantize} cannot be sharded by train.distributed fsdp; "
+                          "use train.distributed: ddp (each rank holds the quantized base) or quantize: none")
     keys = [k for k, on in (("eval.every", recipe.eval.every), ("eval.at_end", recipe.eval.at_end),
                             ("eval.show_examples", recipe.eval.show_examples)) if on]
     if keys:
