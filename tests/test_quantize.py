@@ -175,6 +175,18 @@ def test_int8_with_full_fine_tuning_or_checkpointing_is_refused(model64_dir, tmp
     assert message in result.output
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("variant: dora", "quantize: nf4 cannot be combined with lora.variant: dora yet (both need the full-precision W)"),
+    ("init: pissa", "quantize: nf4 cannot be combined with lora.init: pissa yet (both need the full-precision W)"),
+])
+def test_dora_or_a_weight_factoring_init_on_a_quantized_base_is_refused(model64_dir, tmp_path, setting, message):
+    recipe = TINY_RECIPE.replace("seed: 3", "seed: 3\nquantize: nf4").replace("lora:\n", f"lora:\n  {setting}\n")
+    assert setting in recipe
+    result = run_cli(["train", write_recipe(tmp_path / "r.yaml", model64_dir, recipe), "-o", tmp_path / "run"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
 def test_fsdp_with_a_quantized_base_is_refused():
     from types import SimpleNamespace
 
