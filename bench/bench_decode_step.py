@@ -2,7 +2,7 @@
 
 SmolLM2-135M (`smollm2-135m`) with 8 adapters (ranks 4/8/16/8 on q/k/v/o, random non-zero B, the same
 as bench_multi_adapter.py), --rows prompts spread over them (row i on adapter i % 8), prefilled once,
-then decode steps timed for: every row on the base (no adapter work), and each kernel (loop, gather,
+then decode steps timed for: every row on the base (no adapter work), and each kernel (loop,
 grouped, auto) with the rows on their adapters. The kernels are timed in turn within every round
 (benchlib.interleaved_samples), so drift in machine load hits all alike; the table gives the median.
 
@@ -41,7 +41,7 @@ from lorafit.adapters.decode import DecodeBatch, Request  # noqa: E402
 from lorafit.adapters.host import AdapterHost  # noqa: E402
 from lorafit.models import load_base, resolve_model  # noqa: E402
 
-KERNELS = ("loop", "gather", "grouped", "auto")
+KERNELS = ("loop", "grouped", "auto")
 
 
 def main() -> None:

@@ -170,7 +170,7 @@ def bench_generate(args, work: Path) -> list[tuple]:
         # Warm-ups on the full batch with a few new tokens, every system alike: the first run at a new
         # shape pays for allocations and kernel setup, and an earlier version timed that into the first row.
         lorafit_run(slots.tolist(), 4)
-        kernels = ("auto", "loop", "gather", "grouped") if args.kernels else (args.kernel,)
+        kernels = ("auto", "loop", "grouped") if args.kernels else (args.kernel,)
         for kernel in kernels:
             for layer in host._layers.values():
                 layer.kernel = kernel
@@ -326,7 +326,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--kernel", default="auto", choices=["auto", "loop", "gather", "grouped"])
+    parser.add_argument("--kernel", default="auto", choices=["auto", "loop", "grouped"])
     parser.add_argument("--repeats", type=int, default=1,
                         help="generation: best of this many timed runs per system (the machine's noise is ~10-15%%)")
     parser.add_argument("--kernels", action="store_true", help="time every kernel on the mixed batch")

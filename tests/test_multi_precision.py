@@ -74,9 +74,9 @@ def test_auto_kernel_loops_over_one_adapter_and_groups_several():
         x = torch.randn(len(row_slots), tokens, 6)
         slots = torch.tensor(row_slots)
         plan = RoutePlan(len(row_slots), slots, _groups(slots))
-        outs = {k: lora_delta_multi(x, a, b, ranks, plan, k) for k in ("loop", "gather", "grouped", "auto")}
+        outs = {k: lora_delta_multi(x, a, b, ranks, plan, k) for k in ("loop", "grouped", "auto")}
         assert torch.equal(outs["auto"], outs["loop" if len(plan.groups) == 1 else "grouped"])
-        for kernel in ("gather", "grouped"):  # every kernel: the same sum, base rows exactly zero
+        for kernel in ("grouped",):  # both kernels: the same sum, base rows exactly zero
             torch.testing.assert_close(outs[kernel], outs["loop"], atol=1e-5, rtol=0)
             assert not outs[kernel][slots == 0].any()
 

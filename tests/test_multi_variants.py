@@ -59,7 +59,7 @@ def padded_batch(rows, seed=3):
     return ids, mask
 
 
-@pytest.mark.parametrize(("kernel", "pack"), [("auto", False), ("auto", True), ("loop", False), ("gather", False),
+@pytest.mark.parametrize(("kernel", "pack"), [("auto", False), ("auto", True), ("loop", False),
                                               ("grouped", True)])
 def test_mixed_batch_of_dora_pattern_and_plain_rows_equals_each_adapter_alone(llama, kernel, pack):
     host = host_for(tiny_llama, kernel=kernel, pack_weights=pack)

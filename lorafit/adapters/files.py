@@ -88,13 +88,17 @@ class BaseShape:
 
 
 class _ParamView:
-    """Just what `model_identity` reads: `.config` and `.named_parameters()`."""
+    """Just what `model_identity` reads: `.config`, `.named_parameters()` and `.modules()` (none: the
+    host's base is never quantized, and a quantized base is recorded but not compared anyway)."""
 
     def __init__(self, config, params):
         self.config, self._params = config, params
 
     def named_parameters(self):
         return iter(self._params)
+
+    def modules(self):
+        return iter(())
 
 
 def _saved_root(path: str, spec: LoraSpec, task_type: str | None, modules: dict[str, ModuleShape]) -> str | None:

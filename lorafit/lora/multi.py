@@ -17,9 +17,8 @@ g = m / ||W + s B A||_row (d_out,) at inference, computed when the slot is fille
 rest, (g - 1) * W x, multiplies the base output by the slot's row of `dora_scale` (zero for plain slots),
 only when a DoRA slot is in the batch:  h_i = W x_i + b + (g_s - 1) * (W x_i) + (g_s s B_s) A_s x_i.
 
-Three kernels compute the sum (`lora_delta_multi`), tested equal:
+Two kernels compute the sum (`lora_delta_multi`), tested equal, each needed by "auto":
 
-- "gather": gather A[idx], B[idx] per row and do two batched matmuls (bgmv-style; cost ~ r_max);
 - "loop": one pair of thin matmuls per slot present in the batch, on that slot's rows (cost ~ rank_s).
   Rows that sit together (a batch sorted by slot) are sliced as views, with no copy.
 - "grouped" (SGMV-style): the rows of each slot present gathered into one padded (slots, m, d_in)
@@ -29,8 +28,7 @@ Three kernels compute the sum (`lora_delta_multi`), tested equal:
 
 The slot index reaches the layers through a `SlotRouting` object shared by the layers of one model:
 `with routing.use(idx): model(...)` sets it for one forward and restores what was there before, so
-nothing leaks between calls. `idx` is (rows,) for one adapter per row, or (rows, tokens) for packed
-rows whose tokens belong to different adapters. A forward that sees k times as many rows as `idx`
+nothing leaks between calls. `idx` is (rows,): one adapter per row. A forward that sees k times as many rows as `idx`
 has (beam search repeats each row k times with `repeat_interleave`) repeats each slot k times; beam
 reordering keeps rows inside their own group, so the slot follows its row. A decoder that drops or
 reorders rows passes the matching `idx` at each step (see lorafit/adapters/decode.py).
@@ -56,13 +54,13 @@ from lorafit.lora.dora import dora_factor
 from lorafit.lora.layer import is_conv1d, is_linear
 from lorafit.lora.slot_modules import SlotModules  # noqa: F401  (re-exported: whole modules per slot)
 
-Kernel = Literal["gather", "loop", "grouped", "auto"]
+Kernel = Literal["loop", "grouped", "auto"]
 DEFAULT_KERNEL: Kernel = "auto"
 # "auto": "loop" when one adapter is present (its rows are one slice: two plain matmuls, no copy), else
 # "grouped". Measured per SmolLM2 decode step over 8 adapters (bench/bench_decode_step.py, table in
 # docs/adapters.md): at 2 rows per adapter loop costs a third more than the bare step while grouped
-# and gather cost ~1% (fp32); at 8 rows per adapter the three are within noise in fp32 and grouped
-# leads in bf16.
+# costs ~1% (fp32); at 8 rows per adapter they are within noise in fp32 and grouped leads in bf16. (A
+# third, bgmv-style "gather" kernel measured there was nowhere faster than grouped, and was dropped.)
 
 
 # ---------------------------------------------------------------------------------------------- routing
@@ -111,7 +109,7 @@ def _groups(row_slots: torch.Tensor) -> list[tuple[int, slice | torch.Tensor]]:
 
 
 class SlotRouting:
-    """The per-row (or per-token) adapter slot of the forward in progress, for one model's layers."""
+    """The per-row adapter slot of the forward in progress, for one model's layers."""
 
     def __init__(self) -> None:
         self._slots: torch.Tensor | None = None
@@ -119,12 +117,12 @@ class SlotRouting:
 
     @contextlib.contextmanager
     def use(self, slots: torch.Tensor | None) -> Iterator[None]:
-        """Route the forward passes inside the block: `slots` (rows,) or (rows, tokens), long; None = base."""
+        """Route the forward passes inside the block: `slots` (rows,), long; None = base."""
         saved = self._slots, self._plans
         if slots is not None:
             slots = torch.as_tensor(slots, dtype=torch.long)
-            if slots.dim() not in (1, 2):
-                raise ValueError(f"slot index must be (rows,) or (rows, tokens), got shape {tuple(slots.shape)}")
+            if slots.dim() != 1:
+                raise ValueError(f"slot index must be (rows,), got shape {tuple(slots.shape)}")
             if not bool((slots != 0).any()):
                 slots = None  # every row on the base: no adapter work at all
         self._slots, self._plans = slots, {}
@@ -146,21 +144,11 @@ class SlotRouting:
         plan = self._plans.get(key)
         if plan is not None:
             return plan
-        n = 1
-        for size in lead:
-            n *= size
-        if slots.dim() == 1:
-            # One slot per row; rows repeated k times (beam search) repeat their slot.
-            if len(lead) == 0 or lead[0] % slots.shape[0] != 0:
-                raise RuntimeError(f"slot index for {slots.shape[0]} rows cannot route an input of shape {key}")
-            row_slots = slots.repeat_interleave(lead[0] // slots.shape[0]) if lead[0] != slots.shape[0] else slots
-            rows = lead[0]
-        else:
-            # One slot per token (packed rows): every token is its own "row" of one token.
-            if slots.numel() != n:
-                raise RuntimeError(f"per-token slot index {tuple(slots.shape)} does not match an input of shape {key}")
-            row_slots, rows = slots.reshape(-1), n
-        plan = RoutePlan(rows, row_slots, _groups(row_slots))
+        # One slot per row; rows repeated k times (beam search) repeat their slot.
+        if len(lead) == 0 or lead[0] % slots.shape[0] != 0:
+            raise RuntimeError(f"slot index for {slots.shape[0]} rows cannot route an input of shape {key}")
+        row_slots = slots.repeat_interleave(lead[0] // slots.shape[0]) if lead[0] != slots.shape[0] else slots
+        plan = RoutePlan(lead[0], row_slots, _groups(row_slots))
         self._plans[key] = plan
         return plan
 
@@ -180,14 +168,8 @@ def lora_delta_multi(
         kernel = "loop" if len(plan.groups) <= 1 else "grouped"
     if kernel == "grouped":
         return _grouped_delta(x, a, b, plan)
-    if kernel == "gather":
-        # (rows, r_max, d_in) and (rows, d_out, r_max): each row's own adapter, padded ranks included.
-        a_rows = a.index_select(0, plan.row_slots)
-        b_rows = b.index_select(0, plan.row_slots)
-        low = torch.bmm(x, a_rows.transpose(1, 2))  # (rows, T, r_max)
-        return torch.bmm(low, b_rows.transpose(1, 2))  # (rows, T, d_out)
     if kernel != "loop":
-        raise ValueError(f"unknown kernel {kernel!r}: expected 'gather', 'loop', 'grouped' or 'auto'")
+        raise ValueError(f"unknown kernel {kernel!r}: expected 'loop', 'grouped' or 'auto'")
     out = None
     for slot, rows in plan.groups:
         rank = ranks[slot]
